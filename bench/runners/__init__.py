@@ -1,0 +1,41 @@
+"""The backends, by their contract names, in the order the table shows them.
+
+Every backend of the contract is listed, so ``--list-backends`` can say why one is missing; those
+not built yet say that, and which issue brings them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.runners.base import PRECISIONS, RunConfig, Runner
+from bench.runners.compile import COMPILE_MODES, CompileRunner
+from bench.runners.eager import EagerRunner
+from bench.runners.onnxruntime import OnnxRuntimeRunner
+from bench.runners.onnxruntime_trt import OnnxRuntimeTrtRunner, tensorrt_missing_reason
+
+RUNNERS: dict[str, type[Runner]] = {
+    runner.name: runner for runner in (EagerRunner, CompileRunner, OnnxRuntimeRunner, OnnxRuntimeTrtRunner)
+}
+
+# Backends of the contract whose runners are not in this version yet.
+_NOT_BUILT = {
+    "tensorrt": "the TensorRT engine runner is not built yet (export issue)",
+    "triton": "the fused Triton model is not built yet (kernel issue)",
+    "triton-server": "the Triton Inference Server runner is not built yet (serving issue)",
+}
+
+BACKENDS: tuple[str, ...] = (*RUNNERS, *_NOT_BUILT)
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """None when ``backend`` can run on ``device`` here, else why not."""
+    if backend in RUNNERS:
+        return RUNNERS[backend].unavailable_reason(device)
+    if backend == "tensorrt":
+        # The more useful reason first: without TensorRT this backend would not run even once built.
+        return tensorrt_missing_reason() or _NOT_BUILT[backend]
+    return _NOT_BUILT[backend]
+
+
+__all__ = ["BACKENDS", "COMPILE_MODES", "PRECISIONS", "RUNNERS", "RunConfig", "Runner", "unavailable_reason"]

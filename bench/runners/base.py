@@ -1,0 +1,132 @@
+"""The one interface every backend implements.
+
+Lifecycle, as in Polygraphy's runners: ``prepare`` (build, compile or load: the caller times it as
+setup), ``run`` (the timed call, device work only), ``close``. The public methods keep the
+bookkeeping; subclasses override the ``*_impl`` hooks. ``to_input`` and ``to_logits`` convert
+between the harness's fp32 NCHW CPU tensors and the backend's own form, outside the timed region.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a runner needs besides the model. ``model_id`` names the model's weights (name
+    and content hash), so that cached artifacts of one model are never served for another."""
+
+    model_id: str
+    device: torch.device
+    precision: str
+    batch_size: int
+    image_size: int
+    threads: int
+    cache_dir: Path
+    compile_mode: str = "default"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch_size, 3, self.image_size, self.image_size)
+
+
+class Runner(abc.ABC):
+    name: ClassVar[str]
+    # Set where a row's timings are not performance figures (an interpreter), shown beside them.
+    timing_note: ClassVar[str | None] = None
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        """None when this backend can run on ``device`` here, else the reason it cannot."""
+        return None
+
+    @classmethod
+    @abc.abstractmethod
+    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+        """The precisions this backend runs on ``device``."""
+
+    def __init__(self, model: nn.Module, config: RunConfig):
+        # The reference model is shared by every runner: a runner copies before changing it.
+        self.model = model
+        self.config = config
+        self.is_active = False
+
+    def prepare(self) -> None:
+        if self.is_active:
+            raise RuntimeError(f"{self.name}: prepare() called twice without close()")
+        self.prepare_impl()
+        self.is_active = True
+
+    def to_input(self, batch: Tensor) -> Any:
+        """The backend's own input for an fp32 NCHW CPU batch of the configured shape."""
+        if tuple(batch.shape) != self.config.input_shape:
+            raise ValueError(f"{self.name}: expected an input of shape {self.config.input_shape}, got {tuple(batch.shape)}")
+        return self.to_input_impl(batch)
+
+    def run(self, inputs: Any) -> Any:
+        # Kept to one attribute check: this is the timed call.
+        if not self.is_active:
+            raise RuntimeError(f"{self.name}: run() before prepare()")
+        return self.run_impl(inputs)
+
+    def to_logits(self, outputs: Any) -> Tensor:
+        """fp32 CPU logits, copied: runners may reuse their output buffers between calls."""
+        return self.to_logits_impl(outputs).detach().to("cpu", torch.float32, copy=True)
+
+    def close(self) -> None:
+        if self.is_active:
+            self.close_impl()
+            self.is_active = False
+
+    def __enter__(self) -> Runner:
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def prepare_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def run_impl(self, inputs: Any) -> Any: ...
+
+    def to_input_impl(self, batch: Tensor) -> Any:
+        return batch.to(self.config.device, self.config.dtype)
+
+    def to_logits_impl(self, outputs: Any) -> Tensor:
+        return outputs
+
+    def close_impl(self) -> None:
+        pass
+
+
+class TorchRunner(Runner):
+    """A backend that runs an nn.Module: a private copy in the run precision, channels_last
+    (the layout oneDNN and cuDNN convolutions are fastest in), under inference_mode."""
+
+    @classmethod
+    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+        # CPU fp16 convolutions exist in PyTorch but run through slow reference kernels, so a
+        # figure for them would answer no deployment question.
+        return ("fp32", "bf16") if device.type == "cpu" else ("fp32", "fp16", "bf16")
+
+    def make_module(self) -> nn.Module:
+        module = copy.deepcopy(self.model).eval()
+        return module.to(self.config.device, self.config.dtype, memory_format=torch.channels_last)
+
+    def to_input_impl(self, batch: Tensor) -> Tensor:
+        return batch.to(self.config.device, self.config.dtype).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,99 @@
+"""``onnxruntime``: the model exported to ONNX (cached), run by an InferenceSession with every graph
+optimisation on; the CPU execution provider on cpu, the CUDA provider on cuda."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.runners.base import Runner
+from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+
+_NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install onnxruntime-gpu, or onnxruntime on CPU-only machines)"
+        if device.type == "cuda" and "CUDAExecutionProvider" not in _available_providers():
+            return "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"
+        return None
+
+    @classmethod
+    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+        # The CPU provider has fp16 kernels for few ops: a fp16 graph on CPU mostly runs casts.
+        return ("fp32",) if device.type == "cpu" else ("fp32", "fp16")
+
+    def providers(self) -> list[Any]:
+        if self.config.device.type == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.config.device.index or 0}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def onnx_path(self) -> Path:
+        c = self.config
+        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{c.precision}-opset{DEFAULT_OPSET}-torch{torch.__version__}.onnx"
+        return c.cache_dir / "onnx" / name
+
+    def prepare_impl(self) -> None:
+        import onnxruntime as ort
+
+        path = self.onnx_path()
+        if not path.exists():
+            export_onnx(
+                self.model,
+                path,
+                batch_size=self.config.batch_size,
+                image_size=self.config.image_size,
+                precision=self.config.precision,
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.config.threads
+        options.log_severity_level = 3  # errors only: provider fallbacks are checked below instead
+        self.session = ort.InferenceSession(str(path), options, providers=self.providers())
+        wanted = self.providers()[0]
+        wanted = wanted[0] if isinstance(wanted, tuple) else wanted
+        if self.session.get_providers()[0] != wanted:
+            raise RuntimeError(f"onnxruntime fell back to {self.session.get_providers()[0]} instead of {wanted}")
+
+        # IOBinding hands onnxruntime our tensors' memory: no copy into or out of the session
+        # inside the timed call, on CPU and on CUDA alike.
+        self.binding = self.session.io_binding()
+        self.output = torch.empty(
+            self.session.get_outputs()[0].shape, dtype=self.config.dtype, device=self.config.device
+        )
+        self._bind(self.binding.bind_output, OUTPUT_NAME, self.output)
+        self.bound_input: Tensor | None = None
+
+    def _bind(self, bind: Any, name: str, tensor: Tensor) -> None:
+        device = self.config.device
+        bind(name, device.type, device.index or 0, _NUMPY_DTYPES[self.config.precision], tuple(tensor.shape), tensor.data_ptr())
+
+    def to_input_impl(self, batch: Tensor) -> Tensor:
+        return batch.to(self.config.device, self.config.dtype).contiguous()
+
+    def run_impl(self, inputs: Tensor) -> Tensor:
+        if inputs is not self.bound_input:
+            self._bind(self.binding.bind_input, INPUT_NAME, inputs)
+            self.bound_input = inputs
+        self.session.run_with_iobinding(self.binding)
+        return self.output
+
+    def close_impl(self) -> None:
+        del self.binding, self.session, self.output
+        self.bound_input = None

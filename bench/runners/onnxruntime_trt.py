@@ -1,0 +1,44 @@
+"""``onnxruntime-trt``: the onnxruntime session with its TensorRT execution provider first, CUDA
+second for whatever TensorRT does not take. Engines are cached beside the ONNX file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench.runners.onnxruntime import OnnxRuntimeRunner, _available_providers
+
+
+def tensorrt_missing_reason() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'resnet-perf[tensorrt]' on a machine with an NVIDIA GPU)"
+    return None
+
+
+class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
+    name = "onnxruntime-trt"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return "needs --device cuda"
+        reason = super().unavailable_reason(device)
+        if reason:
+            return reason
+        if "TensorrtExecutionProvider" not in _available_providers():
+            return "this onnxruntime build has no TensorrtExecutionProvider (install onnxruntime-gpu)"
+        # onnxruntime-gpu lists the provider whether or not TensorRT's libraries are present.
+        return tensorrt_missing_reason()
+
+    def providers(self) -> list[Any]:
+        options = {
+            "device_id": self.config.device.index or 0,
+            "trt_fp16_enable": self.config.precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(self.config.cache_dir / "ort-trt"),
+            "trt_timing_cache_enable": True,
+        }
+        return [("TensorrtExecutionProvider", options), *super().providers()]

@@ -1,0 +1,1 @@
+"""Deployment artifacts: ONNX graphs (TensorRT engines and Triton Inference Server repositories follow)."""

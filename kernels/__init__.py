@@ -1,0 +1,1 @@
+"""Triton kernels, each file holding a kernel, its launcher and a pure-PyTorch reference of the same math."""

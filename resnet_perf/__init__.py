@@ -1,0 +1,16 @@
+"""Reference ResNets with torchvision-compatible weights, and BatchNorm folding."""
+
+from resnet_perf.build import WeightsError, build_model, load_weights
+from resnet_perf.fold import fold_batchnorm, fold_conv_bn_weights
+from resnet_perf.models.resnet import MODEL_NAMES
+from resnet_perf.synthetic import parity_inputs
+
+__all__ = [
+    "MODEL_NAMES",
+    "WeightsError",
+    "build_model",
+    "fold_batchnorm",
+    "fold_conv_bn_weights",
+    "load_weights",
+    "parity_inputs",
+]

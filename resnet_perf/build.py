@@ -1,0 +1,89 @@
+"""``build_model``: a reference ResNet by name, with checkpoint weights or the synthetic stand-in."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import torch
+from torch import nn
+
+from resnet_perf.models.resnet import MODEL_NAMES, _resnet
+from resnet_perf.synthetic import calibrate
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unreadable, or does not fit the model asked for."""
+
+
+def build_model(
+    name: str,
+    num_classes: int = 1000,
+    weights: str | os.PathLike | None = None,
+    *,
+    image_size: int = 224,
+    seed: int = 0,
+) -> nn.Module:
+    """An eval-mode fp32 ResNet on the CPU.
+
+    With ``weights`` (a state_dict saved by torchvision or by this project) the model holds exactly
+    those. Without, it is initialised from ``seed`` and calibrated for ``image_size`` by
+    ``resnet_perf.synthetic.calibrate``, so that it tells the parity inputs apart.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size}")
+
+    # Forking the RNG keeps the global stream untouched, so building a model has no side effect
+    # on a caller's own random numbers.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _resnet(name, num_classes)
+    if weights is None:
+        calibrate(model, image_size, seed)
+    else:
+        load_weights(model, weights, name)
+    return model.eval()
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model") -> None:
+    """Load a state_dict from ``path`` into ``model`` strictly, turning every failure into WeightsError."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        # weights_only: a checkpoint is data; unpickling arbitrary objects from it would run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"weights file {path} is not a readable PyTorch state_dict ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights file {path} does not match {name}: "
+            f"missing {_preview(missing)}, unexpected {_preview(unexpected)}"
+        )
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise WeightsError(
+            f"weights file {path} does not match {name}: {k} has shape {tuple(state[k].shape)}, "
+            f"the model has {tuple(expected[k].shape)} ({len(wrong)} tensor(s) differ; check num_classes)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _preview(keys: list[str], limit: int = 3) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} key(s) ({shown}{', ...' if len(keys) > limit else ''})"
