@@ -1,0 +1,180 @@
+"""python -m bench end to end: bad input (exit 2, one line), a real run's JSON and CSV, a failing
+backend and a parity-failing backend (exit 1, the other rows kept)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bench.__main__ as cli
+from bench.runners import RUNNERS
+from bench.runners.eager import EagerRunner
+
+SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3"]
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "resnet51"], "--model 'resnet51': unknown model; choose from resnet18"),
+        (["--backend", "tensorflow"], "--backend 'tensorflow': unknown backend; choose from eager"),
+        (["--backend", "tensorrt"], "--backend tensorrt: not available on cpu: TensorRT is not installed"),
+        (["--backend", "triton"], "--backend triton: not available"),
+        (["--precision", "fp8"], "--precision 'fp8': choose from fp32, fp16, bf16"),
+        (["--precision", "fp16", "--backend", "onnxruntime", "--device", "cpu"], "--precision fp16: onnxruntime on cpu supports fp32"),
+        (["--device", "tpu"], "--device 'tpu': choose cpu, cuda, cuda:N or auto"),
+        (["--batch-size", "0"], "argument --batch-size: '0' is not a positive integer"),
+        (["--batch-size", "8,x"], "argument --batch-size: 'x' is not a positive integer"),
+        (["--image-size", "-3"], "argument --image-size: '-3' is not a positive integer"),
+        (["--iters", "0"], "argument --iters: '0' is not a positive integer"),
+        (["--min-time", "nan"], "argument --min-time: 'nan' is not a positive number of seconds"),
+        (["--compile-mode", "fast"], "argument --compile-mode: invalid choice: 'fast'"),
+        (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
+        (["--weights", "/nonexistent/w.pth", "--model", "resnet18"], "weights file not found: /nonexistent/w.pth"),
+        (["--weights", "w.pth", "--model", "resnet18,resnet50"], "give exactly one --model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("python -m bench: error: ")
+    assert message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu(capsys):
+    code, _, err = run_cli(capsys, "--device", "cuda")
+    assert code == 2 and "--device cuda: no CUDA GPU is visible" in err
+
+
+def test_corrupt_weights(capsys, tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"\x00garbage")
+    code, _, err = run_cli(capsys, "--weights", str(path), "--model", "resnet18")
+    assert code == 2 and err.count("\n") == 1 and "not a readable PyTorch state_dict" in err
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv"])
+def test_unwritable_output(capsys, tmp_path, flag):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, *SMALL, flag, str(blocker / "sub" / "out.json"))
+    assert code == 2 and err.count("\n") == 1 and f"{flag} {blocker}/sub/out.json: cannot create its folder" in err
+
+    code, _, err = run_cli(capsys, *SMALL, flag, str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+def test_bad_input_from_a_real_process():
+    """The same path through `python -m bench`: no traceback reaches the user."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "--model", "resnet51"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_list_backends(capsys):
+    code, out, _ = run_cli(capsys, "--list-backends", "--device", "cpu")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "eager", "compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "triton", "triton-server"
+    ]
+    assert lines[0].split()[1] == "available"
+    assert "onnxruntime-trt  unavailable: needs --device cuda" in out
+
+
+def test_json_and_csv_of_a_real_run(capsys, tmp_path):
+    json_path, csv_path = tmp_path / "deep" / "run.json", tmp_path / "run.csv"
+    code, out, _ = run_cli(capsys, *SMALL, "--backend", "eager,onnxruntime", "--json", str(json_path),
+                           "--csv", str(csv_path), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0
+    assert "eager" in out and "onnxruntime" in out and "pass" in out
+
+    doc = json.loads(json_path.read_text())
+    assert doc["schema"] == "resnet-perf/bench/1"
+    assert set(doc["env"]) == {"python", "platform", "cpu", "threads", "torch", "triton", "onnx", "onnxruntime",
+                               "tensorrt", "gpu", "cuda", "driver"}
+    assert doc["env"]["torch"] == torch.__version__
+    assert [r["backend"] for r in doc["results"]] == ["eager", "onnxruntime"]
+    for r in doc["results"]:
+        assert {"model", "backend", "device", "precision", "batch_size", "image_size", "status", "error",
+                "throughput_ips", "latency_ms", "iters", "setup_s", "first_run_ms", "samples_ms", "scenario",
+                "achieved_qps", "loadgen", "parity"} <= set(r)
+        assert (r["model"], r["device"], r["precision"], r["batch_size"], r["image_size"]) == ("resnet18", "cpu", "fp32", 2, 32)
+        assert r["status"] == "ok" and r["error"] is None
+        assert r["iters"] == 3 and len(r["samples_ms"]) == 3
+        assert set(r["latency_ms"]) == {"mean", "p50", "p90", "p95", "p99", "min", "max", "std"}
+        assert r["latency_ms"]["min"] <= r["latency_ms"]["p50"] <= r["latency_ms"]["max"]
+        assert r["throughput_ips"] == pytest.approx(2 * 3 / (sum(r["samples_ms"]) / 1e3))
+        assert r["scenario"] == "offline" and r["loadgen"] is None
+        p = r["parity"]
+        assert p["reference"] == "eager-fp32" and p["passed"]
+        assert p["cosine"] >= 0.9999 and p["top1_agreement"] == 1.0 and p["distinct_top1"] >= 0.9
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["backend"] for r in rows] == ["eager", "onnxruntime"]
+    assert float(rows[1]["parity_cosine"]) >= 0.9999 and rows[1]["parity_passed"] == "True"
+    assert not list(tmp_path.glob("**/*.tmp"))  # atomic writes leave no temporary behind
+
+
+class PerturbedRunner(EagerRunner):
+    """Eager with one weight nudged: the kind of bug parity exists to catch."""
+
+    name = "perturbed"
+
+    def prepare_impl(self):
+        super().prepare_impl()
+        with torch.no_grad():
+            self.module.conv1.weight.mul_(1.02)
+
+
+class BrokenRunner(EagerRunner):
+    name = "broken"
+
+    def run_impl(self, inputs):
+        raise RuntimeError("kernel exploded\nsecond line of detail")
+
+
+@pytest.fixture
+def extra_runners(monkeypatch):
+    for runner in (PerturbedRunner, BrokenRunner):
+        monkeypatch.setitem(RUNNERS, runner.name, runner)
+    monkeypatch.setattr(cli, "BACKENDS", (*cli.BACKENDS, "perturbed", "broken"))
+
+
+def test_parity_failure_and_runtime_failure_keep_the_other_rows(capsys, tmp_path, extra_runners):
+    json_path = tmp_path / "run.json"
+    code, out, _ = run_cli(capsys, *SMALL, "--backend", "broken,perturbed,eager", "--json", str(json_path))
+    assert code == 1
+    results = {r["backend"]: r for r in json.loads(json_path.read_text())["results"]}
+
+    assert results["broken"]["status"] == "failed"
+    assert results["broken"]["error"] == "RuntimeError: kernel exploded second line of detail"
+    assert results["perturbed"]["status"] == "ok" and not results["perturbed"]["parity"]["passed"]
+    assert results["perturbed"]["parity"]["cosine"] < 0.9999
+    assert results["eager"]["status"] == "ok" and results["eager"]["parity"]["passed"]
+    assert "FAIL" in out and "failed: RuntimeError" in out
+
+
+def test_all_skips_unsupported_precisions_with_a_reason(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, *SMALL, "--precision", "bf16", "--device", "cpu",
+                           "--json", str(tmp_path / "r.json"), "--cache-dir", str(tmp_path / "cache"),
+                           "--backend", "all")
+    results = {r["backend"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert results["onnxruntime"]["status"] == "skipped"
+    assert results["onnxruntime"]["error"] == "bf16 is not supported by onnxruntime on cpu"
+    assert results["eager"]["status"] == "ok" and results["eager"]["parity"]["passed"]
+    assert "not run: tensorrt" in out
+    assert code == 0

@@ -1,0 +1,104 @@
+"""Each runner on a tiny input: lifecycle, input checks, outputs against the reference model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.parity import compare, predict
+from bench.runners import BACKENDS, RUNNERS, RunConfig, unavailable_reason
+from bench.runners.compile import CompileRunner
+from bench.runners.eager import EagerRunner
+from bench.runners.onnxruntime import OnnxRuntimeRunner
+from resnet_perf import parity_inputs
+
+CPU = torch.device("cpu")
+
+
+def config(tmp_path, precision="fp32", batch_size=2, **kw):
+    return RunConfig(model_id="resnet18-test", device=CPU, precision=precision, batch_size=batch_size,
+                     image_size=32, threads=torch.get_num_threads(), cache_dir=tmp_path, **kw)
+
+
+@pytest.mark.parametrize(("runner_cls", "precision"), [
+    (EagerRunner, "fp32"),
+    (EagerRunner, "bf16"),
+    (CompileRunner, "fp32"),
+    (OnnxRuntimeRunner, "fp32"),
+])
+def test_runner_matches_the_reference(resnet18_32, tmp_path, runner_cls, precision):
+    x = parity_inputs(8, 32)
+    with torch.no_grad():
+        reference = resnet18_32(x)
+    with runner_cls(resnet18_32, config(tmp_path, precision, batch_size=4)) as runner:
+        logits = predict(lambda b: runner.to_logits(runner.run(runner.to_input(b))), x, 4)
+    assert logits.dtype == torch.float32 and logits.shape == reference.shape
+    assert compare(reference, logits, precision)["passed"]
+
+
+def test_runner_lifecycle(resnet18_32, tmp_path):
+    runner = EagerRunner(resnet18_32, config(tmp_path))
+    with pytest.raises(RuntimeError, match="run\\(\\) before prepare\\(\\)"):
+        runner.run(torch.zeros(2, 3, 32, 32))
+    runner.prepare()
+    with pytest.raises(RuntimeError, match="prepare\\(\\) called twice"):
+        runner.prepare()
+    with pytest.raises(ValueError, match=r"expected an input of shape \(2, 3, 32, 32\), got \(3, 3, 32, 32\)"):
+        runner.to_input(torch.zeros(3, 3, 32, 32))
+    runner.close()
+    runner.close()  # closing twice is harmless
+    assert not runner.is_active
+
+
+def test_runners_do_not_change_the_shared_model(resnet18_32, tmp_path):
+    before = {k: v.clone() for k, v in resnet18_32.state_dict().items()}
+    with EagerRunner(resnet18_32, config(tmp_path, "bf16")) as runner:
+        runner.run(runner.to_input(torch.zeros(2, 3, 32, 32)))
+    after = resnet18_32.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_outputs_are_copied_out_of_reused_buffers(resnet18_32, tmp_path):
+    """onnxruntime writes every call into one bound buffer: to_logits must copy."""
+    x = parity_inputs(4, 32)
+    with OnnxRuntimeRunner(resnet18_32, config(tmp_path)) as runner:
+        first = runner.to_logits(runner.run(runner.to_input(x[:2])))
+        second = runner.to_logits(runner.run(runner.to_input(x[2:])))
+    assert not torch.equal(first, second)
+    with torch.no_grad():
+        torch.testing.assert_close(first, resnet18_32(x[:2]), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_export_is_cached(resnet18_32, tmp_path):
+    cfg = config(tmp_path)
+    with OnnxRuntimeRunner(resnet18_32, cfg) as runner:
+        path = runner.onnx_path()
+    mtime = path.stat().st_mtime_ns
+    with OnnxRuntimeRunner(resnet18_32, cfg) as runner:
+        assert runner.onnx_path() == path
+    assert path.stat().st_mtime_ns == mtime
+    # Another shape is another artifact.
+    assert OnnxRuntimeRunner(resnet18_32, config(tmp_path, batch_size=3)).onnx_path() != path
+
+
+def test_every_contract_backend_is_listed():
+    assert BACKENDS == ("eager", "compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "triton", "triton-server")
+    assert set(RUNNERS) <= set(BACKENDS)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only answers differ on a GPU machine")
+def test_unavailable_backends_say_why_on_cpu():
+    assert unavailable_reason("eager", CPU) is None
+    assert unavailable_reason("onnxruntime", CPU) is None
+    assert unavailable_reason("onnxruntime-trt", CPU) == "needs --device cuda"
+    assert "TensorRT is not installed" in unavailable_reason("tensorrt", CPU)
+    assert "not built yet" in unavailable_reason("triton", CPU)
+    assert "not built yet" in unavailable_reason("triton-server", CPU)
+
+
+def test_cpu_precisions():
+    assert OnnxRuntimeRunner.precisions(CPU) == ("fp32",)
+    assert EagerRunner.precisions(CPU) == ("fp32", "bf16")
+    cuda = torch.device("cuda")
+    assert OnnxRuntimeRunner.precisions(cuda) == ("fp32", "fp16")
+    assert EagerRunner.precisions(cuda) == ("fp32", "fp16", "bf16")
