@@ -178,3 +178,29 @@ def test_all_skips_unsupported_precisions_with_a_reason(capsys, tmp_path):
     assert results["eager"]["status"] == "ok" and results["eager"]["parity"]["passed"]
     assert "not run: tensorrt" in out
     assert code == 0
+
+
+class OutOfMemoryRunner(EagerRunner):
+    """Runs out of memory from batch 4 on, as a GPU would at some batch size."""
+
+    name = "oom"
+
+    def prepare_impl(self):
+        if self.config.batch_size >= 4:
+            raise MemoryError()
+        super().prepare_impl()
+
+
+def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(RUNNERS, "oom", OutOfMemoryRunner)
+    monkeypatch.setattr(cli, "BACKENDS", (*cli.BACKENDS, "oom"))
+    json_path = tmp_path / "run.json"
+    code, _, _ = run_cli(capsys, "--model", "resnet18", "--image-size", "32", "--batch-size", "2,4,8",
+                         "--iters", "2", "--warmup", "0", "--backend", "oom,eager", "--json", str(json_path))
+    assert code == 1
+    rows = [(r["backend"], r["batch_size"], r["status"], r["error"]) for r in json.loads(json_path.read_text())["results"]]
+    assert rows == [
+        ("oom", 2, "ok", None), ("eager", 2, "ok", None),
+        ("oom", 4, "failed", "out of memory"), ("eager", 4, "ok", None),
+        ("oom", 8, "skipped", "out of memory at batch 4"), ("eager", 8, "ok", None),
+    ]
