@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 import time
@@ -63,13 +64,20 @@ def _non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else _positive_int(text)
 
 
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not below 2**32")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds")
     return value
 
 
@@ -87,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU intra-op threads (default: torch's)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
     p.add_argument("--weights", default=None, help="state_dict file (torchvision or ours); default: synthetic")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the synthetic model and inputs")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic model and inputs")
     p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
     p.add_argument("--csv", dest="csv_path", default=None, help="write results as CSV here")
     p.add_argument("--cache-dir", default=os.environ.get("RESNET_PERF_CACHE", str(Path.home() / ".cache" / "resnet-perf")),
@@ -101,7 +109,6 @@ class Plan:
     models: list[str]
     backends: list[str]
     not_run: dict[str, str]  # backend -> why, for `--backend all`
-    explicit_backends: bool
     device: torch.device
     precisions: list[str]
     batch_sizes: list[int]
@@ -139,6 +146,15 @@ def _check_writable(flag: str, path: str | None) -> None:
         raise UsageError(f"{flag} {path}: folder {target.parent} is not writable")
 
 
+def _check_directory(flag: str, path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
 def resolve(args: argparse.Namespace) -> Plan:
     """Check every argument against what this machine has; raise UsageError on the first bad one."""
     for name in args.model:
@@ -171,13 +187,17 @@ def resolve(args: argparse.Namespace) -> Plan:
                 not_run[name] = reason
             else:
                 backends.append(name)
+        for precision in args.precision:
+            if not any(precision in RUNNERS[name].precisions(device) for name in backends):
+                raise UsageError(f"--precision {precision}: no backend available here runs it on {device.type}")
 
     if args.weights is not None and len(args.model) > 1:
         raise UsageError("--weights holds one model's weights: give exactly one --model with it")
     _check_writable("--json", args.json_path)
+    _check_directory("--cache-dir", args.cache_dir)
     _check_writable("--csv", args.csv_path)
     threads = args.threads or torch.get_num_threads()
-    return Plan(args.model, backends, not_run, explicit, device, args.precision, args.batch_size, threads)
+    return Plan(args.model, backends, not_run, device, args.precision, args.batch_size, threads)
 
 
 def list_backends(device: torch.device) -> None:
@@ -198,11 +218,22 @@ def model_id(name: str, model: torch.nn.Module) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return "out of memory"
     text = " ".join(str(exc).split())
+    # CPU allocators and onnxruntime report exhaustion as plain errors with these words.
+    allocator = ("out of memory", "failed to allocate memory", "defaultcpuallocator")
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(a in text.lower() for a in allocator):
+        return "out of memory"
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def reference_run(name: str, weights_model: torch.nn.Module | None, args: argparse.Namespace):
+    """The model, the parity inputs and the fp32 eager reference logits, on the CPU."""
+    model = weights_model or resnet_perf.build_model(name, image_size=args.image_size, seed=args.seed)
+    parity_x = parity_inputs(PARITY_BATCH, args.image_size, args.seed, model.fc.out_features)
+    with torch.inference_mode():
+        reference = model(parity_x)
+    return model, parity_x, reference
 
 
 def bench_row(
@@ -254,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     torch.set_num_threads(plan.threads)
+    if plan.device.type == "cuda":
+        # Synchronize and CUDA events act on the current device: make it the one measured.
+        torch.cuda.set_device(plan.device)
     env = bench_env.collect(plan.device, plan.threads)
     cache_dir = Path(args.cache_dir)
     rows: list[report.Row] = []
@@ -265,11 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         task = progress.add_task("starting", total=total)
         for name in plan.models:
             progress.update(task, description=f"{name}: building the model and the fp32 reference")
-            model = weights_model or resnet_perf.build_model(name, image_size=args.image_size, seed=args.seed)
-            num_classes = model.fc.out_features
-            parity_x = parity_inputs(PARITY_BATCH, args.image_size, args.seed, num_classes)
-            with torch.inference_mode():
-                reference = model(parity_x)
+            try:
+                model, parity_x, reference = reference_run(name, weights_model, args)
+            except Exception as exc:  # noqa: BLE001 - e.g. an image size too large for memory
+                progress.stop()
+                print(f"python -m bench: error: {name} at {args.image_size} px: {_one_line(exc)}", file=sys.stderr)
+                return 2
             ident = model_id(name, model)
 
             for precision in plan.precisions:

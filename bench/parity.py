@@ -38,7 +38,8 @@ TOLERANCES: dict[str, Tolerance] = {
         min_cosine=0.999,
         max_rel_l2=0.05,
         min_top1_agreement=0.99,
-        why="fp16 keeps 11 significant bits; with fp32 accumulation, ResNet logits stay within ~1% rel_l2",
+        why="fp16 keeps 11 significant bits; with fp32 accumulation, ResNet logits stay within ~1% rel_l2 "
+        "(0.99 top-1 allows no flip in the 64-input parity batch, one in a batch of 100 or more)",
     ),
     "bf16": Tolerance(
         min_cosine=0.995,

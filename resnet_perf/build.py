@@ -63,7 +63,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model")
         raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
 
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    # Checkpoints from before BatchNorm counted its batches lack num_batches_tracked; PyTorch's own
+    # strict loading accepts them (the count is unused in eval), and so do we.
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise WeightsError(

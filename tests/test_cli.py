@@ -29,7 +29,7 @@ def run_cli(capsys, *argv):
     [
         (["--model", "resnet51"], "--model 'resnet51': unknown model; choose from resnet18"),
         (["--backend", "tensorflow"], "--backend 'tensorflow': unknown backend; choose from eager"),
-        (["--backend", "tensorrt"], "--backend tensorrt: not available on cpu: TensorRT is not installed"),
+        (["--backend", "tensorrt", "--device", "cpu"], "--backend tensorrt: not available on cpu: TensorRT is not installed"),
         (["--backend", "triton"], "--backend triton: not available"),
         (["--precision", "fp8"], "--precision 'fp8': choose from fp32, fp16, bf16"),
         (["--precision", "fp16", "--backend", "onnxruntime", "--device", "cpu"], "--precision fp16: onnxruntime on cpu supports fp32"),
@@ -38,7 +38,11 @@ def run_cli(capsys, *argv):
         (["--batch-size", "8,x"], "argument --batch-size: 'x' is not a positive integer"),
         (["--image-size", "-3"], "argument --image-size: '-3' is not a positive integer"),
         (["--iters", "0"], "argument --iters: '0' is not a positive integer"),
-        (["--min-time", "nan"], "argument --min-time: 'nan' is not a positive number of seconds"),
+        (["--min-time", "nan"], "argument --min-time: 'nan' is not a positive, finite number of seconds"),
+        (["--min-time", "inf"], "argument --min-time: 'inf' is not a positive, finite number of seconds"),
+        (["--seed", str(2**60)], f"argument --seed: '{2**60}' is not below 2**32"),
+        (["--precision", "fp16", "--device", "cpu"], "--precision fp16: no backend available here runs it on cpu"),
+        (["--cache-dir", "/proc/no-such-dir"], "--cache-dir /proc/no-such-dir: cannot create it"),
         (["--compile-mode", "fast"], "argument --compile-mode: invalid choice: 'fast'"),
         (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
         (["--weights", "/nonexistent/w.pth", "--model", "resnet18"], "weights file not found: /nonexistent/w.pth"),
@@ -204,3 +208,9 @@ def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path,
         ("oom", 4, "failed", "out of memory"), ("eager", 4, "ok", None),
         ("oom", 8, "skipped", "out of memory at batch 4"), ("eager", 8, "ok", None),
     ]
+
+
+def test_an_image_size_too_large_for_memory_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "--model", "resnet18", "--image-size", "100000", "--backend", "eager")
+    assert code == 2
+    assert err.count("\n") == 1 and "resnet18 at 100000 px: out of memory" in err

@@ -160,3 +160,12 @@ def test_weights_with_another_class_count(tmp_path):
     torch.save(resnet18(num_classes=10).state_dict(), path)
     with pytest.raises(WeightsError, match=r"fc.weight has shape \(10, 512\).*num_classes"):
         build_model("resnet18", weights=path)
+
+
+def test_checkpoint_without_num_batches_tracked_loads(tmp_path):
+    """Older checkpoints lack the BatchNorm batch counters; strict PyTorch loading accepts that."""
+    state = {k: v for k, v in resnet18().state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "legacy.pth"
+    torch.save(state, path)
+    model = build_model("resnet18", weights=path)
+    assert torch.equal(model.fc.weight, state["fc.weight"])

@@ -1,0 +1,154 @@
+"""kernels.fused_conv2d against its PyTorch reference: random shapes, every ResNet-50 conv shape,
+every dtype, and every bad argument. On CPU the kernel runs in Triton's interpreter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernels.fused_conv2d import fused_conv2d, fused_conv2d_reference, pack_weight
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# Per-dtype tolerances, relative to outputs of order 1: fp32 differs only in summation order (TF32
+# is switched off below); fp16 and bf16 differ by one rounding of the output (fp16 ulp at 4 is
+# 2**-8, bf16 2**-5) plus the rounding of the fp16/bf16 residual we add before the final cast.
+TOLERANCES = {
+    torch.float32: {"atol": 1e-4, "rtol": 1e-4},
+    torch.float16: {"atol": 1e-2, "rtol": 1e-2},
+    torch.bfloat16: {"atol": 6e-2, "rtol": 2e-2},
+}
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32():
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+def make_case(gen, n, c, h, w, k, ks, dtype, channels_last=True):
+    x = torch.randn(n, c, h, w, generator=gen).to(DEVICE, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    # Scaled so outputs are of order 1 whatever the fan-in: the tolerances above assume that.
+    weight = (torch.randn(k, c, ks, ks, generator=gen) / (c * ks * ks) ** 0.5).to(DEVICE, dtype)
+    bias = torch.randn(k, generator=gen).to(DEVICE)
+    return x, weight, bias
+
+
+def check(x, weight, bias, stride, padding, with_residual, relu, packed=True, gen=None):
+    expected = fused_conv2d_reference(x, weight, bias, stride=stride, padding=padding)
+    residual = None
+    if with_residual:
+        residual = torch.randn(expected.shape, generator=gen).to(DEVICE, x.dtype)
+        expected = fused_conv2d_reference(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu)
+    elif relu:
+        expected = torch.relu(expected)
+    got = fused_conv2d(x, pack_weight(weight) if packed else weight, bias, stride=stride, padding=padding,
+                       residual=residual, relu=relu)
+    assert got.shape == expected.shape and got.dtype == x.dtype
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, **TOLERANCES[x.dtype])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 2), c=st.integers(1, 24), k=st.integers(1, 40), h=st.integers(1, 12), w=st.integers(1, 12),
+    ks=st.sampled_from([1, 3, 7]), stride=st.sampled_from([1, 2]), padding=st.integers(0, 3),
+    with_bias=st.booleans(), with_residual=st.booleans(), relu=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    channels_last=st.booleans(), packed=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_random_shapes(n, c, k, h, w, ks, stride, padding, with_bias, with_residual, relu, dtype,
+                       channels_last, packed, seed):
+    if (h + 2 * padding - ks) < 0 or (w + 2 * padding - ks) < 0:
+        return  # the kernel does not fit: covered by test_kernel_larger_than_input
+    gen = torch.Generator().manual_seed(seed)
+    x, weight, bias = make_case(gen, n, c, h, w, k, ks, dtype, channels_last)
+    check(x, weight, bias if with_bias else None, stride, padding, with_residual, relu, packed, gen)
+
+
+# Every distinct conv of ResNet-50 (and the BasicBlock 3x3s of ResNet-18/34): (C, K, kernel, stride,
+# padding), at a small spatial size so the interpreter stays fast.
+RESNET_CONVS = [
+    (3, 64, 7, 2, 3),
+    (64, 64, 1, 1, 0), (64, 64, 3, 1, 1), (64, 256, 1, 1, 0), (256, 64, 1, 1, 0),
+    (256, 128, 1, 1, 0), (128, 128, 3, 2, 1), (128, 128, 3, 1, 1), (128, 512, 1, 1, 0), (256, 512, 1, 2, 0),
+    (512, 128, 1, 1, 0), (512, 256, 1, 1, 0), (256, 256, 3, 2, 1), (256, 256, 3, 1, 1), (256, 1024, 1, 1, 0),
+    (512, 1024, 1, 2, 0), (1024, 256, 1, 1, 0), (1024, 512, 1, 1, 0), (512, 512, 3, 2, 1), (512, 512, 3, 1, 1),
+    (512, 2048, 1, 1, 0), (1024, 2048, 1, 2, 0), (2048, 512, 1, 1, 0),
+    (64, 128, 3, 2, 1), (64, 128, 1, 2, 0),
+]
+
+
+@pytest.mark.parametrize(("c", "k", "ks", "stride", "padding"), RESNET_CONVS)
+def test_resnet_conv_shapes(c, k, ks, stride, padding):
+    gen = torch.Generator().manual_seed(c * 7 + k)
+    size = 16 if ks == 7 else 4
+    x, weight, bias = make_case(gen, 1, c, size, size, k, ks, torch.float32)
+    check(x, weight, bias, stride, padding, with_residual=ks == 1, relu=True, gen=gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_accumulates_in_fp32(dtype):
+    """A long reduction (C=512, 3x3) in fp16/bf16 accumulation would drift far past these tolerances."""
+    gen = torch.Generator().manual_seed(1)
+    x, weight, bias = make_case(gen, 1, 512, 3, 3, 16, 3, dtype)
+    check(x, weight, bias, 1, 1, with_residual=True, relu=False, gen=gen)
+
+
+def _args(**overrides):
+    gen = torch.Generator().manual_seed(0)
+    x, weight, bias = make_case(gen, 1, 4, 6, 6, 8, 3, torch.float32)
+    args = {"x": x, "weight": weight, "bias": bias, "stride": 1, "padding": 1, "residual": None, "relu": False}
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize(("overrides", "error", "match"), [
+    ({"x": [[1.0]]}, TypeError, "x must be a torch.Tensor, got list"),
+    ({"x": torch.zeros(4, 6, 6)}, ValueError, r"x must be 4-D \(N, C, H, W\)"),
+    ({"weight": torch.zeros(8, 4, 3)}, ValueError, r"weight must be 4-D \(K, C, KH, KW\)"),
+    ({"x": torch.zeros(1, 4, 6, 6, dtype=torch.float64)}, TypeError, "x must be float32, float16 or bfloat16"),
+    ({"weight": torch.zeros(8, 4, 3, 3, dtype=torch.float16)}, TypeError, "weight dtype torch.float16 differs"),
+    ({"weight": torch.zeros(8, 5, 3, 3)}, ValueError, "weight has 5 input channels but x has 4"),
+    ({"bias": torch.zeros(7)}, ValueError, r"bias must have shape \(8,\)"),
+    ({"bias": torch.zeros(8, dtype=torch.int32)}, TypeError, "bias must be a floating-point tensor"),
+    ({"stride": 0}, ValueError, "stride must be >= 1"),
+    ({"stride": 1.5}, TypeError, "stride must be an int or a pair of ints"),
+    ({"padding": -1}, ValueError, "padding must be >= 0"),
+    ({"padding": (1, 2, 3)}, TypeError, "padding must be an int or a pair of ints"),
+    ({"residual": torch.zeros(1, 8, 5, 5)}, ValueError, r"residual must have the output's shape \(1, 8, 6, 6\)"),
+    ({"residual": torch.zeros(1, 8, 6, 6, dtype=torch.int64)}, TypeError, "residual must be float32"),
+])
+def test_bad_arguments(overrides, error, match):
+    args = _args(**overrides)
+    for key in ("x", "weight", "bias", "residual"):
+        if isinstance(args[key], torch.Tensor):
+            args[key] = args[key].to(DEVICE)
+    x, weight = args.pop("x"), args.pop("weight")
+    with pytest.raises(error, match=match):
+        fused_conv2d(x, weight, **args)
+
+
+def test_kernel_larger_than_input():
+    x = torch.zeros(1, 3, 4, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="the 7x7 kernel does not fit the 4x4 input"):
+        fused_conv2d(x, torch.zeros(8, 3, 7, 7, device=DEVICE))
+
+
+def test_cpu_tensor_without_the_interpreter_is_a_clear_error():
+    code = ("import torch\nfrom kernels.fused_conv2d import fused_conv2d\n"
+            "try:\n    fused_conv2d(torch.zeros(1, 3, 8, 8), torch.zeros(4, 3, 3, 3))\n"
+            "except ValueError as e:\n    print(e)\n")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "x is a CPU tensor: Triton kernels run on CUDA tensors, or on CPU tensors only under TRITON_INTERPRET=1" in proc.stdout
