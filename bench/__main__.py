@@ -228,11 +228,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def reference_run(name: str, weights_model: torch.nn.Module | None, args: argparse.Namespace):
-    """The model, the parity inputs and the fp32 eager reference logits, on the CPU."""
-    model = weights_model or resnet_perf.build_model(name, image_size=args.image_size, seed=args.seed)
-    parity_x = parity_inputs(PARITY_BATCH, args.image_size, args.seed, model.fc.out_features)
-    with torch.inference_mode():
-        reference = model(parity_x)
+    """The model, the parity inputs and the fp32 eager reference logits, on the CPU. Without them
+    no row can run, so a failure here (an image size too large for memory) is a usage error."""
+    try:
+        model = weights_model or resnet_perf.build_model(name, image_size=args.image_size, seed=args.seed)
+        parity_x = parity_inputs(PARITY_BATCH, args.image_size, args.seed, model.fc.out_features)
+        with torch.inference_mode():
+            reference = model(parity_x)
+    except Exception as exc:  # noqa: BLE001 - whatever it was, it is reported in one line
+        raise UsageError(f"{name} at {args.image_size} px: {_one_line(exc)}") from None
     return model, parity_x, reference
 
 
@@ -270,41 +274,19 @@ def bench_row(
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if args.list_backends:
-            list_backends(resolve_device(args.device))
-            return 0
-        plan = resolve(args)
-        weights_model = (
-            resnet_perf.build_model(plan.models[0], weights=args.weights) if args.weights is not None else None
-        )
-    except (UsageError, resnet_perf.WeightsError) as exc:
-        print(f"python -m bench: error: {exc}", file=sys.stderr)
-        return 2
-
-    torch.set_num_threads(plan.threads)
-    if plan.device.type == "cuda":
-        # Synchronize and CUDA events act on the current device: make it the one measured.
-        torch.cuda.set_device(plan.device)
-    env = bench_env.collect(plan.device, plan.threads)
+def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.Namespace) -> list[report.Row]:
+    """Every row of the table: model x precision x batch size x backend, in that nesting."""
     cache_dir = Path(args.cache_dir)
     rows: list[report.Row] = []
     total = len(plan.models) * len(plan.precisions) * len(plan.batch_sizes) * len(plan.backends)
     stderr = Console(stderr=True)
-
+    # The progress display is for a person at a terminal; in a log it would only add blank lines.
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=stderr, transient=True) as progress:
+                  TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task("starting", total=total)
         for name in plan.models:
             progress.update(task, description=f"{name}: building the model and the fp32 reference")
-            try:
-                model, parity_x, reference = reference_run(name, weights_model, args)
-            except Exception as exc:  # noqa: BLE001 - e.g. an image size too large for memory
-                progress.stop()
-                print(f"python -m bench: error: {name} at {args.image_size} px: {_one_line(exc)}", file=sys.stderr)
-                return 2
+            model, parity_x, reference = reference_run(name, weights_model, args)
             ident = model_id(name, model)
 
             for precision in plan.precisions:
@@ -330,6 +312,34 @@ def main(argv: list[str] | None = None) -> int:
                                 if plan.device.type == "cuda":
                                     torch.cuda.empty_cache()
                         progress.advance(task)
+
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.list_backends:
+            list_backends(resolve_device(args.device))
+            return 0
+        plan = resolve(args)
+        weights_model = (
+            resnet_perf.build_model(plan.models[0], weights=args.weights) if args.weights is not None else None
+        )
+    except (UsageError, resnet_perf.WeightsError) as exc:
+        print(f"python -m bench: error: {exc}", file=sys.stderr)
+        return 2
+
+    torch.set_num_threads(plan.threads)
+    if plan.device.type == "cuda":
+        # Synchronize and CUDA events act on the current device: make it the one measured.
+        torch.cuda.set_device(plan.device)
+    env = bench_env.collect(plan.device, plan.threads)
+    try:
+        rows = run_rows(plan, weights_model, args)
+    except UsageError as exc:
+        print(f"python -m bench: error: {exc}", file=sys.stderr)
+        return 2
 
     console = report.console()
     report.print_table(rows, console)
