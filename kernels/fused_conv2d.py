@@ -122,9 +122,16 @@ def _fused_conv2d_kernel(
 
 _conv_autotuned = triton.autotune(configs=_configs(gemm=False), key=_KEY)(_fused_conv2d_kernel)
 _gemm_autotuned = triton.autotune(configs=_configs(gemm=True), key=_KEY)(_fused_conv2d_kernel)
-# The interpreter runs a kernel in numpy, one program at a time: autotuning there would only multiply
-# the test time. One small config exercises the same code, masks and tails included.
-_INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 4}
+
+
+def _interpreter_config(m: int, k: int, c: int) -> dict:
+    """The interpreter runs each program in numpy, so its cost is per program and per op, not per
+    element: tiles as large as the problem (up to 128) keep it fast, and autotuning there would only
+    multiply the test time. Tiles larger than a dimension still exercise the masked tails."""
+    def tile(size: int, cap: int) -> int:
+        return max(16, min(cap, triton.next_power_of_2(size)))
+
+    return {"BLOCK_M": tile(m, 128), "BLOCK_N": tile(k, 128), "BLOCK_K": tile(c, 64), "GROUP_M": 4}
 
 
 def _pair(name: str, value: int | tuple[int, int], minimum: int) -> tuple[int, int]:
@@ -223,7 +230,7 @@ def fused_conv2d(
         return (triton.cdiv(n * oh * ow, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"]),)
 
     if INTERPRET:
-        _fused_conv2d_kernel[grid](*args, **meta, **_INTERPRETER_CONFIG)
+        _fused_conv2d_kernel[grid](*args, **meta, **_interpreter_config(n * oh * ow, k, c))
     else:
         # A 1x1 stride-1 convolution is a plain GEMM (pixels x channels): it gets its own autotune
         # space, with 8-warp configs the windowed kernels must not use.
@@ -255,3 +262,27 @@ def fused_conv2d_reference(
     if relu:
         out = torch.relu(out)
     return out.to(x.dtype)
+
+
+# A PyTorch custom op, so that torch.compile treats the launch as one opaque node (Dynamo cannot
+# trace into a Triton launcher with autotuning) and CUDA graphs can capture the fused model whole.
+@torch.library.custom_op("resnet_perf::fused_conv2d", mutates_args=())
+def fused_conv2d_op(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    residual: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    return fused_conv2d(x, weight, bias, stride=tuple(stride), padding=tuple(padding), residual=residual, relu=relu)
+
+
+@fused_conv2d_op.register_fake
+def _(x, weight, bias, stride, padding, residual, relu):
+    n, _, h, w = x.shape
+    k, _, kh, kw = weight.shape
+    oh = (h + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kw) // stride[1] + 1
+    return x.new_empty((n, k, oh, ow)).contiguous(memory_format=torch.channels_last)

@@ -2,6 +2,7 @@
 
 from resnet_perf.build import WeightsError, build_model, load_weights
 from resnet_perf.fold import fold_batchnorm, fold_conv_bn_weights
+from resnet_perf.fused import fuse
 from resnet_perf.models.resnet import MODEL_NAMES
 from resnet_perf.synthetic import parity_inputs
 
@@ -11,6 +12,7 @@ __all__ = [
     "build_model",
     "fold_batchnorm",
     "fold_conv_bn_weights",
+    "fuse",
     "load_weights",
     "parity_inputs",
 ]

@@ -172,7 +172,8 @@ def test_parity_failure_and_runtime_failure_keep_the_other_rows(capsys, tmp_path
     assert "FAIL" in out and "failed: RuntimeError" in out
 
 
-def test_all_skips_unsupported_precisions_with_a_reason(capsys, tmp_path):
+def test_all_skips_unsupported_precisions_with_a_reason(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the interpreted triton row would take a minute
     code, out, _ = run_cli(capsys, *SMALL, "--precision", "bf16", "--device", "cpu",
                            "--json", str(tmp_path / "r.json"), "--cache-dir", str(tmp_path / "cache"),
                            "--backend", "all")

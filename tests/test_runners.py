@@ -10,6 +10,7 @@ from bench.runners import BACKENDS, RUNNERS, RunConfig, unavailable_reason
 from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
+from bench.runners.triton import TritonRunner
 from resnet_perf import parity_inputs
 
 CPU = torch.device("cpu")
@@ -25,6 +26,8 @@ def config(tmp_path, precision="fp32", batch_size=2, **kw):
     (EagerRunner, "bf16"),
     (CompileRunner, "fp32"),
     (OnnxRuntimeRunner, "fp32"),
+    (TritonRunner, "fp32"),
+    (TritonRunner, "fp16"),
 ])
 def test_runner_matches_the_reference(resnet18_32, tmp_path, runner_cls, precision):
     x = parity_inputs(8, 32)
@@ -87,12 +90,15 @@ def test_every_contract_backend_is_listed():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only answers differ on a GPU machine")
-def test_unavailable_backends_say_why_on_cpu():
+def test_unavailable_backends_say_why_on_cpu(monkeypatch):
     assert unavailable_reason("eager", CPU) is None
     assert unavailable_reason("onnxruntime", CPU) is None
     assert unavailable_reason("onnxruntime-trt", CPU) == "needs --device cuda"
     assert "TensorRT is not installed" in unavailable_reason("tensorrt", CPU)
-    assert "not built yet" in unavailable_reason("triton", CPU)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "needs --device cuda, or TRITON_INTERPRET=1 on CPU" in unavailable_reason("triton", CPU)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert unavailable_reason("triton", CPU) is None
     assert "not built yet" in unavailable_reason("triton-server", CPU)
 
 
@@ -102,3 +108,8 @@ def test_cpu_precisions():
     cuda = torch.device("cuda")
     assert OnnxRuntimeRunner.precisions(cuda) == ("fp32", "fp16")
     assert EagerRunner.precisions(cuda) == ("fp32", "fp16", "bf16")
+
+
+def test_triton_rows_on_cpu_are_marked_as_interpreter_timings(resnet18_32, tmp_path):
+    assert TritonRunner(resnet18_32, config(tmp_path)).timing_note == "interpreter timing"
+    assert EagerRunner(resnet18_32, config(tmp_path)).timing_note is None

@@ -13,19 +13,20 @@ from bench.runners.compile import COMPILE_MODES, CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
 from bench.runners.onnxruntime_trt import OnnxRuntimeTrtRunner, tensorrt_missing_reason
+from bench.runners.triton import TritonRunner
 
 RUNNERS: dict[str, type[Runner]] = {
-    runner.name: runner for runner in (EagerRunner, CompileRunner, OnnxRuntimeRunner, OnnxRuntimeTrtRunner)
+    runner.name: runner
+    for runner in (EagerRunner, CompileRunner, OnnxRuntimeRunner, OnnxRuntimeTrtRunner, TritonRunner)
 }
 
 # Backends of the contract whose runners are not in this version yet.
 _NOT_BUILT = {
     "tensorrt": "the TensorRT engine runner is not built yet (export issue)",
-    "triton": "the fused Triton model is not built yet (kernel issue)",
     "triton-server": "the Triton Inference Server runner is not built yet (serving issue)",
 }
 
-BACKENDS: tuple[str, ...] = (*RUNNERS, *_NOT_BUILT)
+BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "triton", "triton-server")
 
 
 def unavailable_reason(backend: str, device: torch.device) -> str | None:

@@ -45,8 +45,6 @@ class RunConfig:
 
 class Runner(abc.ABC):
     name: ClassVar[str]
-    # Set where a row's timings are not performance figures (an interpreter), shown beside them.
-    timing_note: ClassVar[str | None] = None
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
@@ -63,6 +61,11 @@ class Runner(abc.ABC):
         self.model = model
         self.config = config
         self.is_active = False
+
+    @property
+    def timing_note(self) -> str | None:
+        """Set where this runner's timings are not performance figures (an interpreter)."""
+        return None
 
     def prepare(self) -> None:
         if self.is_active:
