@@ -18,6 +18,14 @@ from bench.runners.eager import EagerRunner
 SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3"]
 
 
+@pytest.fixture(autouse=True)
+def _no_interpreted_triton(monkeypatch):
+    """conftest turns Triton's interpreter on for the kernel tests; with it, `--backend all` on CPU
+    would include a `triton` row taking minutes per model. These tests are about the CLI, and a
+    user's shell normally has the interpreter off."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
 def run_cli(capsys, *argv):
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
@@ -30,7 +38,6 @@ def run_cli(capsys, *argv):
         (["--model", "resnet51"], "--model 'resnet51': unknown model; choose from resnet18"),
         (["--backend", "tensorflow"], "--backend 'tensorflow': unknown backend; choose from eager"),
         (["--backend", "tensorrt", "--device", "cpu"], "--backend tensorrt: not available on cpu: TensorRT is not installed"),
-        (["--backend", "triton"], "--backend triton: not available"),
         (["--precision", "fp8"], "--precision 'fp8': choose from fp32, fp16, bf16"),
         (["--precision", "fp16", "--backend", "onnxruntime", "--device", "cpu"], "--precision fp16: onnxruntime on cpu supports fp32"),
         (["--device", "tpu"], "--device 'tpu': choose cpu, cuda, cuda:N or auto"),
@@ -55,6 +62,13 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("python -m bench: error: ")
     assert message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_triton_on_cpu_without_the_interpreter(capsys):
+    code, out, err = run_cli(capsys, "--backend", "triton", "--device", "cpu")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "--backend triton: not available on cpu: needs --device cuda, or TRITON_INTERPRET=1" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -172,8 +186,7 @@ def test_parity_failure_and_runtime_failure_keep_the_other_rows(capsys, tmp_path
     assert "FAIL" in out and "failed: RuntimeError" in out
 
 
-def test_all_skips_unsupported_precisions_with_a_reason(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the interpreted triton row would take a minute
+def test_all_skips_unsupported_precisions_with_a_reason(capsys, tmp_path):
     code, out, _ = run_cli(capsys, *SMALL, "--precision", "bf16", "--device", "cpu",
                            "--json", str(tmp_path / "r.json"), "--cache-dir", str(tmp_path / "cache"),
                            "--backend", "all")
