@@ -8,11 +8,10 @@ here, with exit 2), the reference, then one row per model x precision x batch si
 from __future__ import annotations
 
 import argparse
-import hashlib
-import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,83 +22,53 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import resnet_perf
 from bench import env as bench_env
-from bench import parity, report, timing
+from bench import report, timing
 from bench.runners import BACKENDS, COMPILE_MODES, PRECISIONS, RUNNERS, RunConfig, Runner, unavailable_reason
 from export.atomic import write_text
+from export.manifest import ManifestError, load_manifest
+from resnet_perf import parity
+from resnet_perf.cli import (
+    Parser,
+    UsageError,
+    check_directory,
+    check_writable,
+    list_of,
+    non_negative_int,
+    one_line,
+    positive_float,
+    positive_int,
+    resolve_device,
+    rng_seed,
+)
 from resnet_perf.synthetic import parity_inputs
-
-PARITY_BATCH = 64
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints usage plus the message; the contract wants one line
-        raise UsageError(message)
-
-
-def _list_of(kind):
-    def parse(text: str) -> list:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        return [kind(item) for item in items]
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive_int(text)
-
-
-def _seed(text: str) -> int:
-    value = _non_negative_int(text)
-    if value >= 2**32:
-        raise argparse.ArgumentTypeError(f"{text!r} is not below 2**32")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number of seconds")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=_list_of(str), default=["resnet50"], help="resnet18|34|50|101|152, comma-separated")
-    p.add_argument("--backend", type=_list_of(str), default=["all"], help=f"{', '.join(BACKENDS)}, or all")
+    p = Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    # --model, --image-size, --precision and --seed default to what a given --onnx/--engine was
+    # exported with, else to the values in their help.
+    p.add_argument("--model", type=list_of(str), default=None, help="resnet18|34|50|101|152, comma-separated; resnet50")
+    p.add_argument("--backend", type=list_of(str), default=["all"], help=f"{', '.join(BACKENDS)}, or all")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    p.add_argument("--batch-size", type=_list_of(_positive_int), default=[8])
-    p.add_argument("--image-size", type=_positive_int, default=224)
-    p.add_argument("--precision", type=_list_of(str), default=["fp32"], help=", ".join(PRECISIONS))
-    p.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed calls before timing")
-    p.add_argument("--iters", type=_positive_int, default=20, help="timed calls (at least this many with --min-time)")
-    p.add_argument("--min-time", type=_positive_float, default=None, help="time calls until this many seconds")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU intra-op threads (default: torch's)")
+    p.add_argument("--batch-size", type=list_of(positive_int), default=None, help="8, or an artifact's OPT size")
+    p.add_argument("--image-size", type=positive_int, default=None, help="224")
+    p.add_argument("--precision", type=list_of(str), default=None, help=f"{', '.join(PRECISIONS)}; fp32")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls before timing")
+    p.add_argument("--iters", type=positive_int, default=20, help="timed calls (at least this many with --min-time)")
+    p.add_argument("--min-time", type=positive_float, default=None, help="time calls until this many seconds")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU intra-op threads (default: torch's)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
     p.add_argument("--weights", default=None, help="state_dict file (torchvision or ours); default: synthetic")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic model and inputs")
+    p.add_argument("--seed", type=rng_seed, default=None, help="seed of the synthetic model and inputs; 0")
+    p.add_argument("--onnx", default=None, help="run this exported ONNX file in the onnxruntime backends")
+    p.add_argument("--engine", default=None, help="run this TensorRT engine in the tensorrt backend")
+    p.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay the engine as one CUDA graph")
+    p.add_argument("--host-io", action="store_true",
+                   help="on CUDA, time the copies of the batch to the GPU and of the logits back as well")
     p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
     p.add_argument("--csv", dest="csv_path", default=None, help="write results as CSV here")
     p.add_argument("--cache-dir", default=os.environ.get("RESNET_PERF_CACHE", str(Path.home() / ".cache" / "resnet-perf")),
-                   help="where exported ONNX files are kept between runs")
+                   help="where exported ONNX files and TensorRT engines are kept between runs")
     p.add_argument("--list-backends", action="store_true", help="list every backend and whether it runs here")
     return p
 
@@ -112,58 +81,76 @@ class Plan:
     device: torch.device
     precisions: list[str]
     batch_sizes: list[int]
+    image_size: int
+    seed: int
     threads: int
+    onnx: Path | None = None
+    engine: Path | None = None
+    weights_digest: str | None = None  # what the reference model must hold when an artifact is given
 
 
-def resolve_device(text: str) -> torch.device:
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device {text!r}: choose cpu, cuda, cuda:N or auto") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {text!r}: choose cpu, cuda, cuda:N or auto")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: no CUDA GPU is visible to PyTorch here (torch {torch.__version__})")
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise UsageError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
+# Which backends run a given artifact.
+ARTIFACT_BACKENDS = {"--onnx": ("onnxruntime", "onnxruntime-trt"), "--engine": ("tensorrt",)}
 
 
-def _check_writable(flag: str, path: str | None) -> None:
-    if path is None:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory, expected a file path")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot create its folder ({exc.strerror})") from None
-    if not os.access(target.parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: folder {target.parent} is not writable")
-
-
-def _check_directory(flag: str, path: str) -> None:
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot create it ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: not writable")
+def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
+    """The manifests of --onnx and --engine, checked against their files, and what the artifacts
+    fix about the run (model, image size, precision, seed), each checked against the flag where it
+    was given too: an artifact computes one thing. Batch sizes default to the size it was tuned for,
+    and must lie in the range it accepts."""
+    manifests, fixed = {}, {}
+    paths = {"--onnx": args.onnx, "--engine": args.engine}
+    for flag, fmt in (("--onnx", "onnx"), ("--engine", "tensorrt")):
+        path = paths[flag]
+        if path is None:
+            continue
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            raise UsageError(f"{flag} {exc}") from None
+        if manifest.get("format") != fmt or "weights_digest" not in manifest:
+            raise UsageError(f"{flag} {path}: not an artifact of python -m export --format {fmt}")
+        weights = manifest["weights"]
+        if weights["source"] == "file" and args.weights is None:
+            raise UsageError(f"{flag} {path} was exported from the weights in {weights['path']}: pass them with --weights")
+        exported = {"--model": [manifest["model"]], "--image-size": manifest["image_size"],
+                    "--precision": [manifest["precision"]]}
+        if weights["source"] == "synthetic":
+            exported["--seed"] = weights["seed"]
+        for option, value in exported.items():
+            given = fixed.get(option, getattr(args, option[2:].replace("-", "_")))
+            if given is not None and given != value:
+                raise UsageError(f"{flag} {path} was exported with {option} {value}; this run asks for {given}")
+            fixed[option] = value
+        fixed.setdefault("--batch-size", [manifest["batch"]["opt"]])
+        manifests[flag] = manifest
+    for flag, manifest in manifests.items():
+        low, high = manifest["batch"]["min"], manifest["batch"]["max"]
+        for size in args.batch_size or fixed["--batch-size"]:
+            if not low <= size <= high:
+                raise UsageError(f"--batch-size {size}: {flag} {paths[flag]} accepts batches of {low} to {high}")
+    if len({m["weights_digest"] for m in manifests.values()}) > 1:
+        raise UsageError("--onnx and --engine were exported from different weights")
+    return manifests, fixed
 
 
 def resolve(args: argparse.Namespace) -> Plan:
     """Check every argument against what this machine has; raise UsageError on the first bad one."""
-    for name in args.model:
+    manifests, fixed = resolve_artifacts(args)
+    models = args.model or fixed.get("--model", ["resnet50"])
+    precisions = args.precision or fixed.get("--precision", ["fp32"])
+    batch_sizes = args.batch_size or fixed.get("--batch-size", [8])
+    image_size = args.image_size or fixed.get("--image-size", 224)
+    seed = args.seed if args.seed is not None else fixed.get("--seed", 0)
+    for name in models:
         if name not in resnet_perf.MODEL_NAMES:
             raise UsageError(f"--model {name!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
-    for precision in args.precision:
+    for precision in precisions:
         if precision not in PRECISIONS:
             raise UsageError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     device = resolve_device(args.device)
+    if args.host_io and device.type != "cuda":
+        raise UsageError("--host-io times host-device copies, so it needs --device cuda")
 
     explicit = args.backend != ["all"]
     not_run: dict[str, str] = {}
@@ -174,7 +161,7 @@ def resolve(args: argparse.Namespace) -> Plan:
             reason = unavailable_reason(name, device)
             if reason:
                 raise UsageError(f"--backend {name}: not available on {device}: {reason}")
-            for precision in args.precision:
+            for precision in precisions:
                 if precision not in RUNNERS[name].precisions(device):
                     supported = ", ".join(RUNNERS[name].precisions(device))
                     raise UsageError(f"--precision {precision}: {name} on {device.type} supports {supported}")
@@ -187,17 +174,27 @@ def resolve(args: argparse.Namespace) -> Plan:
                 not_run[name] = reason
             else:
                 backends.append(name)
-        for precision in args.precision:
+        for precision in precisions:
             if not any(precision in RUNNERS[name].precisions(device) for name in backends):
                 raise UsageError(f"--precision {precision}: no backend available here runs it on {device.type}")
+    for flag in manifests:
+        if not set(ARTIFACT_BACKENDS[flag]) & set(backends):
+            wanted = " or ".join(ARTIFACT_BACKENDS[flag])
+            raise UsageError(f"{flag} is run by the {wanted} backend, and none of them runs here"
+                             + ("" if explicit else f" ({not_run.get(ARTIFACT_BACKENDS[flag][0])})"))
+    if args.cuda_graph and "tensorrt" not in backends:
+        raise UsageError("--cuda-graph applies to the tensorrt backend, which this run does not include")
 
-    if args.weights is not None and len(args.model) > 1:
+    if args.weights is not None and len(models) > 1:
         raise UsageError("--weights holds one model's weights: give exactly one --model with it")
-    _check_writable("--json", args.json_path)
-    _check_directory("--cache-dir", args.cache_dir)
-    _check_writable("--csv", args.csv_path)
+    check_writable("--json", args.json_path)
+    check_directory("--cache-dir", args.cache_dir)
+    check_writable("--csv", args.csv_path)
     threads = args.threads or torch.get_num_threads()
-    return Plan(args.model, backends, not_run, device, args.precision, args.batch_size, threads)
+    digests = {m["weights_digest"] for m in manifests.values()}
+    return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads,
+                onnx=Path(args.onnx) if args.onnx else None, engine=Path(args.engine) if args.engine else None,
+                weights_digest=digests.pop() if digests else None)
 
 
 def list_backends(device: torch.device) -> None:
@@ -208,45 +205,43 @@ def list_backends(device: torch.device) -> None:
         console.print(f"{name:<16} {status}", highlight=False)
 
 
-def model_id(name: str, model: torch.nn.Module) -> str:
-    """The model name and a digest of its weights: the key of every cached artifact built from it."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return f"{name}-{digest.hexdigest()[:12]}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    # CPU allocators and onnxruntime report exhaustion as plain errors with these words.
-    allocator = ("out of memory", "failed to allocate memory", "defaultcpuallocator")
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(a in text.lower() for a in allocator):
-        return "out of memory"
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def reference_run(name: str, weights_model: torch.nn.Module | None, args: argparse.Namespace):
+def reference_run(name: str, weights_model: torch.nn.Module | None, plan: Plan):
     """The model, the parity inputs and the fp32 eager reference logits, on the CPU. Without them
     no row can run, so a failure here (an image size too large for memory) is a usage error."""
     try:
-        model = weights_model or resnet_perf.build_model(name, image_size=args.image_size, seed=args.seed)
-        parity_x = parity_inputs(PARITY_BATCH, args.image_size, args.seed, model.fc.out_features)
+        model = weights_model or resnet_perf.build_model(name, image_size=plan.image_size, seed=plan.seed)
+        parity_x = parity_inputs(parity.PARITY_BATCH, plan.image_size, plan.seed, model.fc.out_features)
         with torch.inference_mode():
             reference = model(parity_x)
     except Exception as exc:  # noqa: BLE001 - whatever it was, it is reported in one line
-        raise UsageError(f"{name} at {args.image_size} px: {_one_line(exc)}") from None
+        raise UsageError(f"{name} at {plan.image_size} px: {one_line(exc)}") from None
+    if plan.weights_digest is not None and resnet_perf.weights_digest(model) != plan.weights_digest:
+        given = plan.onnx or plan.engine
+        raise UsageError(f"{given} was exported from other weights than this run's {name} "
+                         "(pass the --weights it was exported from)")
     return model, parity_x, reference
 
 
-def bench_row(
-    runner: Runner,
-    row: report.Row,
-    parity_x: torch.Tensor,
-    reference: torch.Tensor,
-    args: argparse.Namespace,
-) -> report.Row:
+def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[], object]:
+    """The call the clock brackets. Normally the backend's own call on an input already in place.
+    With host_io, also the copies a serving process makes around it: the batch from pinned host
+    memory into the input, and the logits back into pinned host memory (both blocking, since some
+    backends run on streams of their own)."""
+    x = runner.to_input(batch)
+    if not host_io:
+        return lambda: runner.run(x)
+    host_in = x.cpu().pin_memory()
+    host_out = torch.empty_like(runner.run(x), device="cpu").pin_memory()
+
+    def call():
+        x.copy_(host_in)
+        return host_out.copy_(runner.run(x))
+
+    return call
+
+
+def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference: torch.Tensor,
+              args: argparse.Namespace) -> report.Row:
     """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens."""
     try:
         start = time.perf_counter()
@@ -255,8 +250,7 @@ def bench_row(
 
         # The timed batch is the parity batch's first batch_size inputs (cycled where it is larger).
         first_batch, _ = next(parity.batches(parity_x, row.batch_size))
-        x = runner.to_input(first_batch)
-        measured = timing.measure(lambda: runner.run(x), runner.config.device,
+        measured = timing.measure(timed_call(runner, first_batch, args.host_io), runner.config.device,
                                   warmup=args.warmup, iters=args.iters, min_time=args.min_time)
         row.first_run_ms = measured.first_run_ms
         row.samples_ms = measured.samples_ms
@@ -266,9 +260,10 @@ def bench_row(
 
         logits = parity.predict(lambda b: runner.to_logits(runner.run(runner.to_input(b))), parity_x, row.batch_size)
         row.parity = parity.compare(reference, logits, row.precision)
+        row.host_io = args.host_io
         row.note = runner.timing_note
     except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
-        row.status, row.error = "failed", _one_line(exc)
+        row.status, row.error = "failed", one_line(exc)
     finally:
         runner.close()
     return row
@@ -286,14 +281,15 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
         task = progress.add_task("starting", total=total)
         for name in plan.models:
             progress.update(task, description=f"{name}: building the model and the fp32 reference")
-            model, parity_x, reference = reference_run(name, weights_model, args)
-            ident = model_id(name, model)
+            model, parity_x, reference = reference_run(name, weights_model, plan)
+            # The key of every artifact cached for this model: its name and its weights.
+            ident = f"{name}-{resnet_perf.weights_digest(model)[:12]}"
 
             for precision in plan.precisions:
                 out_of_memory_at: dict[str, int] = {}
                 for batch_size in plan.batch_sizes:
                     for backend in plan.backends:
-                        row = report.Row(name, backend, plan.device.type, precision, batch_size, args.image_size)
+                        row = report.Row(name, backend, plan.device.type, precision, batch_size, plan.image_size)
                         rows.append(row)
                         progress.update(task, description=f"{name} {backend} {precision} batch {batch_size}")
                         runner_cls = RUNNERS[backend]
@@ -304,8 +300,9 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
                             row.status = "skipped"
                             row.error = f"out of memory at batch {out_of_memory_at[backend]}"
                         else:
-                            config = RunConfig(ident, plan.device, precision, batch_size, args.image_size,
-                                               plan.threads, cache_dir, args.compile_mode)
+                            config = RunConfig(ident, plan.device, precision, batch_size, plan.image_size,
+                                               plan.threads, cache_dir, args.compile_mode, onnx=plan.onnx,
+                                               engine=plan.engine, cuda_graph=args.cuda_graph)
                             bench_row(runner_cls(model, config), row, parity_x, reference, args)
                             if row.error == "out of memory":
                                 out_of_memory_at[backend] = batch_size

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import sys
 
 import torch
 
-
-def _version(distribution: str, *alternatives: str) -> str | None:
-    for name in (distribution, *alternatives):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+from export.manifest import installed_version
 
 
 def _cpu_name() -> str:
@@ -54,10 +46,10 @@ def collect(device: torch.device, threads: int) -> dict:
         "cpu": _cpu_name(),
         "threads": threads,
         "torch": torch.__version__,
-        "triton": _version("triton"),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime-gpu", "onnxruntime"),
-        "tensorrt": _version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
+        "triton": installed_version("triton"),
+        "onnx": installed_version("onnx"),
+        "onnxruntime": installed_version("onnxruntime-gpu", "onnxruntime"),
+        "tensorrt": installed_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
         "gpu": gpu,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "driver": driver,

@@ -37,6 +37,7 @@ class Row:
     achieved_qps: float | None = None
     loadgen: dict | None = None
     parity: dict | None = None
+    host_io: bool = False  # the timed call included the host-to-device and device-to-host copies
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
 
     @property
@@ -69,7 +70,7 @@ def to_csv(rows: list[Row]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     scalar = ["model", "backend", "device", "precision", "batch_size", "image_size", "status", "error",
-              "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "note"]
+              "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "host_io", "note"]
     writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY)])
     for row in rows:
         record = _finite(asdict(row))
@@ -111,8 +112,9 @@ def table(rows: list[Row]) -> Table:
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
         p = r.parity
         verdict = "[green]pass[/green]" if p["passed"] else f"[red]FAIL[/red] {escape(p.get('error', ''))}"
-        if r.note:
-            verdict += f" [dim]({r.note})[/dim]"
+        for note in (r.note, "incl. host-device copies" if r.host_io else None):
+            if note:
+                verdict += f" [dim]({note})[/dim]"
         grid.add_row(
             *head,
             _fmt(r.throughput_ips, ".1f"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,3 +36,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temporary folder inside ``parent`` (so that publishing from it is a rename on one
+    file system), removed on exit with whatever was not published from it."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, parent: str | os.PathLike) -> list[Path]:
+    """Move every entry of ``stage`` into ``parent``, each replacing its namesake in one rename. A
+    folder that already exists is swapped out first and removed after, so readers see the old tree
+    or the new one. Files go in name order, so an artifact lands before its ``.json`` manifest."""
+    parent = Path(parent)
+    published = []
+    for entry in sorted(stage.iterdir()):
+        target = parent / entry.name
+        if entry.is_dir() and target.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=parent))
+            os.replace(target, old / entry.name)
+            os.replace(entry, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, target)
+        published.append(target)
+    return published

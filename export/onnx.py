@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,28 +18,69 @@ from export.atomic import atomic_path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+BATCH_AXIS = "batch"
 DEFAULT_OPSET = 18
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """The batch sizes an artifact accepts: one (static) or MIN..MAX with OPT the size to tune for."""
+
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def static(cls, size: int) -> BatchRange:
+        return cls(size, size, size)
+
+    @classmethod
+    def parse(cls, text: str) -> BatchRange:
+        """``MIN:OPT:MAX``, a dynamic range: 1 <= MIN <= OPT <= MAX and MIN < MAX."""
+        parts = text.split(":")
+        try:
+            low, opt, high = (int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{text!r} is not MIN:OPT:MAX (three integers)") from None
+        if not 1 <= low <= opt <= high:
+            raise ValueError(f"{text!r}: need 1 <= MIN <= OPT <= MAX")
+        if low == high:
+            raise ValueError(f"{text!r}: MIN equals MAX, which is one static size (use --batch-size {low})")
+        return cls(low, opt, high)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min != self.max
+
+    def __contains__(self, size: int) -> bool:
+        return self.min <= size <= self.max
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}" if self.dynamic else str(self.min)
 
 
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    batch_size: int,
+    batch: BatchRange,
     image_size: int,
     precision: str = "fp32",
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Write ``model`` as a static-shape ONNX graph (batch_size x 3 x image_size x image_size) to
-    ``path``, atomically, after onnx.checker and shape inference accept it. ``model`` is not changed."""
+    """Write ``model`` as an ONNX graph taking ``batch`` x 3 x image_size x image_size (a named
+    ``batch`` axis when the range is dynamic) to ``path``, atomically, after onnx.checker (with
+    strict shape inference) accepts it. ``model`` is not changed."""
     import onnx  # lazy: importing the package must not need the exporter's dependencies
 
     if precision not in DTYPES:
         raise ValueError(f"ONNX export supports {', '.join(DTYPES)}, not {precision!r}")
     dtype = DTYPES[precision]
     module = copy.deepcopy(model).eval().to(dtype)
-    example = torch.zeros(batch_size, 3, image_size, image_size, dtype=dtype)
+    example = torch.zeros(batch.opt, 3, image_size, image_size, dtype=dtype)
+    # One entry per positional argument of forward(): the batch axis of the image, when dynamic.
+    dynamic_shapes = ({0: torch.export.Dim(BATCH_AXIS, min=batch.min, max=batch.max)},) if batch.dynamic else None
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -51,14 +93,34 @@ def export_onnx(
                 opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic_shapes,
                 # One self-contained file: ResNets are far below protobuf's 2 GB limit, and a
                 # cached artifact that drags a side file along is easy to break by copying.
                 external_data=False,
             )
         program.save(str(tmp), external_data=False)
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
     return path
+
+
+def graph_io(path: str | os.PathLike) -> dict:
+    """Names, element types and shapes (a named axis as its name) of the graph's inputs and
+    outputs, and its dynamic axes, read back from the file: what a manifest records."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(value) -> dict:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims}
+
+    inputs, outputs = [describe(v) for v in graph.input], [describe(v) for v in graph.output]
+    dynamic = {
+        t["name"]: {str(axis): dim for axis, dim in enumerate(t["shape"]) if isinstance(dim, str)}
+        for t in inputs + outputs
+    }
+    return {"inputs": inputs, "outputs": outputs, "dynamic_axes": {k: v for k, v in dynamic.items() if v}}
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Reference ResNets with torchvision-compatible weights, and BatchNorm folding."""
 
-from resnet_perf.build import WeightsError, build_model, load_weights
+from resnet_perf.build import WeightsError, build_model, load_weights, weights_digest
 from resnet_perf.fold import fold_batchnorm, fold_conv_bn_weights
 from resnet_perf.fused import fuse
 from resnet_perf.models.resnet import MODEL_NAMES
@@ -15,4 +15,5 @@ __all__ = [
     "fuse",
     "load_weights",
     "parity_inputs",
+    "weights_digest",
 ]

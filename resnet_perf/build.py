@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -80,6 +81,16 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model")
             f"the model has {tuple(expected[k].shape)} ({len(wrong)} tensor(s) differ; check num_classes)"
         )
     model.load_state_dict(state, strict=True)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over the state_dict's names and values: which weights a model (or an artifact exported
+    from it) holds, whatever file or seed they came from."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _preview(keys: list[str], limit: int = 3) -> str:

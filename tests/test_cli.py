@@ -45,8 +45,8 @@ def run_cli(capsys, *argv):
         (["--batch-size", "8,x"], "argument --batch-size: 'x' is not a positive integer"),
         (["--image-size", "-3"], "argument --image-size: '-3' is not a positive integer"),
         (["--iters", "0"], "argument --iters: '0' is not a positive integer"),
-        (["--min-time", "nan"], "argument --min-time: 'nan' is not a positive, finite number of seconds"),
-        (["--min-time", "inf"], "argument --min-time: 'inf' is not a positive, finite number of seconds"),
+        (["--min-time", "nan"], "argument --min-time: 'nan' is not a positive, finite number"),
+        (["--min-time", "inf"], "argument --min-time: 'inf' is not a positive, finite number"),
         (["--seed", str(2**60)], f"argument --seed: '{2**60}' is not below 2**32"),
         (["--precision", "fp16", "--device", "cpu"], "--precision fp16: no backend available here runs it on cpu"),
         (["--cache-dir", "/proc/no-such-dir"], "--cache-dir /proc/no-such-dir: cannot create it"),
@@ -54,6 +54,10 @@ def run_cli(capsys, *argv):
         (["--unknown-flag"], "unrecognized arguments: --unknown-flag"),
         (["--weights", "/nonexistent/w.pth", "--model", "resnet18"], "weights file not found: /nonexistent/w.pth"),
         (["--weights", "w.pth", "--model", "resnet18,resnet50"], "give exactly one --model"),
+        (["--host-io", "--device", "cpu"], "--host-io times host-device copies, so it needs --device cuda"),
+        (["--cuda-graph", "--backend", "eager"], "--cuda-graph applies to the tensorrt backend"),
+        (["--onnx", "/nonexistent.onnx"], "--onnx /nonexistent.onnx: no such file"),
+        (["--engine", "/nonexistent.plan"], "--engine /nonexistent.plan: no such file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

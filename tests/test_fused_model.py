@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import resnet_perf
-from bench.parity import compare
 from resnet_perf import build_model, fuse, parity_inputs
+from resnet_perf.parity import compare
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

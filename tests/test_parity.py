@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bench.parity import TOLERANCES, batches, compare, predict
+from resnet_perf.parity import TOLERANCES, batches, compare, predict
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.parity import compare, predict
 from bench.runners import BACKENDS, RUNNERS, RunConfig, unavailable_reason
 from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
 from bench.runners.triton import TritonRunner
 from resnet_perf import parity_inputs
+from resnet_perf.parity import compare, predict
 
 CPU = torch.device("cpu")
 

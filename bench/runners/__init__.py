@@ -12,17 +12,17 @@ from bench.runners.base import PRECISIONS, RunConfig, Runner
 from bench.runners.compile import COMPILE_MODES, CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
-from bench.runners.onnxruntime_trt import OnnxRuntimeTrtRunner, tensorrt_missing_reason
+from bench.runners.onnxruntime_trt import OnnxRuntimeTrtRunner
+from bench.runners.tensorrt import TensorRTRunner
 from bench.runners.triton import TritonRunner
 
 RUNNERS: dict[str, type[Runner]] = {
     runner.name: runner
-    for runner in (EagerRunner, CompileRunner, OnnxRuntimeRunner, OnnxRuntimeTrtRunner, TritonRunner)
+    for runner in (EagerRunner, CompileRunner, OnnxRuntimeRunner, OnnxRuntimeTrtRunner, TensorRTRunner, TritonRunner)
 }
 
 # Backends of the contract whose runners are not in this version yet.
 _NOT_BUILT = {
-    "tensorrt": "the TensorRT engine runner is not built yet (export issue)",
     "triton-server": "the Triton Inference Server runner is not built yet (serving issue)",
 }
 
@@ -33,9 +33,6 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
     """None when ``backend`` can run on ``device`` here, else why not."""
     if backend in RUNNERS:
         return RUNNERS[backend].unavailable_reason(device)
-    if backend == "tensorrt":
-        # The more useful reason first: without TensorRT this backend would not run even once built.
-        return tensorrt_missing_reason() or _NOT_BUILT[backend]
     return _NOT_BUILT[backend]
 
 

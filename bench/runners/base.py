@@ -33,6 +33,9 @@ class RunConfig:
     threads: int
     cache_dir: Path
     compile_mode: str = "default"
+    onnx: Path | None = None  # --onnx: an exported file to run instead of exporting one
+    engine: Path | None = None  # --engine: a TensorRT plan to run instead of building one
+    cuda_graph: bool = False  # --cuda-graph: replay the tensorrt backend's launches as one CUDA graph
 
     @property
     def dtype(self) -> torch.dtype:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from bench.runners.base import Runner
-from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
 
 _NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
@@ -45,22 +45,21 @@ class OnnxRuntimeRunner(Runner):
         return ["CPUExecutionProvider"]
 
     def onnx_path(self) -> Path:
+        """The file the session loads: the one given with --onnx, else this model's cached export."""
         c = self.config
-        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{c.precision}-opset{DEFAULT_OPSET}-torch{torch.__version__}.onnx"
-        return c.cache_dir / "onnx" / name
+        if c.onnx is not None:
+            return c.onnx
+        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{c.precision}-opset{DEFAULT_OPSET}-torch{torch.__version__}"
+        return c.cache_dir / "onnx" / f"{name}.onnx"
 
     def prepare_impl(self) -> None:
         import onnxruntime as ort
 
         path = self.onnx_path()
         if not path.exists():
-            export_onnx(
-                self.model,
-                path,
-                batch_size=self.config.batch_size,
-                image_size=self.config.image_size,
-                precision=self.config.precision,
-            )
+            c = self.config
+            export_onnx(self.model, path, batch=BatchRange.static(c.batch_size), image_size=c.image_size,
+                        precision=c.precision)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.config.threads
@@ -74,9 +73,9 @@ class OnnxRuntimeRunner(Runner):
         # IOBinding hands onnxruntime our tensors' memory: no copy into or out of the session
         # inside the timed call, on CPU and on CUDA alike.
         self.binding = self.session.io_binding()
-        self.output = torch.empty(
-            self.session.get_outputs()[0].shape, dtype=self.config.dtype, device=self.config.device
-        )
+        # The output's shape from the config, not the graph: a dynamic-batch graph names its batch axis.
+        classes = self.session.get_outputs()[0].shape[-1]
+        self.output = torch.empty((self.config.batch_size, classes), dtype=self.config.dtype, device=self.config.device)
         self._bind(self.binding.bind_output, OUTPUT_NAME, self.output)
         self.bound_input: Tensor | None = None
 

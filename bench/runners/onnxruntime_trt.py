@@ -8,14 +8,7 @@ from typing import Any
 import torch
 
 from bench.runners.onnxruntime import OnnxRuntimeRunner, _available_providers
-
-
-def tensorrt_missing_reason() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install 'resnet-perf[tensorrt]' on a machine with an NVIDIA GPU)"
-    return None
+from export import tensorrt
 
 
 class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
@@ -31,7 +24,7 @@ class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
         if "TensorrtExecutionProvider" not in _available_providers():
             return "this onnxruntime build has no TensorrtExecutionProvider (install onnxruntime-gpu)"
         # onnxruntime-gpu lists the provider whether or not TensorRT's libraries are present.
-        return tensorrt_missing_reason()
+        return tensorrt.missing_reason()
 
     def providers(self) -> list[Any]:
         options = {

@@ -4,6 +4,9 @@ cosine and rel_l2 are computed on logits centred per sample: every logit of a sa
 large offset, and that offset alone would push an uncentred cosine towards 1 whatever the rest
 does. Top-1 agreement only means something when the reference tells the inputs apart, so the
 fraction of distinct top-1 classes in the parity batch is reported beside it.
+
+It lives beside the reference models rather than in bench because export proves every artifact
+against the same tolerances before keeping it, and export does not import bench.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch
 from torch import Tensor
 
 REFERENCE = "eager-fp32"
+# Inputs per parity check: with the synthetic model's 64 prototypes, every one a distinct class.
+PARITY_BATCH = 64
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""``tensorrt``: a serialized TensorRT engine, run with execute_async_v3 on torch CUDA tensors.
+
+The engine is the one given with ``--engine`` (its manifest checked first), or one built from the
+model's ONNX export for this batch size, precision, GPU and TensorRT version and cached, with a
+timing cache beside it so a rebuild takes seconds. ``--cuda-graph`` captures the engine's launches
+once and replays them as one CUDA graph, which removes the per-kernel launch cost that dominates
+small batches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bench.runners.base import Runner
+from export import tensorrt
+from export.manifest import write_manifest
+from export.onnx import BatchRange
+
+
+class TensorRTRunner(Runner):
+    name = "tensorrt"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        missing = tensorrt.missing_reason()
+        if missing:
+            return missing
+        if device.type != "cuda":
+            return "needs --device cuda (TensorRT runs on NVIDIA GPUs)"
+        return None
+
+    @classmethod
+    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+        return ("fp32", "fp16")
+
+    def plan_path(self) -> Path:
+        c = self.config
+        if c.engine is not None:
+            return c.engine
+        gpu = re.sub(r"[^A-Za-z0-9]+", "_", tensorrt.gpu_target(c.device)["name"])
+        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{c.precision}-trt{tensorrt.version()}-{gpu}"
+        return c.cache_dir / "tensorrt" / f"{name}.plan"
+
+    def prepare_impl(self) -> None:
+        c = self.config
+        path = self.plan_path()
+        if not path.exists():
+            settings = tensorrt.BuildSettings(c.precision, BatchRange.static(c.batch_size), c.image_size,
+                                              timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
+            fields = tensorrt.export_engine(self.model, path, settings, c.device)
+            write_manifest(path, {"model": c.model_id, "precision": c.precision, "image_size": c.image_size,
+                                  "batch": asdict(settings.batch), **fields})
+        self.engine = tensorrt.Engine(path, c.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def to_input_impl(self, batch: Tensor) -> Tensor:
+        return batch.to(self.config.device, self.engine.input_dtype).contiguous()
+
+    def run_impl(self, inputs: Tensor) -> Tensor:
+        if self.config.cuda_graph:
+            return self._replay(inputs)
+        return self.engine(inputs)
+
+    def _replay(self, inputs: Tensor) -> Tensor:
+        """The engine's launches for ``inputs``, captured on first use and replayed after. A graph
+        holds device addresses, so a new input tensor means a new capture."""
+        if self.graph is None or inputs is not self.engine.bound:
+            self.engine(inputs)  # TensorRT allocates on its first enqueue, which a capture must not see
+            torch.cuda.synchronize(self.config.device)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=self.engine.stream):
+                self.engine.enqueue()
+        self.graph.replay()
+        return self.engine.output
+
+    def close_impl(self) -> None:
+        del self.engine, self.graph

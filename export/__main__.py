@@ -1,0 +1,263 @@
+"""python -m export: write a deployable artifact (ONNX, a TensorRT engine, or a Triton Inference
+Server model repository), prove it against the fp32 PyTorch model, and record what it was built for.
+
+Read top to bottom: argument parsing, resolving the arguments into a plan (every bad input stops
+here with exit 2, before anything is written), the model and its reference logits, then the
+artifact, built in a hidden staging folder inside --output, checked at the smallest and the largest
+batch it accepts, and published with its manifest only if it passes. A failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import resnet_perf
+from export import tensorrt, triton_repo
+from export.atomic import publish, staging_dir, write_text
+from export.manifest import sha256_file, versions, write_manifest
+from export.onnx import DEFAULT_OPSET, DTYPES, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx, graph_io
+from resnet_perf import parity
+from resnet_perf.cli import (
+    Parser,
+    UsageError,
+    check_directory,
+    check_writable,
+    one_line,
+    positive_float,
+    positive_int,
+    resolve_device,
+    rng_seed,
+)
+
+FORMATS = ("onnx", "tensorrt", "triton-repo")
+DEFAULT_BATCH = "1:8:32"
+
+
+class ExportFailed(Exception):
+    """The artifact was built but is not kept (it failed parity, or a runtime refused it): exit 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet50", help=", ".join(resnet_perf.MODEL_NAMES))
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--output", required=True, help="folder the artifact and its manifest are written to")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--batch-size", type=positive_int, default=None, help="one static batch size")
+    size.add_argument("--dynamic-batch", default=None, metavar="MIN:OPT:MAX",
+                      help=f"a dynamic batch axis (default {DEFAULT_BATCH}); OPT is the size TensorRT tunes for")
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET)
+    p.add_argument("--weights", default=None, help="state_dict file (torchvision or ours); default: synthetic")
+    p.add_argument("--seed", type=rng_seed, default=0, help="seed of the synthetic model and of the parity inputs")
+    p.add_argument("--device", default="auto", help="GPU for TensorRT: cuda, cuda:N or auto")
+    trt = p.add_argument_group("TensorRT")
+    trt.add_argument("--timing-cache", default=None, help="TensorRT timing cache, read if present and saved")
+    trt.add_argument("--workspace-mib", type=positive_int, default=4096, help="builder workspace limit")
+    trt.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="0..5",
+                     help="builder optimization level (default 3; 5 searches longest)")
+    repo = p.add_argument_group("Triton Inference Server repository")
+    repo.add_argument("--triton-platform", choices=tuple(triton_repo.PLATFORMS), default="onnxruntime_onnx",
+                      help="what the repository serves: the ONNX file or a TensorRT plan")
+    repo.add_argument("--name", default=None, help="model name in the repository (default: --model)")
+    repo.add_argument("--instances", type=positive_int, default=1, help="model instances (instance_group count)")
+    repo.add_argument("--max-queue-delay-ms", type=positive_float, default=0.1,
+                      help="how long Triton's dynamic batcher waits to fill a batch")
+    return p
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    format: str
+    engine: bool  # whether a TensorRT engine is built (tensorrt, or triton-repo serving a plan)
+    output: Path
+    batch: BatchRange
+    precision: str
+    device: torch.device | None  # the GPU an engine is built for
+    trt_version: str | None
+
+
+def resolve(args: argparse.Namespace) -> Plan:
+    """Check every argument against what this machine has; raise UsageError on the first bad one."""
+    if args.model not in resnet_perf.MODEL_NAMES:
+        raise UsageError(f"--model {args.model!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
+    if args.batch_size is not None:
+        batch = BatchRange.static(args.batch_size)
+    else:
+        try:
+            batch = BatchRange.parse(args.dynamic_batch or DEFAULT_BATCH)
+        except ValueError as exc:
+            raise UsageError(f"--dynamic-batch {exc}") from None
+    if not 7 <= args.opset <= onnx.defs.onnx_opset_version():
+        raise UsageError(f"--opset {args.opset}: this onnx supports opsets 7 to {onnx.defs.onnx_opset_version()}")
+    if args.format == "triton-repo":
+        if batch.dynamic and batch.min != 1:
+            raise UsageError(f"--dynamic-batch {batch}: Triton's dynamic batcher sends every batch size from 1 "
+                             "up, so MIN must be 1")
+        if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
+            raise UsageError(f"--name {args.name!r}: not a usable folder name")
+
+    engine = args.format == "tensorrt" or (args.format == "triton-repo" and args.triton_platform == "tensorrt_plan")
+    device = trt_version = None
+    if engine:
+        missing = tensorrt.missing_reason()
+        if missing:
+            raise UsageError(missing)
+        device = resolve_device(args.device)
+        if device.type != "cuda":
+            raise UsageError("TensorRT engines are built on the GPU they run on, and PyTorch sees no CUDA GPU here")
+        trt_version = tensorrt.version()
+        capability = tensorrt.gpu_target(device)["compute_capability"]
+        if args.precision == "fp16" and not tensorrt.has_fast_fp16(capability):
+            raise UsageError(f"--precision fp16: {torch.cuda.get_device_name(device)} (compute capability "
+                             f"{capability}) has no fast fp16; build fp32")
+        check_writable("--timing-cache", args.timing_cache)
+    check_directory("--output", args.output)
+    return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version)
+
+
+def check_parity(run, reference: torch.Tensor, inputs: torch.Tensor, batch: BatchRange, precision: str) -> dict:
+    """The artifact's logits against the fp32 PyTorch model at its smallest and largest batch size."""
+    figures = {str(n): parity.compare(reference, parity.predict(run, inputs, n), precision)
+               for n in sorted({batch.min, batch.max})}
+    return {"reference": parity.REFERENCE, "batches": figures, "passed": all(f["passed"] for f in figures.values())}
+
+
+def onnxruntime_run(path: Path, precision: str):
+    """A function running ``path`` in onnxruntime's CPU provider: fp32 logits for an fp32 batch.
+    Where the CPU provider lacks an fp16 kernel it computes that node in fp32 (onnxruntime inserts the
+    casts), so an fp16 graph is checked for its structure and its fp16 weights, not fp16 arithmetic."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    dtype = np.float16 if precision == "fp16" else np.float32
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
+        return torch.from_numpy(logits).float()
+
+    return run
+
+
+def engine_run(path: Path, device: torch.device):
+    engine = tensorrt.Engine(path, device)
+    return lambda x: engine(x.to(device, engine.input_dtype).contiguous()).float().cpu()
+
+
+def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module, path: Path, describe: dict) -> dict:
+    """Write the artifact at ``path`` with its manifest, after it passes parity; returns the manifest."""
+    inputs = resnet_perf.parity_inputs(parity.PARITY_BATCH, args.image_size, args.seed, model.fc.out_features)
+    with torch.inference_mode():
+        reference = model(inputs)
+
+    if plan.engine:
+        settings = tensorrt.BuildSettings(plan.precision, plan.batch, args.image_size, args.workspace_mib,
+                                          args.opt_level, Path(args.timing_cache) if args.timing_cache else None)
+        fields = {"format": "tensorrt", **describe, **tensorrt.export_engine(model, path, settings, plan.device, args.opset)}
+        write_manifest(path, fields)  # the engine loader reads it: the version and GPU check runs here too
+        run = engine_run(path, plan.device)
+    else:
+        export_onnx(model, path, batch=plan.batch, image_size=args.image_size, precision=plan.precision,
+                    opset=args.opset)
+        fields = {"format": "onnx", **describe, **graph_io(path), "opset": args.opset, "gpu": None, "tensorrt": None}
+        run = onnxruntime_run(path, plan.precision)
+
+    checked = check_parity(run, reference, inputs, plan.batch, plan.precision)
+    if not checked["passed"]:
+        worst = min(checked["batches"].items(), key=lambda kv: kv[1]["cosine"])
+        raise ExportFailed(f"{path.name} failed parity against the PyTorch model at batch {worst[0]} "
+                           f"(cosine {worst[1]['cosine']:.6f}, top-1 agreement {worst[1]['top1_agreement']:.3f}); "
+                           "not kept")
+    return write_manifest(path, {**fields, "parity": checked})
+
+
+def describe_model(plan: Plan, args: argparse.Namespace, model: torch.nn.Module) -> dict:
+    """The manifest fields saying what the artifact computes: which model, weights and shapes."""
+    if args.weights is None:
+        weights = {"source": "synthetic", "seed": args.seed, "calibrated_for": args.image_size}
+    else:
+        weights = {"source": "file", "path": os.path.abspath(args.weights), "sha256": sha256_file(args.weights)}
+    return {
+        "model": plan.model,
+        "num_classes": model.fc.out_features,
+        "weights": weights,
+        "weights_digest": resnet_perf.weights_digest(model),
+        "precision": plan.precision,
+        "image_size": args.image_size,
+        "batch": asdict(plan.batch),
+        "versions": versions(plan.trt_version),
+    }
+
+
+def export(plan: Plan, args: argparse.Namespace, model: torch.nn.Module) -> tuple[list[Path], dict]:
+    """Build, check and publish the artifact; returns what was published and the manifest."""
+    describe = describe_model(plan, args, model)
+    with staging_dir(plan.output) as stage:
+        if plan.format == "triton-repo":
+            name = args.name or plan.model
+            artifact = stage / name / "1" / triton_repo.artifact_name(args.triton_platform)
+            artifact.parent.mkdir(parents=True)
+            manifest = build_artifact(plan, args, model, artifact, describe)
+            config = triton_repo.config_pbtxt(name, args.triton_platform, manifest, instances=args.instances,
+                                              max_queue_delay_us=round(args.max_queue_delay_ms * 1000))
+            write_text(stage / name / "config.pbtxt", config)
+        else:
+            suffix = "plan" if plan.engine else "onnx"
+            manifest = build_artifact(plan, args, model, stage / f"{plan.model}-{plan.precision}.{suffix}", describe)
+        return publish(stage, plan.output), manifest
+
+
+def report(published: list[Path], manifest: dict, seconds: float, console: Console) -> None:
+    grid = Table(title=f"{manifest['artifact']}: parity against the fp32 PyTorch model", title_justify="left")
+    for column in ("batch", "cosine", "rel_l2", "max_abs", "top1", "distinct", "parity"):
+        grid.add_column(column, justify="left" if column == "parity" else "right")
+    for size, p in manifest["parity"]["batches"].items():
+        grid.add_row(size, f"{p['cosine']:.6f}", f"{p['rel_l2']:.1e}", f"{p['max_abs']:.1e}",
+                     f"{p['top1_agreement']:.3f}", f"{p['distinct_top1']:.2f}", "[green]pass[/green]")
+    console.print(grid)
+    io = manifest["inputs"][0]
+    console.print(f"input {io['name']} {io['dtype']} {io['shape']}; sha256 {manifest['sha256']}", highlight=False)
+    for path in published:
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"done in {seconds:.1f} s", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        plan = resolve(args)
+        model = resnet_perf.build_model(plan.model, weights=args.weights, image_size=args.image_size, seed=args.seed)
+    except (UsageError, resnet_perf.WeightsError) as exc:
+        print(f"python -m export: error: {exc}", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    try:
+        published, manifest = export(plan, args, model)
+    except ExportFailed as exc:
+        print(f"python -m export: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - an exporter, parser or builder failure, in one line
+        print(f"python -m export: failed: {one_line(exc)}", file=sys.stderr)
+        return 1
+    report(published, manifest, time.perf_counter() - start, Console(width=max(Console().width, 120)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""TensorRT engines: built from an ONNX file, and loaded only after their manifest says they fit here.
+
+Written against the TensorRT 10.x and 11.x Python API. TensorRT 11 removed weak typing (its
+``BuilderFlag`` has no ``FP16``), so there an fp16 engine comes from a strongly typed network whose
+tensors are already fp16: the fp16 ONNX export. On 10.x the fp32 ONNX is built with the FP16 builder
+flag instead, which lets TensorRT choose fp16 or fp32 per layer and keeps fp32 inputs and outputs.
+That flag is the one 10.x-only name here and sits behind a version check; tests/test_tensorrt_api.py
+checks every other ``trt.`` name this file uses against the 11.x bindings.
+
+tensorrt is imported only when an engine is built or loaded, so everything else in the project
+works without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from export.atomic import atomic_path
+from export.manifest import check_engine_target, load_manifest, sha256_file, versions
+from export.onnx import DEFAULT_OPSET, INPUT_NAME, BatchRange, export_onnx, graph_io
+
+INSTALL = "TensorRT is not installed (pip install 'resnet-perf[tensorrt]' on a machine with an NVIDIA GPU)"
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT is missing, or refused to parse, build, load or run something."""
+
+
+def missing_reason() -> str | None:
+    """None when the tensorrt package can be imported here, else how to install it."""
+    return INSTALL if importlib.util.find_spec("tensorrt") is None else None
+
+
+def _import():
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:  # the bindings without NVIDIA's libraries fail in either way
+        raise TensorRTError(f"{INSTALL}: {exc}") from None
+    return trt
+
+
+def version() -> str:
+    return _import().__version__
+
+
+def strongly_typed(tensorrt_version: str) -> bool:
+    """Whether engines of this TensorRT take their precision from the network's tensor types."""
+    return int(tensorrt_version.split(".")[0]) >= 11
+
+
+def source_precision(tensorrt_version: str, precision: str) -> str:
+    """The precision of the ONNX export an engine of ``precision`` is built from."""
+    return precision if strongly_typed(tensorrt_version) else "fp32"
+
+
+def gpu_target(device: torch.device) -> dict:
+    """What an engine is tied to: the GPU model and its compute capability."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def has_fast_fp16(compute_capability: str) -> bool:
+    """Full-rate fp16 arithmetic: sm_53, sm_60, sm_62 and every GPU from Volta (7.0) on. Consumer
+    Pascal (sm_61) runs fp16 at 1/64 of its fp32 rate, so an fp16 engine there is only slower."""
+    major, minor = (int(v) for v in compute_capability.split("."))
+    return (major, minor) >= (7, 0) or (major, minor) in {(5, 3), (6, 0), (6, 2)}
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    precision: str  # fp32 | fp16
+    batch: BatchRange
+    image_size: int
+    workspace_mib: int = 4096
+    optimization_level: int = 3  # TensorRT's default; 5 searches longest
+    timing_cache: Path | None = None
+
+    def profile_shapes(self) -> dict[str, list[int]]:
+        return {k: [n, 3, self.image_size, self.image_size]
+                for k, n in (("min", self.batch.min), ("opt", self.batch.opt), ("max", self.batch.max))}
+
+
+def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, device: torch.device) -> dict:
+    """Build a serialized engine for ``device`` from ``onnx_path`` into ``plan_path`` (atomically)
+    and save the timing cache, if one is set. Returns the build's description for the manifest."""
+    trt = _import()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    typed = strongly_typed(trt.__version__)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(os.fspath(onnx_path)):
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+        detail = "; ".join(f"node {e.node()}: {e.desc()}" for e in errors) or "no detail given"
+        raise TensorRTError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {detail}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
+    config.builder_optimization_level = settings.optimization_level
+    if settings.precision == "fp16" and not typed:
+        config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10.x only: weak typing
+    shapes = settings.profile_shapes()
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+
+    # The timing cache records each kernel's measured time, so a rebuild skips the measuring:
+    # most of a build's minutes. It is tied to the GPU and TensorRT version, which it checks.
+    cache_path = settings.timing_cache
+    previous = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+    cache = config.create_timing_cache(previous)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise TensorRTError(f"timing cache {cache_path} was made for another GPU or TensorRT version: "
+                            "delete it or give another --timing-cache")
+
+    with torch.cuda.device(device):
+        plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TensorRTError(f"TensorRT could not build an engine from {onnx_path.name} (its log above says why)")
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(plan)
+    if cache_path is not None:
+        with atomic_path(cache_path) as tmp:
+            tmp.write_bytes(cache.serialize())  # the cache attached to the config, updated by the build
+
+    return {
+        "strongly_typed": typed,
+        "workspace_mib": settings.workspace_mib,
+        "optimization_level": settings.optimization_level,
+        "profile": {INPUT_NAME: shapes},
+        "timing_cache": None if cache_path is None else os.fspath(cache_path),
+    }
+
+
+def export_engine(model: nn.Module, plan_path: Path, settings: BuildSettings, device: torch.device,
+                  opset: int = DEFAULT_OPSET) -> dict:
+    """Export ``model`` to ONNX (in a temporary folder) and build the engine from it; returns the
+    manifest fields that describe the engine: its I/O, the build, and the TensorRT and GPU it is for."""
+    trt_version = version()
+    with tempfile.TemporaryDirectory(prefix="resnet-perf-") as tmp:
+        onnx_path = Path(tmp) / "source.onnx"
+        export_onnx(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
+                    precision=source_precision(trt_version, settings.precision), opset=opset)
+        build = build_engine(onnx_path, plan_path, settings, device)
+        # A strongly typed engine's I/O has the ONNX graph's types; a weakly typed fp16 one keeps fp32 I/O.
+        return {
+            "format": "tensorrt",
+            **graph_io(onnx_path),
+            "opset": opset,
+            "versions": versions(tensorrt=trt_version),
+            "gpu": gpu_target(device),
+            "tensorrt": {**build, "source_onnx_sha256": sha256_file(onnx_path)},
+        }
+
+
+class Engine:
+    """A deserialized engine with one execution context, running on torch CUDA tensors.
+
+    The manifest is checked before the plan is deserialized: a changed file, another TensorRT
+    version or another GPU is refused with both sides named.
+    """
+
+    def __init__(self, plan_path: Path, device: torch.device):
+        trt = _import()
+        self.manifest = load_manifest(plan_path)
+        check_engine_target(self.manifest, tensorrt_version=trt.__version__, gpu=gpu_target(device))
+        self.device = device
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        with torch.cuda.device(device):
+            self.engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            if self.engine is None:
+                raise TensorRTError(f"TensorRT could not deserialize {plan_path.name} (its log above says why)")
+            self.context = self.engine.create_execution_context()
+
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16}
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise TensorRTError(f"{plan_path.name}: expected one input and one output, found {inputs} and {outputs}")
+        (self.input_name,), (self.output_name,) = inputs, outputs
+        self.input_dtype = dtypes[self.engine.get_tensor_dtype(self.input_name)]
+        self.output_dtype = dtypes[self.engine.get_tensor_dtype(self.output_name)]
+        # TensorRT warns against the legacy default stream: it would add device-wide synchronizations.
+        self.stream = torch.cuda.Stream(device)
+        self.output: Tensor | None = None
+        self.bound: Tensor | None = None  # the input last bound; the engine holds its address
+
+    def bind(self, x: Tensor) -> Tensor:
+        """Point the engine at ``x`` (its batch size picks the shape within the profile) and at a
+        new output tensor, which is returned and which every later run overwrites."""
+        if x.dtype != self.input_dtype or x.device != self.device or not x.is_contiguous():
+            raise ValueError(f"the engine takes a contiguous {self.input_dtype} tensor on {self.device}, "
+                             f"got {x.dtype} on {x.device}")
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise ValueError(f"input shape {tuple(x.shape)} is outside the engine's optimization profile")
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        self.output = torch.empty(shape, dtype=self.output_dtype, device=self.device)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, self.output.data_ptr())
+        self.bound = x
+        return self.output
+
+    def enqueue(self) -> None:
+        """Queue one inference on the engine's stream, on the tensors last bound."""
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise TensorRTError("execute_async_v3 failed (TensorRT's log says why)")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Infer on ``x``, ordered after the current stream's work and before what it queues next."""
+        if x is not self.bound:
+            self.bind(x)
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        self.enqueue()
+        current.wait_stream(self.stream)
+        return self.output

@@ -1,0 +1,82 @@
+"""TensorRT engines for real: built, proven, refused when they do not fit, and benchmarked.
+
+These need TensorRT and a CUDA GPU, and skip, saying which is missing, everywhere else (our CI and
+development machines have neither; tests/test_tensorrt_api.py is what checks our TensorRT code there).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import export.__main__ as export_cli
+from bench.runners import RunConfig
+from bench.runners.tensorrt import TensorRTRunner
+from export import tensorrt
+from export.manifest import ManifestError, manifest_path
+from resnet_perf import parity_inputs
+from resnet_perf.parity import compare, predict
+
+pytestmark = [
+    pytest.mark.skipif(tensorrt.missing_reason() is not None, reason=tensorrt.INSTALL),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU"),
+]
+SMALL = ["--model", "resnet18", "--image-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def engine_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engines")
+    cache = out / "timing.cache"
+    assert export_cli.main([*SMALL, "--format", "tensorrt", "--dynamic-batch", "1:2:4", "--output", str(out),
+                            "--timing-cache", str(cache)]) == 0
+    return out / "resnet18-fp32.plan", cache
+
+
+def test_engine_manifest_records_its_target(engine_export):
+    plan, cache = engine_export
+    manifest = json.loads(manifest_path(plan).read_text())
+    assert manifest["format"] == "tensorrt" and manifest["versions"]["tensorrt"] == tensorrt.version()
+    assert manifest["gpu"] == tensorrt.gpu_target(torch.device("cuda"))
+    assert manifest["tensorrt"]["profile"]["input"] == {"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32],
+                                                        "max": [4, 3, 32, 32]}
+    assert manifest["parity"]["passed"] and set(manifest["parity"]["batches"]) == {"1", "4"}
+    assert cache.stat().st_size > 0
+
+
+def test_engine_runs_every_batch_in_its_profile(engine_export):
+    engine = tensorrt.Engine(engine_export[0], torch.device("cuda"))
+    model = export_cli.resnet_perf.build_model("resnet18", image_size=32)
+    x = parity_inputs(8, 32)
+    with torch.no_grad():
+        reference = model(x)
+    for n in (1, 3, 4):
+        logits = predict(lambda b: engine(b.cuda().contiguous()).float().cpu(), x, n)
+        assert compare(reference, logits, "fp32")["passed"]
+
+
+def test_an_engine_for_another_tensorrt_version_is_refused(engine_export, tmp_path):
+    plan, _ = engine_export
+    copy = tmp_path / plan.name
+    copy.write_bytes(plan.read_bytes())
+    manifest = json.loads(manifest_path(plan).read_text())
+    manifest["versions"]["tensorrt"] = "9.0.0"
+    manifest_path(copy).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=f"built with TensorRT 9.0.0, this is TensorRT {tensorrt.version()}"):
+        tensorrt.Engine(copy, torch.device("cuda"))
+
+
+@pytest.mark.parametrize(("precision", "cuda_graph"), [("fp32", False), ("fp16", True)])
+def test_runner_builds_caches_and_matches_the_reference(tmp_path, precision, cuda_graph):
+    model = export_cli.resnet_perf.build_model("resnet18", image_size=32)
+    config = RunConfig(model_id="resnet18-test", device=torch.device("cuda"), precision=precision, batch_size=4,
+                       image_size=32, threads=1, cache_dir=tmp_path, cuda_graph=cuda_graph)
+    x = parity_inputs(8, 32)
+    with torch.no_grad():
+        reference = model(x)
+    with TensorRTRunner(model, config) as runner:
+        assert runner.plan_path().exists() and manifest_path(runner.plan_path()).exists()
+        logits = predict(lambda b: runner.to_logits(runner.run(runner.to_input(b))), x, 4)
+    assert compare(reference, logits, precision)["passed"]
