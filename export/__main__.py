@@ -238,6 +238,7 @@ def report(published: list[Path], manifest: dict, seconds: float, console: Conso
 
 
 def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
     try:
         args = build_parser().parse_args(argv)
         plan = resolve(args)
@@ -246,7 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m export: error: {exc}", file=sys.stderr)
         return 2
 
-    start = time.perf_counter()
     try:
         published, manifest = export(plan, args, model)
     except ExportFailed as exc:
