@@ -8,6 +8,7 @@ here, with exit 2), the reference, then one row per model x precision x batch si
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -15,14 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import resnet_perf
+from bench import compare, report, scenarios, timing
 from bench import env as bench_env
-from bench import report, timing
 from bench.runners import BACKENDS, COMPILE_MODES, PRECISIONS, RUNNERS, RunConfig, Runner, unavailable_reason
 from export.atomic import write_text
 from export.manifest import ManifestError, load_manifest
@@ -69,7 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", dest="csv_path", default=None, help="write results as CSV here")
     p.add_argument("--cache-dir", default=os.environ.get("RESNET_PERF_CACHE", str(Path.home() / ".cache" / "resnet-perf")),
                    help="where exported ONNX files and TensorRT engines are kept between runs")
+    p.add_argument("--noise-threshold", type=positive_float, default=0.05,
+                   help="flag a row noisy when its samples' std/mean exceeds this (default 0.05)")
     p.add_argument("--list-backends", action="store_true", help="list every backend and whether it runs here")
+    load = p.add_argument_group("MLPerf LoadGen scenarios")
+    load.add_argument("--scenario", choices=("offline", *scenarios.SCENARIOS), default="offline",
+                      help="offline: the fixed-batch loop (default); the others run under MLPerf LoadGen")
+    load.add_argument("--duration", type=positive_float, default=5.0, help="seconds per LoadGen run (default 5)")
+    load.add_argument("--target-qps", type=positive_float, default=None, help="server: Poisson arrival rate")
+    load.add_argument("--max-batch", type=positive_int, default=None,
+                      help="server: the dynamic batcher's largest batch (default: --batch-size)")
+    load.add_argument("--max-queue-delay-ms", type=positive_float, default=1.0,
+                      help="server: how long the batcher waits to fill a batch (default 1 ms)")
+    load.add_argument("--find-max-qps", action="store_true", help="server: the highest rate whose p99 stays within --p99-ms")
+    load.add_argument("--p99-ms", type=positive_float, default=None, help="server: the p99 latency bound LoadGen judges")
+    load.add_argument("--mlperf-rules", action="store_true",
+                      help="keep LoadGen's own minimum duration and query count (MLPerf's: minutes per run)")
+    load.add_argument("--loadgen-logs", default=None, help="keep LoadGen's logs under this folder, one per row")
     return p
 
 
@@ -182,6 +200,13 @@ def resolve(args: argparse.Namespace) -> Plan:
             wanted = " or ".join(ARTIFACT_BACKENDS[flag])
             raise UsageError(f"{flag} is run by the {wanted} backend, and none of them runs here"
                              + ("" if explicit else f" ({not_run.get(ARTIFACT_BACKENDS[flag][0])})"))
+    check_scenario(args)
+    if args.scenario == "single-stream":
+        if args.batch_size not in (None, [1]):
+            raise UsageError("--scenario single-stream issues one sample per query: leave out --batch-size")
+        batch_sizes = [1]
+    elif args.scenario == "server" and args.max_batch is not None:
+        batch_sizes = [args.max_batch]
     if args.cuda_graph and "tensorrt" not in backends:
         raise UsageError("--cuda-graph applies to the tensorrt backend, which this run does not include")
 
@@ -195,6 +220,32 @@ def resolve(args: argparse.Namespace) -> Plan:
     return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads,
                 onnx=Path(args.onnx) if args.onnx else None, engine=Path(args.engine) if args.engine else None,
                 weights_digest=digests.pop() if digests else None)
+
+
+def check_scenario(args: argparse.Namespace) -> None:
+    """The LoadGen flags fit the scenario asked for, and LoadGen is installed where one is asked for."""
+    server_only = {"--target-qps": args.target_qps, "--max-batch": args.max_batch, "--p99-ms": args.p99_ms,
+                   "--find-max-qps": args.find_max_qps or None}
+    if args.scenario != "server":
+        for flag, value in server_only.items():
+            if value is not None:
+                raise UsageError(f"{flag} applies to --scenario server, not {args.scenario}")
+    elif args.find_max_qps:
+        if args.p99_ms is None:
+            raise UsageError("--find-max-qps searches for the highest rate within a p99 bound: give --p99-ms")
+        if args.target_qps is not None:
+            raise UsageError("--find-max-qps searches for the rate itself: leave out --target-qps")
+    elif args.target_qps is None:
+        raise UsageError("--scenario server needs --target-qps (or --find-max-qps with --p99-ms)")
+    if args.scenario == "offline":
+        for flag, given in (("--mlperf-rules", args.mlperf_rules), ("--loadgen-logs", args.loadgen_logs)):
+            if given:
+                raise UsageError(f"{flag} applies to the LoadGen scenarios, not the offline loop")
+    elif importlib.util.find_spec("mlperf_loadgen") is None:
+        raise UsageError(f"--scenario {args.scenario} runs under MLPerf LoadGen, which is not installed "
+                         "(pip install mlcommons-loadgen)")
+    if args.loadgen_logs is not None:
+        check_directory("--loadgen-logs", args.loadgen_logs)
 
 
 def list_backends(device: torch.device) -> None:
@@ -240,6 +291,61 @@ def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[
     return call
 
 
+def loop_row(runner: Runner, row: report.Row, batch: torch.Tensor, args: argparse.Namespace) -> None:
+    """The offline scenario: the fixed-batch loop, timed call by call."""
+    measured = timing.measure(timed_call(runner, batch, args.host_io), runner.config.device,
+                              warmup=args.warmup, iters=args.iters, min_time=args.min_time)
+    row.first_run_ms = measured.first_run_ms
+    row.samples_ms = measured.samples_ms
+    row.iters = len(measured.samples_ms)
+    stats = timing.summarize(measured.samples_ms, row.batch_size)
+    row.throughput_ips, row.latency_ms = stats["throughput_ips"], stats["latency_ms"]
+    row.host_io = args.host_io
+    row.cv = stats["latency_ms"]["std"] / stats["latency_ms"]["mean"]
+    row.noisy = row.cv > args.noise_threshold
+
+
+def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: argparse.Namespace) -> None:
+    """A LoadGen scenario: LoadGen issues the queries; every call goes from host memory to host logits."""
+    def infer(host_batch: torch.Tensor) -> torch.Tensor:
+        return runner.to_logits(runner.run(runner.to_input(host_batch)))
+
+    # One batch's time sizes LoadGen's query counts and the top of a rate search.
+    batch = inputs[: row.batch_size] if row.batch_size <= len(inputs) else next(parity.batches(inputs, row.batch_size))[0]
+    probe = timing.measure(lambda: infer(batch), runner.config.device, warmup=args.warmup, iters=5)
+    row.first_run_ms = probe.first_run_ms
+    expected_s = float(np.median(probe.samples_ms)) / 1e3
+    log_dir = None if args.loadgen_logs is None else (
+        Path(args.loadgen_logs) / f"{row.model}-{row.backend}-{row.precision}-b{row.batch_size}-{row.scenario}")
+    settings = scenarios.ScenarioSettings(row.scenario, args.duration, args.target_qps, args.p99_ms,
+                                          args.max_queue_delay_ms, args.mlperf_rules, log_dir)
+    search = None
+    if args.find_max_qps:
+        result, target, search = scenarios.find_max_qps(infer, inputs, row.batch_size, settings,
+                                                        runner.config.device, expected_s)
+    else:
+        result = scenarios.run(infer, inputs, row.batch_size, settings, runner.config.device, expected_s)
+        target = args.target_qps
+    row.throughput_ips = result.completed_samples_per_s
+    row.latency_ms = result.latency_ms
+    row.samples_ms = result.samples_ms
+    row.iters = result.details["query_count"] or len(result.samples_ms)
+    if row.scenario == "server":
+        row.achieved_qps = result.completed_samples_per_s  # one sample per query
+    row.loadgen = {
+        "result": "VALID" if result.valid else "INVALID",
+        "reasons": result.reasons,
+        "early_stopping_p99_ms": result.early_stopping_ms.get(99.0),
+        "early_stopping_estimates_ms": {f"p{p:g}": v for p, v in result.early_stopping_ms.items()},
+        "target_qps": target,
+        "p99_bound_ms": args.p99_ms,
+        "duration_s": None if args.mlperf_rules else args.duration,
+        "version": result.details["loadgen_version"],
+        "log_dir": result.log_dir,
+        "search": search,
+    }
+
+
 def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference: torch.Tensor,
               args: argparse.Namespace) -> report.Row:
     """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens."""
@@ -248,19 +354,14 @@ def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference
         runner.prepare()
         row.setup_s = time.perf_counter() - start
 
-        # The timed batch is the parity batch's first batch_size inputs (cycled where it is larger).
-        first_batch, _ = next(parity.batches(parity_x, row.batch_size))
-        measured = timing.measure(timed_call(runner, first_batch, args.host_io), runner.config.device,
-                                  warmup=args.warmup, iters=args.iters, min_time=args.min_time)
-        row.first_run_ms = measured.first_run_ms
-        row.samples_ms = measured.samples_ms
-        row.iters = len(measured.samples_ms)
-        stats = timing.summarize(measured.samples_ms, row.batch_size)
-        row.throughput_ips, row.latency_ms = stats["throughput_ips"], stats["latency_ms"]
+        if row.scenario == "offline":
+            # The timed batch is the parity batch's first batch_size inputs (cycled where it is larger).
+            loop_row(runner, row, next(parity.batches(parity_x, row.batch_size))[0], args)
+        else:
+            loadgen_row(runner, row, parity_x, args)
 
         logits = parity.predict(lambda b: runner.to_logits(runner.run(runner.to_input(b))), parity_x, row.batch_size)
         row.parity = parity.compare(reference, logits, row.precision)
-        row.host_io = args.host_io
         row.note = runner.timing_note
     except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
         row.status, row.error = "failed", one_line(exc)
@@ -289,7 +390,8 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
                 out_of_memory_at: dict[str, int] = {}
                 for batch_size in plan.batch_sizes:
                     for backend in plan.backends:
-                        row = report.Row(name, backend, plan.device.type, precision, batch_size, plan.image_size)
+                        row = report.Row(name, backend, plan.device.type, precision, batch_size, plan.image_size,
+                                         scenario=args.scenario)
                         rows.append(row)
                         progress.update(task, description=f"{name} {backend} {precision} batch {batch_size}")
                         runner_cls = RUNNERS[backend]
@@ -314,6 +416,9 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         if args.list_backends:

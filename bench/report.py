@@ -38,6 +38,8 @@ class Row:
     loadgen: dict | None = None
     parity: dict | None = None
     host_io: bool = False  # the timed call included the host-to-device and device-to-host copies
+    cv: float | None = None  # coefficient of variation of samples_ms: std / mean
+    noisy: bool | None = None  # cv above the run's --noise-threshold: the figures are less trustworthy
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
 
     @property
@@ -70,8 +72,9 @@ def to_csv(rows: list[Row]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     scalar = ["model", "backend", "device", "precision", "batch_size", "image_size", "status", "error",
-              "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "host_io", "note"]
-    writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY)])
+              "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
+    writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY),
+                     "loadgen_result", "loadgen_reasons", "loadgen_target_qps"])
     for row in rows:
         record = _finite(asdict(row))
         latency = record["latency_ms"] or {}
@@ -80,6 +83,7 @@ def to_csv(rows: list[Row]) -> str:
             *(record[k] for k in scalar),
             *(latency.get(k) for k in _CSV_LATENCY),
             *(parity.get(k) for k in _CSV_PARITY),
+            *((lg["result"], "; ".join(lg["reasons"]), lg["target_qps"]) if (lg := record["loadgen"]) else (None,) * 3),
         ])
     return buffer.getvalue()
 
@@ -88,45 +92,69 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def _loadgen_cell(r: Row) -> str:
+    lg = r.loadgen
+    if lg is None:
+        return "-"
+    if lg["result"] == "VALID":
+        return "[green]VALID[/green]"
+    return f"[yellow]INVALID[/yellow]: {escape('; '.join(lg['reasons']))}"
+
+
 def table(rows: list[Row]) -> Table:
-    """Speed and parity side by side; speedup is against eager at the same model, precision and batch."""
+    """Speed and parity side by side; speedup is against eager at the same model, precision, batch and
+    scenario. LoadGen rows add the scenario, the rate asked for and achieved, and LoadGen's verdict."""
     baseline = {
-        (r.model, r.device, r.precision, r.batch_size): r.throughput_ips
+        (r.model, r.device, r.precision, r.batch_size, r.scenario): r.throughput_ips
         for r in rows
         if r.backend == "eager" and r.status == "ok"
     }
+    with_loadgen = any(r.scenario != "offline" for r in rows)
+    columns = [("model", "left"), ("backend", "left"), ("device", "left"), ("prec", "left"), ("batch", "right")]
+    if with_loadgen:
+        columns += [("scenario", "left"), ("qps target/got", "right")]
+    columns += [("img/s", "right"), ("vs eager", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
+                ("cv", "right"), ("setup s", "right"), ("cosine", "right"), ("rel_l2", "right"), ("top1", "right"),
+                ("distinct", "right"), ("parity", "left")]
+    if with_loadgen:
+        columns.append(("loadgen", "left"))
     grid = Table(title="resnet-perf", title_justify="left")
-    for name, justify in [("model", "left"), ("backend", "left"), ("device", "left"), ("prec", "left"),
-                          ("batch", "right"), ("img/s", "right"), ("vs eager", "right"), ("p50 ms", "right"),
-                          ("p99 ms", "right"), ("setup s", "right"), ("cosine", "right"), ("rel_l2", "right"),
-                          ("top1", "right"), ("distinct", "right"), ("parity", "left")]:
+    for name, justify in columns:
         grid.add_column(name, justify=justify)
 
     for r in rows:
         head = [r.model, r.backend, r.device, r.precision, str(r.batch_size)]
+        if with_loadgen:
+            target = (r.loadgen or {}).get("target_qps")
+            rate = f"{_fmt(target, '.1f')}/{_fmt(r.achieved_qps, '.1f')}" if r.achieved_qps is not None else "-"
+            head += [r.scenario, rate]
         if r.status != "ok":
             colour = "red" if r.status == "failed" else "yellow"
-            grid.add_row(*head, *["-"] * 9, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]")
+            cells = [*head, *["-"] * 10, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
+            grid.add_row(*cells, *(["-"] if with_loadgen else []))
             continue
-        base = baseline.get((r.model, r.device, r.precision, r.batch_size))
+        base = baseline.get((r.model, r.device, r.precision, r.batch_size, r.scenario))
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
         p = r.parity
         verdict = "[green]pass[/green]" if p["passed"] else f"[red]FAIL[/red] {escape(p.get('error', ''))}"
         for note in (r.note, "incl. host-device copies" if r.host_io else None):
             if note:
                 verdict += f" [dim]({note})[/dim]"
+        cv = _fmt(r.cv, ".2f") + (" [yellow]noisy[/yellow]" if r.noisy else "")
         grid.add_row(
             *head,
             _fmt(r.throughput_ips, ".1f"),
             speedup,
             _fmt(r.latency_ms["p50"], ".2f"),
             _fmt(r.latency_ms["p99"], ".2f"),
+            cv,
             _fmt(r.setup_s, ".1f"),
             _fmt(p["cosine"], ".6f"),
             _fmt(p["rel_l2"], ".1e"),
             _fmt(p["top1_agreement"], ".3f"),
             _fmt(p["distinct_top1"], ".2f"),
             verdict,
+            *([_loadgen_cell(r)] if with_loadgen else []),
         )
     return grid
 

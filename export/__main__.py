@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExportFailed as exc:
         print(f"python -m export: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("python -m export: interrupted; nothing was written", file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001 - an exporter, parser or builder failure, in one line
         print(f"python -m export: failed: {one_line(exc)}", file=sys.stderr)
         return 1

@@ -12,6 +12,11 @@ NHWC (channels_last) activations and in the weight layout ``pack_weight`` makes,
 step loads contiguous channel vectors: the loads coalesce and tl.dot gets dense tiles. Every tensor
 is addressed through its own strides, so other layouts are correct, only slower.
 
+A 1x1 stride-1 convolution over channels_last activations is a plain GEMM, (N*H*W, C) x (C, K), whose
+rows are evenly strided: it gets a kernel of its own that walks rows directly, without the per-pixel
+(n, oh, ow) index arithmetic and the image-bounds masks of the windowed kernel, with its own autotune
+space. In ResNet-50 that is 32 of the 53 convolutions.
+
 Accumulation and the epilogue run in fp32, with one cast at the store (as in Triton's matmul
 tutorial). Offsets into activations are int64: a batch-256 ResNet-50 stem output has 822 M
 elements at 224 px, close enough to 2**31 that int32 offsets would overflow for larger inputs.
@@ -44,7 +49,36 @@ def _configs(gemm: bool) -> list[triton.Config]:
     return configs
 
 
-_KEY = ["N", "C", "H", "W", "K", "OH", "OW", "KH", "KW", "SH", "SW"]
+_CONV_KEY = ["N", "C", "H", "W", "K", "OH", "OW", "KH", "KW", "SH", "SW"]
+_GEMM_KEY = ["M", "C", "K"]
+
+
+@triton.jit
+def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """The (row, column) block of program ``pid`` in grouped order, as in Triton's matmul tutorial:
+    GROUP_M row-blocks share each column-block of weights while it is in L2, instead of streaming
+    every row-block past each weight block."""
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_pid_n
+    first_m = (pid // group) * GROUP_M
+    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (pid % group) % group_size, (pid % group) // group_size
+
+
+@triton.jit
+def _epilogue(acc, bias_ptr, res_ptr, out_ptr, res_rows, out_rows, offs_n, m_mask, n_mask, srk, sok,
+              HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr):
+    """``relu?(acc + bias + residual)`` in fp32, then one cast and one store. ``*_rows`` are the int64
+    offsets of each output pixel's channel vector in the residual and the output."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(res_ptr + res_rows[:, None] + offs_n[None, :] * srk, mask=out_mask, other=0.0).to(tl.float32)
+    if APPLY_RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(out_ptr + out_rows[:, None] + offs_n[None, :] * sok, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -66,21 +100,11 @@ def _fused_conv2d_kernel(
     # tiling
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # Grouped launch order, as in Triton's matmul tutorial: GROUP_M row-blocks of pixels share each
-    # column-block of weights while it is in L2, instead of streaming all pixels per weight block.
-    pid = tl.program_id(0)
-    M = N * OH * OW
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(K, BLOCK_N)
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % group_size
-    pid_n = (pid % group) // group_size
-
+    """Any window, stride and padding: rows are output pixels (n, oh, ow), columns output channels."""
+    pid_m, pid_n = _tile(tl.program_id(0), N * OH * OW, K, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
+    m_mask = offs_m < N * OH * OW
     n_mask = offs_n < K
     img = offs_m // (OH * OW)
     pix = offs_m % (OH * OW)
@@ -108,20 +132,53 @@ def _fused_conv2d_kernel(
                     b = b.to(tl.float32)
                 acc = tl.dot(a, b, acc, input_precision=FP32_DOT)
 
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    out_mask = m_mask[:, None] & n_mask[None, :]
-    if HAS_RESIDUAL:
-        r_row = img.to(tl.int64) * srn + oh.to(tl.int64) * srh + ow.to(tl.int64) * srw
-        acc += tl.load(res_ptr + r_row[:, None] + offs_n[None, :] * srk, mask=out_mask, other=0.0).to(tl.float32)
-    if APPLY_RELU:
-        acc = tl.maximum(acc, 0.0)
-    o_row = img.to(tl.int64) * son + oh.to(tl.int64) * soh + ow.to(tl.int64) * sow
-    tl.store(out_ptr + o_row[:, None] + offs_n[None, :] * sok, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    res_rows = img.to(tl.int64) * srn + oh.to(tl.int64) * srh + ow.to(tl.int64) * srw
+    out_rows = img.to(tl.int64) * son + oh.to(tl.int64) * soh + ow.to(tl.int64) * sow
+    _epilogue(acc, bias_ptr, res_ptr, out_ptr, res_rows, out_rows, offs_n, m_mask, n_mask, srk, sok,
+              HAS_BIAS, HAS_RESIDUAL, APPLY_RELU)
 
 
-_conv_autotuned = triton.autotune(configs=_configs(gemm=False), key=_KEY)(_fused_conv2d_kernel)
-_gemm_autotuned = triton.autotune(configs=_configs(gemm=True), key=_KEY)(_fused_conv2d_kernel)
+@triton.jit
+def _fused_gemm_kernel(
+    # pointers
+    x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
+    # sizes: (M, C) x (C, K)
+    M, C, K,
+    # strides, in elements: x and residual and output as (M, C|K) matrices; weights (K, C)
+    sxm, sxc, swk, swc, srm, srk, som, sok,
+    # epilogue and numerics
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
+    UPCAST_DOT: tl.constexpr, FP32_DOT: tl.constexpr,
+    # tiling
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """A 1x1 stride-1 convolution: rows are pixels, evenly strided, so no window and no image bounds."""
+    pid_m, pid_n = _tile(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < K
+    rows = offs_m.to(tl.int64)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        offs_c = c0 + tl.arange(0, BLOCK_K)
+        c_mask = offs_c < C
+        a = tl.load(x_ptr + rows[:, None] * sxm + offs_c[None, :] * sxc, mask=m_mask[:, None] & c_mask[None, :],
+                    other=0.0)
+        b = tl.load(w_ptr + offs_c[:, None] * swc + offs_n[None, :] * swk, mask=c_mask[:, None] & n_mask[None, :],
+                    other=0.0)
+        if UPCAST_DOT:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=FP32_DOT)
+
+    _epilogue(acc, bias_ptr, res_ptr, out_ptr, rows * srm, rows * som, offs_n, m_mask, n_mask, srk, sok,
+              HAS_BIAS, HAS_RESIDUAL, APPLY_RELU)
+
+
+_conv_autotuned = triton.autotune(configs=_configs(gemm=False), key=_CONV_KEY)(_fused_conv2d_kernel)
+_gemm_autotuned = triton.autotune(configs=_configs(gemm=True), key=_GEMM_KEY)(_fused_gemm_kernel)
 
 
 def _interpreter_config(m: int, k: int, c: int) -> dict:
@@ -215,28 +272,40 @@ def fused_conv2d(
 
     # Unused pointers still need a tensor; the constexpr flags keep the kernel from touching them.
     res = residual if residual is not None else out
-    args = (x, weight, bias if bias is not None else out, res, out,
-            n, c, h, w, k, oh, ow,
-            *x.stride(), *weight.stride(), *res.stride(), *out.stride())
-    meta = dict(KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1],
-                HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, APPLY_RELU=bool(relu),
-                # Measured: the interpreter's bf16 tl.dot returns garbage (errors ~1e10 on a 16x16
-                # product) while its fp32 dot is exact; under it bf16 tiles are widened first.
-                UPCAST_DOT=INTERPRET and x.dtype == torch.bfloat16,
-                # fp32 follows PyTorch's choice for convolutions: cuDNN uses TF32 unless disabled.
-                FP32_DOT="tf32" if torch.backends.cudnn.allow_tf32 and not INTERPRET else "ieee")
+    bias_ = bias if bias is not None else out
+    epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, APPLY_RELU=bool(relu),
+                    # Measured: the interpreter's bf16 tl.dot returns garbage (errors ~1e10 on a 16x16
+                    # product) while its fp32 dot is exact; under it bf16 tiles are widened first.
+                    UPCAST_DOT=INTERPRET and x.dtype == torch.bfloat16,
+                    # fp32 follows PyTorch's choice for convolutions: cuDNN uses TF32 unless disabled.
+                    FP32_DOT="tf32" if torch.backends.cudnn.allow_tf32 and not INTERPRET else "ieee")
+    m = n * oh * ow
+    tiles = _interpreter_config(m, k, c) if INTERPRET else {}  # autotuned on a GPU
 
     def grid(meta):
-        return (triton.cdiv(n * oh * ow, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"]),)
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"]),)
 
-    if INTERPRET:
-        _fused_conv2d_kernel[grid](*args, **meta, **_interpreter_config(n * oh * ow, k, c))
+    gemm = _gemm_operands(x, res, out) if (kh, kw, stride, padding) == (1, 1, (1, 1), (0, 0)) else None
+    if gemm is not None:
+        x_rows, res_rows, out_rows = gemm
+        kernel = _fused_gemm_kernel if INTERPRET else _gemm_autotuned
+        kernel[grid](x, weight, bias_, res, out, m, c, k, *x_rows.stride(), weight.stride(0), weight.stride(1),
+                     *res_rows.stride(), *out_rows.stride(), **epilogue, **tiles)
     else:
-        # A 1x1 stride-1 convolution is a plain GEMM (pixels x channels): it gets its own autotune
-        # space, with 8-warp configs the windowed kernels must not use.
-        gemm = kh == kw == 1 and stride == (1, 1) and padding == (0, 0)
-        (_gemm_autotuned if gemm else _conv_autotuned)[grid](*args, **meta)
+        kernel = _fused_conv2d_kernel if INTERPRET else _conv_autotuned
+        kernel[grid](x, weight, bias_, res, out, n, c, h, w, k, oh, ow,
+                     *x.stride(), *weight.stride(), *res.stride(), *out.stride(),
+                     KH=kh, KW=kw, SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], **epilogue, **tiles)
     return out
+
+
+def _gemm_operands(*tensors: Tensor) -> tuple[Tensor, ...] | None:
+    """Each (N, C, H, W) tensor as an (N*H*W, C) matrix without a copy, or None if one of them
+    cannot be: the pixels of channels_last tensors are evenly strided rows, those of NCHW ones are not."""
+    try:
+        return tuple(t.permute(0, 2, 3, 1).view(-1, t.shape[1]) for t in tensors)
+    except RuntimeError:
+        return None
 
 
 def pack_weight(weight: Tensor) -> Tensor:

@@ -138,6 +138,44 @@ def test_bad_arguments(overrides, error, match):
         fused_conv2d(x, weight, **args)
 
 
+class _Spy:
+    """Stands in for a kernel, recording each launch and passing it on."""
+
+    def __init__(self, kernel, name, calls):
+        self.kernel, self.name, self.calls = kernel, name, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(self.name)
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize(("ks", "stride", "x_channels_last", "residual_channels_last", "expected"), [
+    (1, 1, True, True, "gemm"),    # ResNet's 1x1 convs: rows of channels_last pixels are evenly strided
+    (1, 1, False, True, "conv"),   # NCHW pixels are not rows of a matrix
+    (1, 1, True, False, "conv"),   # nor is an NCHW residual
+    (1, 2, True, True, "conv"),    # the strided 1x1 downsample skips pixels
+    (3, 1, True, True, "conv"),
+])
+def test_1x1_stride_1_over_channels_last_is_a_gemm(monkeypatch, ks, stride, x_channels_last, residual_channels_last,
+                                                    expected):
+    import kernels.fused_conv2d as module
+
+    calls = []
+    names = ("_fused_gemm_kernel", "_fused_conv2d_kernel") if module.INTERPRET else ("_gemm_autotuned", "_conv_autotuned")
+    for attr, name in zip(names, ("gemm", "conv")):
+        monkeypatch.setattr(module, attr, _Spy(getattr(module, attr), name, calls))
+    gen = torch.Generator().manual_seed(5)
+    x, weight, bias = make_case(gen, 2, 12, 5, 5, 20, ks, torch.float32, x_channels_last)
+    out_size = (5 + 2 * (ks // 2) - ks) // stride + 1
+    residual = torch.randn(2, 20, out_size, out_size, generator=gen).to(DEVICE)
+    if residual_channels_last:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    got = fused_conv2d(x, pack_weight(weight), bias, stride=stride, padding=ks // 2, residual=residual, relu=True)
+    assert calls == [expected]
+    expected_out = fused_conv2d_reference(x, weight, bias, stride=stride, padding=ks // 2, residual=residual, relu=True)
+    torch.testing.assert_close(got, expected_out, **TOLERANCES[torch.float32])
+
+
 def test_kernel_larger_than_input():
     x = torch.zeros(1, 3, 4, 4, device=DEVICE)
     with pytest.raises(ValueError, match="the 7x7 kernel does not fit the 4x4 input"):

@@ -1,0 +1,108 @@
+"""python -m bench compare: the statistics on synthetic samples (no change, noise only, a real
+slowdown), the verdicts, and the command's exit status as a CI gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import bench.__main__ as cli
+from bench.compare import bootstrap_ratio, judge
+from bench.report import SCHEMA
+
+
+def samples(mean_ms: float, noise: float, n: int = 50, seed: int = 0) -> list[float]:
+    """Per-call latencies around ``mean_ms`` with relative normal noise ``noise``."""
+    return list(np.random.default_rng(seed).normal(mean_ms, noise * mean_ms, n))
+
+
+def row(backend: str, latencies: list[float], status: str = "ok", passed: bool = True, batch: int = 8) -> dict:
+    return {"model": "resnet18", "backend": backend, "device": "cpu", "precision": "fp32", "batch_size": batch,
+            "image_size": 32, "scenario": "offline", "status": status, "error": None if status == "ok" else "boom",
+            "samples_ms": latencies if status == "ok" else [], "parity": {"passed": passed} if status == "ok" else None}
+
+
+def test_identical_samples_give_a_ratio_of_one():
+    s = np.asarray(samples(10.0, 0.03))
+    ratio, low, high = bootstrap_ratio(s, s.copy())
+    assert ratio == pytest.approx(1.0) and low < 1.0 < high
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_noise_only_is_not_flagged(seed):
+    base, new = row("eager", samples(10.0, 0.03, seed=seed)), row("eager", samples(10.0, 0.03, seed=100 + seed))
+    assert judge(base, new, 0.05).verdict == "unchanged"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_ten_percent_slowdown_with_normal_noise_is_flagged(seed):
+    base, new = row("eager", samples(10.0, 0.03, seed=seed)), row("eager", samples(11.0, 0.03, seed=100 + seed))
+    change = judge(base, new, 0.05)
+    assert change.verdict == "regression"
+    assert change.low > 1.05 and change.ratio == pytest.approx(1.10, abs=0.02)
+
+
+def test_a_slowdown_the_noise_could_explain_is_not_flagged():
+    """Ten samples with 40% noise: a 10% difference is inside the interval, so no verdict either way."""
+    base, new = row("eager", samples(10.0, 0.4, n=10, seed=1)), row("eager", samples(11.0, 0.4, n=10, seed=2))
+    change = judge(base, new, 0.05)
+    assert change.verdict == "unchanged" and change.low < 1.05 < change.high
+
+
+def test_a_speedup_is_an_improvement_and_a_broken_backend_a_failure():
+    base = row("eager", samples(10.0, 0.03))
+    assert judge(base, row("eager", samples(8.0, 0.03, seed=5)), 0.05).verdict == "improvement"
+    assert judge(base, row("eager", [], status="failed"), 0.05).verdict == "failed"
+    assert judge(base, row("eager", samples(10.0, 0.03), passed=False), 0.05).verdict == "failed"
+
+
+def write_run(path, rows):
+    path.write_text(json.dumps({"schema": SCHEMA, "env": {}, "results": rows}))
+    return str(path)
+
+
+def test_exit_status_is_a_ci_gate(capsys, tmp_path):
+    base = write_run(tmp_path / "base.json", [row("eager", samples(10.0, 0.03)), row("onnxruntime", samples(5.0, 0.03))])
+    same = write_run(tmp_path / "same.json", [row("eager", samples(10.0, 0.03, seed=7)),
+                                              row("onnxruntime", samples(5.0, 0.03, seed=8))])
+    slower = write_run(tmp_path / "slower.json", [row("eager", samples(10.0, 0.03, seed=7)),
+                                                  row("onnxruntime", samples(5.5, 0.03, seed=8))])
+    assert cli.main(["compare", base, same]) == 0
+    assert "0 regression(s) among 2 compared row(s)" in capsys.readouterr().out
+    assert cli.main(["compare", base, slower]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression(s) among 2 compared row(s)" in out and "regression" in out
+    # A looser threshold lets the 10% through.
+    assert cli.main(["compare", base, slower, "--threshold", "0.2"]) == 0
+
+
+def test_drift_common_to_a_run_cancels_relative_to_a_backend(capsys, tmp_path):
+    """A machine 30% slower on the second day: every row slower, no backend slower than the others."""
+    base = write_run(tmp_path / "base.json", [row("eager", samples(10.0, 0.03)), row("onnxruntime", samples(5.0, 0.03))])
+    drifted = write_run(tmp_path / "new.json", [row("eager", samples(13.0, 0.03, seed=3)),
+                                                row("onnxruntime", samples(6.5, 0.03, seed=4))])
+    assert cli.main(["compare", base, drifted]) == 1
+    capsys.readouterr()
+    assert cli.main(["compare", base, drifted, "--relative-to", "eager"]) == 0
+    assert "0 regression(s) among 1 compared row(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    (["missing.json", "base.json"], "missing.json: not a readable JSON file"),
+    (["garbage.json", "base.json"], "garbage.json: not a readable JSON file"),
+    (["other.json", "base.json"], "other.json: not a python -m bench result"),
+    (["base.json", "disjoint.json"], "have no successful row in common"),
+    (["base.json", "base.json", "--relative-to", "tensorrt"], "--relative-to tensorrt: no successful tensorrt row"),
+    (["base.json", "base.json", "--threshold", "1.5"], "--threshold 1.5: a fraction below 1"),
+])
+def test_bad_input_is_exit_2(capsys, tmp_path, files, message):
+    write_run(tmp_path / "base.json", [row("eager", samples(10.0, 0.03))])
+    write_run(tmp_path / "disjoint.json", [row("eager", samples(10.0, 0.03), batch=4)])
+    (tmp_path / "garbage.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "something/else"}))
+    argv = [str(tmp_path / f) if f.endswith(".json") else f for f in files]
+    assert cli.main(["compare", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -1,0 +1,116 @@
+"""MLPerf LoadGen scenarios through python -m bench: LoadGen issues and judges, our SUT batches, and
+each row says what LoadGen concluded. Short runs (1 s) of resnet18 at 32 px on onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import bench.__main__ as cli
+from bench import scenarios
+
+pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed")
+
+SMALL = ["--model", "resnet18", "--image-size", "32", "--backend", "onnxruntime", "--warmup", "1", "--duration", "1"]
+
+
+def run_rows(tmp_path, *argv):
+    path = tmp_path / "run.json"
+    code = cli.main([*SMALL, *argv, "--json", str(path), "--cache-dir", str(tmp_path / "cache")])
+    return code, json.loads(path.read_text())["results"]
+
+
+def test_server_holds_its_rate_and_reports_loadgen_verdict(tmp_path):
+    code, (row,) = run_rows(tmp_path, "--scenario", "server", "--target-qps", "100", "--batch-size", "4",
+                            "--loadgen-logs", str(tmp_path / "logs"))
+    assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
+    assert row["scenario"] == "server" and row["batch_size"] == 4
+    assert row["achieved_qps"] == pytest.approx(100, rel=0.1)
+    lg = row["loadgen"]
+    assert lg["result"] in ("VALID", "INVALID") and lg["target_qps"] == 100
+    # A 1 s run is too short for LoadGen's early stopping: it must say so rather than pass.
+    assert lg["result"] == "INVALID" and "early stopping not met" in lg["reasons"]
+    assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] <= row["latency_ms"]["max"]
+    assert len(row["samples_ms"]) >= 100 and row["iters"] >= 100
+    log_dir = tmp_path / "logs" / "resnet18-onnxruntime-fp32-b4-server"
+    assert lg["log_dir"] == str(log_dir) and (log_dir / "mlperf_log_summary.txt").is_file()
+
+
+def test_a_missed_latency_bound_is_the_reason_given(tmp_path):
+    _, (row,) = run_rows(tmp_path, "--scenario", "server", "--target-qps", "100", "--p99-ms", "0.01")
+    assert row["loadgen"]["result"] == "INVALID" and "latency bound missed" in row["loadgen"]["reasons"]
+    assert row["loadgen"]["p99_bound_ms"] == 0.01
+
+
+@pytest.mark.parametrize(("scenario", "batch"), [("single-stream", 1), ("multi-stream", 4), ("offline-loadgen", 8)])
+def test_other_scenarios(tmp_path, scenario, batch):
+    argv = ["--scenario", scenario] + ([] if scenario == "single-stream" else ["--batch-size", str(batch)])
+    code, (row,) = run_rows(tmp_path, *argv)
+    assert code == 0 and row["status"] == "ok" and row["batch_size"] == batch and row["scenario"] == scenario
+    assert row["loadgen"]["result"] in ("VALID", "INVALID") and row["throughput_ips"] > 0
+    assert row["latency_ms"]["p99"] > 0 and row["achieved_qps"] is None
+    if scenario == "single-stream":
+        # LoadGen's single-stream metric is the 90th percentile; its estimate is reported under that name.
+        assert set(row["loadgen"]["early_stopping_estimates_ms"]) <= {"p90", "p99"}
+
+
+def test_find_max_qps_confirms_its_rate(tmp_path):
+    code, (row,) = run_rows(tmp_path, "--scenario", "server", "--find-max-qps", "--p99-ms", "200", "--batch-size", "8")
+    assert row["status"] == "ok"
+    search = row["loadgen"]["search"]
+    assert [s["run"] for s in search][:6] == [f"search{i}" for i in range(6)]
+    confirm = search[-1]
+    assert confirm["run"].startswith("confirm") and confirm["target_qps"] == row["loadgen"]["target_qps"] > 0
+    assert confirm["met"] and "latency bound missed" not in row["loadgen"]["reasons"]
+    assert row["latency_ms"]["p99"] <= 200
+
+
+class _FakeLoadGen:
+    """Records the completions the SUT reports (the batcher is ours; LoadGen is not needed to test it)."""
+
+    def __init__(self):
+        self.completed = []
+
+    def QuerySampleResponse(self, id_, data, size):  # noqa: N802 - LoadGen's name
+        return id_
+
+    def QuerySamplesComplete(self, ids):  # noqa: N802 - LoadGen's name
+        self.completed.append(list(ids))
+
+
+def test_the_batcher_groups_waiting_samples_and_pads_short_batches():
+    lg, shapes = _FakeLoadGen(), []
+    inputs = torch.arange(10.0).view(10, 1)
+
+    def infer(batch):
+        shapes.append(batch[:, 0].tolist())
+        return batch
+
+    sut = scenarios._BatchingSUT(lg, infer, inputs, batch_size=4, max_delay_s=0.05, device=torch.device("cpu"))
+    with sut:
+        sut.issue([SimpleNamespace(id=i, index=i) for i in range(6)])
+        time.sleep(0.2)
+        sut.issue([SimpleNamespace(id=9, index=9)])
+    assert lg.completed == [[0, 1, 2, 3], [4, 5], [9]]
+    assert shapes == [[0, 1, 2, 3], [4, 5, 4, 5], [9, 9, 9, 9]]  # short batches cycle their own samples
+    assert len(sut.latencies_ms) == 7
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scenario", "server"], "--scenario server needs --target-qps"),
+    (["--scenario", "server", "--find-max-qps"], "--find-max-qps searches for the highest rate within a p99 bound"),
+    (["--scenario", "server", "--find-max-qps", "--p99-ms", "5", "--target-qps", "9"], "leave out --target-qps"),
+    (["--target-qps", "50"], "--target-qps applies to --scenario server, not offline"),
+    (["--scenario", "single-stream", "--batch-size", "4"], "issues one sample per query: leave out --batch-size"),
+    (["--mlperf-rules"], "--mlperf-rules applies to the LoadGen scenarios"),
+    (["--scenario", "batch"], "argument --scenario: invalid choice: 'batch'"),
+    (["--scenario", "server", "--target-qps", "0"], "argument --target-qps: '0' is not a positive, finite number"),
+])
+def test_bad_scenario_flags(capsys, argv, message):
+    assert cli.main(["--model", "resnet18", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
