@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import resnet_perf
-from bench import compare, report, scenarios, timing
+from bench import compare, plot, report, scenarios, timing
 from bench import env as bench_env
 from bench.runners import BACKENDS, COMPILE_MODES, PRECISIONS, RUNNERS, RunConfig, Runner, unavailable_reason
 from export.atomic import write_text
@@ -69,8 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on CUDA, time the copies of the batch to the GPU and of the logits back as well")
     p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
     p.add_argument("--csv", dest="csv_path", default=None, help="write results as CSV here")
+    p.add_argument("--resume", default=None, metavar="RUN.json",
+                   help="keep the rows an interrupted run recorded there and run the rest (also its --json)")
+    p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG: throughput and latency against batch size")
     p.add_argument("--cache-dir", default=os.environ.get("RESNET_PERF_CACHE", str(Path.home() / ".cache" / "resnet-perf")),
                    help="where exported ONNX files and TensorRT engines are kept between runs")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each stage of the model (stem, layer1..4, head) where the backend has stages")
+    p.add_argument("--repeat", type=positive_int, default=1,
+                   help="measure each row this many times over and report the spread of their throughputs")
     p.add_argument("--noise-threshold", type=positive_float, default=0.05,
                    help="flag a row noisy when its samples' std/mean exceeds this (default 0.05)")
     p.add_argument("--list-backends", action="store_true", help="list every backend and whether it runs here")
@@ -207,14 +215,21 @@ def resolve(args: argparse.Namespace) -> Plan:
         batch_sizes = [1]
     elif args.scenario == "server" and args.max_batch is not None:
         batch_sizes = [args.max_batch]
+    if args.profile and args.scenario != "offline":
+        raise UsageError("--profile times the stages in the fixed-batch loop: use it with --scenario offline")
     if args.cuda_graph and "tensorrt" not in backends:
         raise UsageError("--cuda-graph applies to the tensorrt backend, which this run does not include")
 
     if args.weights is not None and len(models) > 1:
         raise UsageError("--weights holds one model's weights: give exactly one --model with it")
+    if args.resume is not None:
+        if not Path(args.resume).is_file():
+            raise UsageError(f"--resume {args.resume}: no such file")
+        args.json_path = args.json_path or args.resume
     check_writable("--json", args.json_path)
     check_directory("--cache-dir", args.cache_dir)
     check_writable("--csv", args.csv_path)
+    check_writable("--plot", args.plot_path)
     threads = args.threads or torch.get_num_threads()
     digests = {m["weights_digest"] for m in manifests.values()}
     return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads,
@@ -292,17 +307,37 @@ def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[
 
 
 def loop_row(runner: Runner, row: report.Row, batch: torch.Tensor, args: argparse.Namespace) -> None:
-    """The offline scenario: the fixed-batch loop, timed call by call."""
-    measured = timing.measure(timed_call(runner, batch, args.host_io), runner.config.device,
-                              warmup=args.warmup, iters=args.iters, min_time=args.min_time)
-    row.first_run_ms = measured.first_run_ms
-    row.samples_ms = measured.samples_ms
-    row.iters = len(measured.samples_ms)
-    stats = timing.summarize(measured.samples_ms, row.batch_size)
+    """The offline scenario: the fixed-batch loop, timed call by call, --repeat times over."""
+    call = timed_call(runner, batch, args.host_io)
+    runs = [timing.measure(call, runner.config.device, warmup=args.warmup, iters=args.iters, min_time=args.min_time)
+            for _ in range(args.repeat)]
+    row.first_run_ms = runs[0].first_run_ms
+    row.samples_ms = [sample for run in runs for sample in run.samples_ms]
+    row.iters = len(row.samples_ms)
+    if args.repeat > 1:
+        row.repeats = [timing.summarize(run.samples_ms, row.batch_size)["throughput_ips"] for run in runs]
+    stats = timing.summarize(row.samples_ms, row.batch_size)
     row.throughput_ips, row.latency_ms = stats["throughput_ips"], stats["latency_ms"]
     row.host_io = args.host_io
     row.cv = stats["latency_ms"]["std"] / stats["latency_ms"]["mean"]
     row.noisy = row.cv > args.noise_threshold
+
+
+def profile_row(runner: Runner, row: report.Row, batch: torch.Tensor, args: argparse.Namespace) -> None:
+    """--profile: the median time of each stage of the model (stem, layer1..4, head) on the backend,
+    each fed the previous stage's real output. Backends that run the model whole have no stages."""
+    stages = runner.stages()
+    if stages is None:
+        return
+    x, row.profile = runner.to_input(batch), {}
+    for name, stage in stages:
+        def call(stage=stage, x=x):
+            with torch.inference_mode():
+                return stage(x)
+
+        measured = timing.measure(call, runner.config.device, warmup=args.warmup, iters=args.iters)
+        row.profile[name] = float(np.median(measured.samples_ms))
+        x = call()
 
 
 def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: argparse.Namespace) -> None:
@@ -356,7 +391,10 @@ def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference
 
         if row.scenario == "offline":
             # The timed batch is the parity batch's first batch_size inputs (cycled where it is larger).
-            loop_row(runner, row, next(parity.batches(parity_x, row.batch_size))[0], args)
+            batch = next(parity.batches(parity_x, row.batch_size))[0]
+            loop_row(runner, row, batch, args)
+            if args.profile:
+                profile_row(runner, row, batch, args)
         else:
             loadgen_row(runner, row, parity_x, args)
 
@@ -370,8 +408,32 @@ def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference
     return row
 
 
-def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.Namespace) -> list[report.Row]:
-    """Every row of the table: model x precision x batch size x backend, in that nesting."""
+def row_key(row: report.Row) -> tuple:
+    return (row.model, row.backend, row.device, row.precision, row.batch_size, row.image_size, row.scenario)
+
+
+def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
+    """The rows an earlier, interrupted run recorded, by key; refused if it ran somewhere else."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = report.rows_from_json(document)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--resume {path}: not a readable python -m bench result ({exc})") from None
+    if document.get("schema") != report.SCHEMA:
+        raise UsageError(f"--resume {path}: not a python -m bench result (schema {report.SCHEMA!r})")
+    for field_ in ("cpu", "gpu", "torch", "onnxruntime", "tensorrt", "threads"):
+        if document["env"].get(field_) != env[field_]:
+            raise UsageError(f"--resume {path} was measured with {field_} {document['env'].get(field_)}, "
+                             f"this run has {env[field_]}: its rows would not compare")
+    return {row_key(r): r for r in rows}
+
+
+def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.Namespace,
+             done: dict[tuple, report.Row], on_row: Callable[[list[report.Row]], None]) -> tuple[list[report.Row], bool]:
+    """Every row of the table: model x precision x batch size x backend, in that nesting. Rows in
+    ``done`` (from --resume) are kept, not run again. ``on_row`` gets the rows so far after each
+    one finishes. Returns the rows and whether Ctrl-C cut the run short (the row it interrupted is
+    dropped; every finished one is kept)."""
     cache_dir = Path(args.cache_dir)
     rows: list[report.Row] = []
     total = len(plan.models) * len(plan.precisions) * len(plan.batch_sizes) * len(plan.backends)
@@ -380,45 +442,53 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task("starting", total=total)
-        for name in plan.models:
-            progress.update(task, description=f"{name}: building the model and the fp32 reference")
-            model, parity_x, reference = reference_run(name, weights_model, plan)
-            # The key of every artifact cached for this model: its name and its weights.
-            ident = f"{name}-{resnet_perf.weights_digest(model)[:12]}"
-
-            for precision in plan.precisions:
-                out_of_memory_at: dict[str, int] = {}
-                for batch_size in plan.batch_sizes:
-                    for backend in plan.backends:
-                        row = report.Row(name, backend, plan.device.type, precision, batch_size, plan.image_size,
-                                         scenario=args.scenario)
-                        rows.append(row)
-                        progress.update(task, description=f"{name} {backend} {precision} batch {batch_size}")
-                        runner_cls = RUNNERS[backend]
-                        if precision not in runner_cls.precisions(plan.device):
-                            row.status = "skipped"
-                            row.error = f"{precision} is not supported by {backend} on {plan.device.type}"
-                        elif backend in out_of_memory_at and batch_size > out_of_memory_at[backend]:
-                            row.status = "skipped"
-                            row.error = f"out of memory at batch {out_of_memory_at[backend]}"
-                        else:
-                            config = RunConfig(ident, plan.device, precision, batch_size, plan.image_size,
-                                               plan.threads, cache_dir, args.compile_mode, onnx=plan.onnx,
-                                               engine=plan.engine, cuda_graph=args.cuda_graph)
-                            bench_row(runner_cls(model, config), row, parity_x, reference, args)
+        try:
+            for name in plan.models:
+                model = None
+                for precision in plan.precisions:
+                    out_of_memory_at: dict[str, int] = {}
+                    for batch_size in plan.batch_sizes:
+                        for backend in plan.backends:
+                            row = report.Row(name, backend, plan.device.type, precision, batch_size,
+                                             plan.image_size, scenario=args.scenario)
+                            progress.update(task, description=f"{name} {backend} {precision} batch {batch_size}")
+                            runner_cls = RUNNERS[backend]
+                            if row_key(row) in done:
+                                row = done[row_key(row)]
+                            elif precision not in runner_cls.precisions(plan.device):
+                                row.status = "skipped"
+                                row.error = f"{precision} is not supported by {backend} on {plan.device.type}"
+                            elif backend in out_of_memory_at and batch_size > out_of_memory_at[backend]:
+                                row.status = "skipped"
+                                row.error = f"out of memory at batch {out_of_memory_at[backend]}"
+                            else:
+                                if model is None:
+                                    progress.update(task, description=f"{name}: the model and the fp32 reference")
+                                    model, parity_x, reference = reference_run(name, weights_model, plan)
+                                    # The key of every artifact cached for this model: its name and weights.
+                                    ident = f"{name}-{resnet_perf.weights_digest(model)[:12]}"
+                                config = RunConfig(ident, plan.device, precision, batch_size, plan.image_size,
+                                                   plan.threads, cache_dir, args.compile_mode, onnx=plan.onnx,
+                                                   engine=plan.engine, cuda_graph=args.cuda_graph)
+                                bench_row(runner_cls(model, config), row, parity_x, reference, args)
                             if row.error == "out of memory":
                                 out_of_memory_at[backend] = batch_size
                                 if plan.device.type == "cuda":
                                     torch.cuda.empty_cache()
-                        progress.advance(task)
-
-    return rows
+                            rows.append(row)
+                            on_row(rows)
+                            progress.advance(task)
+        except KeyboardInterrupt:
+            return rows, True
+    return rows, False
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
         return compare.main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         if args.list_backends:
@@ -428,29 +498,42 @@ def main(argv: list[str] | None = None) -> int:
         weights_model = (
             resnet_perf.build_model(plan.models[0], weights=args.weights) if args.weights is not None else None
         )
+        torch.set_num_threads(plan.threads)
+        if plan.device.type == "cuda":
+            # Synchronize and CUDA events act on the current device: make it the one measured.
+            torch.cuda.set_device(plan.device)
+        env = bench_env.collect(plan.device, plan.threads)
+        done = load_resume(args.resume, env) if args.resume else {}
     except (UsageError, resnet_perf.WeightsError) as exc:
         print(f"python -m bench: error: {exc}", file=sys.stderr)
         return 2
 
-    torch.set_num_threads(plan.threads)
-    if plan.device.type == "cuda":
-        # Synchronize and CUDA events act on the current device: make it the one measured.
-        torch.cuda.set_device(plan.device)
-    env = bench_env.collect(plan.device, plan.threads)
+    def save(rows: list[report.Row]) -> None:
+        """JSON and CSV after every row, each written atomically: a crash or Ctrl-C loses no finished row."""
+        if args.json_path:
+            write_text(args.json_path, report.to_json(rows, env))
+        if args.csv_path:
+            write_text(args.csv_path, report.to_csv(rows))
+
     try:
-        rows = run_rows(plan, weights_model, args)
+        rows, interrupted = run_rows(plan, weights_model, args, done, save)
     except UsageError as exc:
         print(f"python -m bench: error: {exc}", file=sys.stderr)
         return 2
 
     console = report.console()
     report.print_table(rows, console)
+    if any(r.profile for r in rows):
+        console.print(report.profile_table(rows))
     for backend, reason in plan.not_run.items():
         console.print(f"[dim]not run: {backend}: {escape(reason)}[/dim]", highlight=False)
-    if args.json_path:
-        write_text(args.json_path, report.to_json(rows, env))
-    if args.csv_path:
-        write_text(args.csv_path, report.to_csv(rows))
+    if args.plot_path and any(r.status == "ok" for r in rows):
+        title = f"{', '.join(plan.models)} on {plan.device.type} ({env['gpu'] or env['cpu']}), {plan.image_size} px"
+        plot.write_plot([asdict(r) for r in rows], args.plot_path, title)
+    if interrupted:
+        where = f"; {args.json_path} holds them (--resume {args.json_path} runs the rest)" if args.json_path else ""
+        print(f"python -m bench: interrupted after {len(rows)} row(s){where}", file=sys.stderr)
+        return 130
     return 0 if all(r.ok for r in rows) else 1
 
 

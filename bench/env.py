@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -11,35 +12,67 @@ from export.manifest import installed_version
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
-def _gpu(device: torch.device) -> tuple[str | None, str | None]:
-    """(GPU name, driver version). NVML gives the driver; torch alone gives the name."""
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _cpu_state() -> dict:
+    """What decides CPU figures besides the model: the frequency governor (``performance`` holds the
+    clock; ``powersave`` and ``ondemand`` let it wander between calls), the cores this process may
+    use, and the thread-count variables the math libraries read."""
+    return {
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+    }
+
+
+def _gpu(device: torch.device) -> dict:
+    """The GPU's name, and from NVML its driver, clocks, power limit and temperature at the start of
+    the run: a GPU at its thermal or power limit, or with clocks locked low, gives other figures."""
+    state = {"gpu": None, "driver": None, "gpu_state": None}
     if device.type != "cuda":
-        return None, None
-    name = torch.cuda.get_device_name(device)
+        return state
+    state["gpu"] = torch.cuda.get_device_name(device)
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            return name, pynvml.nvmlSystemGetDriverVersion()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            clock = pynvml.nvmlDeviceGetClockInfo
+            max_clock = pynvml.nvmlDeviceGetMaxClockInfo
+            state["driver"] = pynvml.nvmlSystemGetDriverVersion()
+            state["gpu_state"] = {
+                "sm_clock_mhz": clock(handle, pynvml.NVML_CLOCK_SM),
+                "sm_clock_max_mhz": max_clock(handle, pynvml.NVML_CLOCK_SM),
+                "memory_clock_mhz": clock(handle, pynvml.NVML_CLOCK_MEM),
+                "memory_clock_max_mhz": max_clock(handle, pynvml.NVML_CLOCK_MEM),
+                "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+                "power_draw_w": pynvml.nvmlDeviceGetPowerUsage(handle) / 1000,
+                "temperature_c": pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+            }
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no NVML (or no nvidia-ml-py) only loses the driver field
-        return name, None
+    except Exception:  # noqa: BLE001 - no NVML (or no nvidia-ml-py) only loses these fields
+        pass
+    return state
 
 
 def collect(device: torch.device, threads: int) -> dict:
-    gpu, driver = _gpu(device)
+    """The contract's ``env`` fields, then the CPU and GPU state that figures depend on."""
+    gpu = _gpu(device)
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -50,7 +83,9 @@ def collect(device: torch.device, threads: int) -> dict:
         "onnx": installed_version("onnx"),
         "onnxruntime": installed_version("onnxruntime-gpu", "onnxruntime"),
         "tensorrt": installed_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
-        "gpu": gpu,
+        "gpu": gpu["gpu"],
         "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "driver": driver,
+        "driver": gpu["driver"],
+        **_cpu_state(),
+        "gpu_state": gpu["gpu_state"],
     }

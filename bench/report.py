@@ -6,8 +6,11 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -40,6 +43,8 @@ class Row:
     host_io: bool = False  # the timed call included the host-to-device and device-to-host copies
     cv: float | None = None  # coefficient of variation of samples_ms: std / mean
     noisy: bool | None = None  # cv above the run's --noise-threshold: the figures are less trustworthy
+    repeats: list[float] | None = None  # with --repeat: the throughput of each repetition
+    profile: dict | None = None  # with --profile: median ms of each stage (stem, layer1..4, head)
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
 
     @property
@@ -90,6 +95,14 @@ def to_csv(rows: list[Row]) -> str:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _throughput(r: Row) -> str:
+    """Throughput, with half the range of the repetitions around their median where there were several."""
+    text = _fmt(r.throughput_ips, ".1f")
+    if r.repeats and len(r.repeats) > 1:
+        text += f" ±{(max(r.repeats) - min(r.repeats)) / 2 / float(np.median(r.repeats)):.0%}"
+    return text
 
 
 def _loadgen_cell(r: Row) -> str:
@@ -143,7 +156,7 @@ def table(rows: list[Row]) -> Table:
         cv = _fmt(r.cv, ".2f") + (" [yellow]noisy[/yellow]" if r.noisy else "")
         grid.add_row(
             *head,
-            _fmt(r.throughput_ips, ".1f"),
+            _throughput(r),
             speedup,
             _fmt(r.latency_ms["p50"], ".2f"),
             _fmt(r.latency_ms["p99"], ".2f"),
@@ -159,12 +172,99 @@ def table(rows: list[Row]) -> Table:
     return grid
 
 
+def profile_table(rows: list[Row]) -> Table:
+    """--profile: where each backend spends its time, stage by stage, and each stage's share."""
+    stages = next(r.profile for r in rows if r.profile)
+    grid = Table(title="per-stage time, ms (share of the stages' sum)", title_justify="left")
+    for name in ("model", "backend", "prec", "batch", *stages, "sum"):
+        grid.add_column(name, justify="left" if name in ("model", "backend", "prec") else "right")
+    for r in rows:
+        if r.profile:
+            total = sum(r.profile.values())
+            cells = [f"{ms:.2f} ({ms / total:.0%})" for ms in r.profile.values()]
+            grid.add_row(r.model, r.backend, r.precision, str(r.batch_size), *cells, f"{total:.2f}")
+    return grid
+
+
 def console() -> Console:
-    """stdout, at least 160 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
+    """stdout, at least 200 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
     table would then be squeezed into unreadable ellipses in every log a user keeps."""
     out = Console()
-    return out if out.is_terminal and out.width >= 160 else Console(width=max(out.width, 160))
+    return out if out.is_terminal and out.width >= 200 else Console(width=max(out.width, 200))
 
 
 def print_table(rows: list[Row], out: Console) -> None:
     out.print(table(rows))
+
+
+def rows_from_json(document: dict) -> list[Row]:
+    """The rows of a ``--json`` document, as Rows again (fields this version does not know are dropped)."""
+    names = {f.name for f in fields(Row)}
+    return [Row(**{k: v for k, v in record.items() if k in names}) for record in document["results"]]
+
+
+def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str:
+    """One run as Markdown: where it ran, the table (speed, parity, LoadGen's verdict), the plot."""
+    baseline = {(r.model, r.device, r.precision, r.batch_size, r.scenario): r.throughput_ips
+                for r in rows if r.backend == "eager" and r.status == "ok"}
+    gpu = f", {env['gpu']} (driver {env.get('driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""
+    lines = [f"## {title}", "",
+             f"{env.get('cpu')}, {env.get('threads')} threads{gpu}; torch {env.get('torch')}, "
+             f"onnxruntime {env.get('onnxruntime')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}.", "",
+             "| model | backend | device | precision | batch | scenario | img/s | vs eager | p50 ms | p99 ms | cv "
+             "| cosine | top-1 | parity | LoadGen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        head = f"| {r.model} | {r.backend} | {r.device} | {r.precision} | {r.batch_size} | {r.scenario} |"
+        if r.status != "ok":
+            lines.append(f"{head} - | - | - | - | - | - | - | {r.status}: {r.error} | - |")
+            continue
+        base = baseline.get((r.model, r.device, r.precision, r.batch_size, r.scenario))
+        speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
+        notes = [n for n in (r.note, "incl. host-device copies" if r.host_io else None) if n]
+        parity = ("pass" if r.parity["passed"] else "**FAIL**") + (f" ({', '.join(notes)})" if notes else "")
+        loadgen = "-" if r.loadgen is None else r.loadgen["result"] + (
+            f": {'; '.join(r.loadgen['reasons'])}" if r.loadgen["reasons"] else "")
+        lines.append(f"{head} {_throughput(r)} | {speedup} | {_fmt(r.latency_ms['p50'], '.2f')} | "
+                     f"{_fmt(r.latency_ms['p99'], '.2f')} | {_fmt(r.cv, '.2f')}{' noisy' if r.noisy else ''} | "
+                     f"{r.parity['cosine']:.6f} | {r.parity['top1_agreement']:.3f} | {parity} | {loadgen} |")
+    if plot:
+        lines += ["", f"![throughput and latency against batch size]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench report RUN.json... --output DIR``: a Markdown report with tables and plots."""
+    from bench.plot import write_plot
+    from export.atomic import write_text
+    from resnet_perf.cli import Parser, UsageError, check_directory
+
+    parser = Parser(prog="python -m bench report", description=main.__doc__.split(":", 1)[1].strip())
+    parser.add_argument("runs", nargs="+", help="JSON files written by python -m bench --json")
+    parser.add_argument("--output", required=True, help="folder for report.md and its plots")
+    try:
+        args = parser.parse_args(argv)
+        documents = []
+        for path in args.runs:
+            try:
+                document = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise UsageError(f"{path}: not a readable JSON file ({exc})") from None
+            if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+                raise UsageError(f"{path}: not a python -m bench result (schema {SCHEMA!r})")
+            documents.append((Path(path), document))
+        check_directory("--output", args.output)
+    except UsageError as exc:
+        print(f"python -m bench report: error: {exc}", file=sys.stderr)
+        return 2
+
+    sections = ["# resnet-perf report", ""]
+    for path, document in documents:
+        plot = None
+        if any(r["status"] == "ok" for r in document["results"]):
+            plot = f"{path.stem}.png"
+            write_plot(document["results"], Path(args.output) / plot, path.stem)
+        sections.append(to_markdown(rows_from_json(document), document["env"], path.name, plot))
+    write_text(Path(args.output) / "report.md", "\n".join(sections))
+    print(f"wrote {Path(args.output) / 'report.md'}")
+    return 0

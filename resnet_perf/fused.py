@@ -78,6 +78,12 @@ class FusedResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
 
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The same six stages as the reference model's ``stages``."""
+        return [("stem", nn.Sequential(self.conv1, self.maxpool)),
+                ("layer1", self.layer1), ("layer2", self.layer2), ("layer3", self.layer3), ("layer4", self.layer4),
+                ("head", nn.Sequential(self.avgpool, nn.Flatten(1), self.fc))]
+
 
 @torch.no_grad()
 def fuse(model: ResNet, dtype: torch.dtype = torch.float32) -> FusedResNet:

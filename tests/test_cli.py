@@ -127,7 +127,8 @@ def test_json_and_csv_of_a_real_run(capsys, tmp_path):
     doc = json.loads(json_path.read_text())
     assert doc["schema"] == "resnet-perf/bench/1"
     assert set(doc["env"]) == {"python", "platform", "cpu", "threads", "torch", "triton", "onnx", "onnxruntime",
-                               "tensorrt", "gpu", "cuda", "driver"}
+                               "tensorrt", "gpu", "cuda", "driver",  # the contract's, then the state figures depend on
+                               "cpu_governor", "cpu_cores_usable", "interop_threads", "thread_env", "gpu_state"}
     assert doc["env"]["torch"] == torch.__version__
     assert [r["backend"] for r in doc["results"]] == ["eager", "onnxruntime"]
     for r in doc["results"]:

@@ -65,6 +65,11 @@ class Runner(abc.ABC):
         self.config = config
         self.is_active = False
 
+    def stages(self) -> list[tuple[str, Any]] | None:
+        """The model as named stages, each a callable on the previous one's output (for --profile);
+        None where the backend runs the model as one opaque whole (an ONNX session, an engine)."""
+        return None
+
     @property
     def timing_note(self) -> str | None:
         """Set where this runner's timings are not performance figures (an interpreter)."""
@@ -136,3 +141,6 @@ class TorchRunner(Runner):
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.config.dtype).contiguous(memory_format=torch.channels_last)
+
+    def stages(self) -> list[tuple[str, Any]] | None:
+        return self.module.stages()

@@ -142,6 +142,13 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.forward_features(x))
 
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The forward pass as six modules applied in turn (stem, the four stages, head): where a
+        per-stage profile draws its lines."""
+        return [("stem", nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)),
+                ("layer1", self.layer1), ("layer2", self.layer2), ("layer3", self.layer3), ("layer4", self.layer4),
+                ("head", nn.Sequential(self.avgpool, nn.Flatten(1), self.fc))]
+
 
 _CONFIGS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),

@@ -1,0 +1,59 @@
+"""A run as a picture: throughput against batch size per backend, and latency against batch size.
+
+One line per model x backend x precision x scenario, over the batch sizes it ran; a failed or
+skipped row is a gap in its line, not a zero. Batch sizes are spaced on a log2 axis, as sweeps
+double them. The latency panel shows p50 (solid) and p99 (dashed) per batch, in the same colour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from export.atomic import atomic_path
+
+
+def _series(rows: list[dict]) -> dict[str, list[dict]]:
+    lines = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok" and r.get("throughput_ips") is not None:
+            scenario = "" if r["scenario"] == "offline" else f" {r['scenario']}"
+            lines[f"{r['model']} {r['backend']} {r['precision']}{scenario}"].append(r)
+    return {label: sorted(points, key=lambda r: r["batch_size"]) for label, points in lines.items()}
+
+
+def write_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    """Write the two panels for ``rows`` (result records, as in the JSON) to ``path`` as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files, not windows: no display is needed or wanted
+    import matplotlib.pyplot as plt
+
+    lines = _series(rows)
+    if not lines:
+        raise ValueError("no successful row to plot")
+    fig, (speed, latency) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    for i, (label, points) in enumerate(lines.items()):
+        colour = f"C{i % 10}"
+        batches = [p["batch_size"] for p in points]
+        speed.plot(batches, [p["throughput_ips"] for p in points], "o-", color=colour, label=label)
+        latency.plot(batches, [p["latency_ms"]["p50"] for p in points], "o-", color=colour, label=f"{label} p50")
+        latency.plot(batches, [p["latency_ms"]["p99"] for p in points], "x--", color=colour, alpha=0.7,
+                     label=f"{label} p99")
+    all_batches = sorted({r["batch_size"] for points in lines.values() for r in points})
+    for ax in (speed, latency):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_batches, [str(b) for b in all_batches])
+        ax.set_xlabel("batch size")
+        ax.grid(True, which="major", alpha=0.3)
+    speed.set_ylabel("throughput (images/s)")
+    speed.set_ylim(bottom=0)
+    speed.set_title("throughput (higher is better)")
+    latency.set_ylabel("latency per batch (ms)")
+    latency.set_yscale("log")
+    latency.set_title("latency: p50 solid, p99 dashed (lower is better)")
+    speed.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

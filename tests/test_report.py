@@ -1,0 +1,69 @@
+"""The views of a run besides the table: --plot's PNG and `python -m bench report`'s Markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import bench.__main__ as cli
+
+SWEEP = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "3", "--backend", "eager,onnxruntime",
+         "--batch-size", "1,2,4"]
+
+
+@pytest.fixture(autouse=True)
+def _no_interpreted_triton(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    assert cli.main([*SWEEP, "--json", str(folder / "sweep.json"), "--plot", str(folder / "sweep.png"),
+                     "--cache-dir", str(folder / "cache")]) == 0
+    return folder
+
+
+def test_plot_is_a_png_with_both_panels(sweep):
+    import matplotlib.image
+
+    data = (sweep / "sweep.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(sweep / "sweep.png").shape
+    assert width > 1.8 * height  # two panels side by side
+
+
+def test_plot_series_follow_the_rows(sweep):
+    from bench.plot import _series
+
+    rows = json.loads((sweep / "sweep.json").read_text())["results"]
+    rows[0]["status"] = "failed"  # a failed row is a gap in its line
+    series = _series(rows)
+    assert sorted(series) == ["resnet18 eager fp32", "resnet18 onnxruntime fp32"]
+    assert [r["batch_size"] for r in series["resnet18 eager fp32"]] == [2, 4]
+    assert [r["batch_size"] for r in series["resnet18 onnxruntime fp32"]] == [1, 2, 4]
+
+
+def test_report_writes_markdown_with_tables_and_plots(capsys, sweep, tmp_path):
+    out = tmp_path / "report"
+    assert cli.main(["report", str(sweep / "sweep.json"), "--output", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert text.startswith("# resnet-perf report") and "## sweep.json" in text
+    assert "| model | backend | device | precision | batch | scenario | img/s | vs eager |" in text
+    assert text.count("| resnet18 | onnxruntime | cpu | fp32 |") == 3
+    assert "![throughput and latency against batch size](sweep.png)" in text
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["report", "/nonexistent.json", "--output", "OUT"], "/nonexistent.json: not a readable JSON file"),
+    (["report", "--output", "OUT"], "the following arguments are required: runs"),
+    (["report", "BAD", "--output", "OUT"], "not a python -m bench result"),
+])
+def test_report_bad_input(capsys, tmp_path, argv, message):
+    (tmp_path / "bad.json").write_text(json.dumps({"schema": "other"}))
+    argv = [str(tmp_path / "bad.json") if a == "BAD" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -1,0 +1,119 @@
+"""python -m bench run options: incremental results and --resume, Ctrl-C, --repeat, --profile and
+the noisy flag. resnet18 at 32 px, eager and onnxruntime on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import bench.__main__ as cli
+from bench.runners import RUNNERS
+from bench.runners.eager import EagerRunner
+
+SMALL = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "3"]
+
+
+@pytest.fixture(autouse=True)
+def _no_interpreted_triton(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+class InterruptedRunner(EagerRunner):
+    """Ctrl-C while this backend runs."""
+
+    name = "interrupted"
+
+    def run_impl(self, inputs):
+        raise KeyboardInterrupt
+
+
+class CountingRunner(EagerRunner):
+    """Eager, recording the batch size of every row it runs."""
+
+    ran: list[int] = []
+
+    def prepare_impl(self):
+        CountingRunner.ran.append(self.config.batch_size)
+        super().prepare_impl()
+
+
+@pytest.fixture
+def extra_runners(monkeypatch):
+    monkeypatch.setitem(RUNNERS, InterruptedRunner.name, InterruptedRunner)
+    monkeypatch.setattr(cli, "BACKENDS", (*cli.BACKENDS, InterruptedRunner.name))
+
+
+def results(path):
+    return [(r["backend"], r["batch_size"], r["status"]) for r in json.loads(path.read_text())["results"]]
+
+
+def test_ctrl_c_keeps_every_finished_row_and_resume_runs_the_rest(capsys, tmp_path, extra_runners, monkeypatch):
+    json_path, csv_path = tmp_path / "run.json", tmp_path / "run.csv"
+    code = cli.main([*SMALL, "--backend", "eager,interrupted", "--batch-size", "1,2", "--json", str(json_path),
+                     "--csv", str(csv_path)])
+    assert code == 130
+    assert "interrupted after 1 row(s)" in capsys.readouterr().err
+    assert results(json_path) == [("eager", 1, "ok")]
+    assert len(csv_path.read_text().splitlines()) == 2  # header and the finished row
+
+    # Resuming keeps the recorded row, runs every other one (Ctrl-C is not pressed this time), and
+    # writes the whole run back to the same file.
+    monkeypatch.setitem(RUNNERS, "eager", CountingRunner)
+    monkeypatch.setitem(RUNNERS, "interrupted", EagerRunner)
+    CountingRunner.ran.clear()
+    code = cli.main([*SMALL, "--backend", "eager,interrupted", "--batch-size", "1,2", "--resume", str(json_path)])
+    assert code == 0
+    assert CountingRunner.ran == [2]  # eager at batch 1 came from the file
+    assert results(json_path) == [("eager", 1, "ok"), ("interrupted", 1, "ok"), ("eager", 2, "ok"),
+                                  ("interrupted", 2, "ok")]
+
+
+def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0
+    document = json.loads(path.read_text())
+    document["env"]["cpu"] = "Some Other CPU"
+    path.write_text(json.dumps(document))
+    capsys.readouterr()
+    assert cli.main([*SMALL, "--backend", "eager", "--resume", str(path)]) == 2
+    assert "was measured with cpu Some Other CPU" in capsys.readouterr().err
+    assert cli.main([*SMALL, "--backend", "eager", "--resume", str(tmp_path / "none.json")]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_repeat_reports_each_repetition(tmp_path):
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "2", "--repeat", "3", "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    assert len(row["repeats"]) == 3 and all(t > 0 for t in row["repeats"])
+    assert row["iters"] == 9 and len(row["samples_ms"]) == 9
+
+
+def test_profile_times_each_stage_where_the_backend_has_stages(capsys, tmp_path):
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager,onnxruntime", "--batch-size", "2", "--profile", "--json", str(path),
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    eager, onnxruntime = json.loads(path.read_text())["results"]
+    assert list(eager["profile"]) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert all(ms > 0 for ms in eager["profile"].values())
+    assert onnxruntime["profile"] is None  # one opaque session: no stages to time
+    assert "per-stage time" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("threshold", "noisy"), [("0.0001", True), ("1000", False)])
+def test_noisy_rows_are_flagged(tmp_path, threshold, noisy):
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--noise-threshold", threshold,
+                     "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    assert row["cv"] > 0 and row["noisy"] is noisy
+
+
+def test_environment_records_what_figures_depend_on(tmp_path):
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0
+    env = json.loads(path.read_text())["env"]
+    assert env["cpu_cores_usable"] >= 1 and env["interop_threads"] >= 1
+    assert set(env["thread_env"]) == {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
+    assert env["gpu_state"] is None  # a CPU run
