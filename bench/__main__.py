@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -414,18 +413,12 @@ def row_key(row: report.Row) -> tuple:
 
 def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
     """The rows an earlier, interrupted run recorded, by key; refused if it ran somewhere else."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-        rows = report.rows_from_json(document)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"--resume {path}: not a readable python -m bench result ({exc})") from None
-    if document.get("schema") != report.SCHEMA:
-        raise UsageError(f"--resume {path}: not a python -m bench result (schema {report.SCHEMA!r})")
+    document = report.load(path, "--resume")
     for field_ in ("cpu", "gpu", "torch", "onnxruntime", "tensorrt", "threads"):
         if document["env"].get(field_) != env[field_]:
             raise UsageError(f"--resume {path} was measured with {field_} {document['env'].get(field_)}, "
                              f"this run has {env[field_]}: its rows would not compare")
-    return {row_key(r): r for r in rows}
+    return {row_key(r): r for r in report.rows_from_json(document)}
 
 
 def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.Namespace,

@@ -20,16 +20,14 @@ have no row in common. Usable as a CI gate.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from bench.report import SCHEMA, console
+from bench import report
 from resnet_perf.cli import Parser, UsageError, positive_float, positive_int
 
 KEY = ("model", "backend", "device", "precision", "batch_size", "image_size", "scenario")
@@ -85,14 +83,8 @@ def judge(base: dict, new: dict, threshold: float, *, base_ref: dict | None = No
 
 def load_run(path: str) -> dict[tuple, dict]:
     """The rows of a ``python -m bench --json`` file that have samples to compare, by KEY."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise UsageError(f"{path}: not a python -m bench result (schema {SCHEMA!r})")
     rows = {}
-    for row in document["results"]:
+    for row in report.load(path)["results"]:
         if row["status"] == "skipped":
             continue
         if row["status"] == "ok" and len(row["samples_ms"]) < 2:
@@ -159,7 +151,7 @@ def main(argv: list[str]) -> int:
                      f"{change.low - 1:+.1%} .. {change.high - 1:+.1%}",
                      f"[{colours[change.verdict]}]{change.verdict}[/{colours[change.verdict]}]"]
         grid.add_row(model, backend, device, precision, str(batch), scenario, *cells)
-    out = console()
+    out = report.console()
     out.print(grid)
     for label, only in (("only in", [k for k in base if k not in new]), ("new in", [k for k in new if k not in base])):
         for key in only:

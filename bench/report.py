@@ -197,6 +197,20 @@ def print_table(rows: list[Row], out: Console) -> None:
     out.print(table(rows))
 
 
+def load(path: str | Path, flag: str = "") -> dict:
+    """A ``--json`` document read back, or UsageError naming the file (and the flag that gave it)."""
+    from resnet_perf.cli import UsageError
+
+    where = f"{flag} {path}".strip()
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{where}: not a readable JSON file ({exc})") from None
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise UsageError(f"{where}: not a python -m bench result (schema {SCHEMA!r})")
+    return document
+
+
 def rows_from_json(document: dict) -> list[Row]:
     """The rows of a ``--json`` document, as Rows again (fields this version does not know are dropped)."""
     names = {f.name for f in fields(Row)}
@@ -244,15 +258,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="folder for report.md and its plots")
     try:
         args = parser.parse_args(argv)
-        documents = []
-        for path in args.runs:
-            try:
-                document = json.loads(Path(path).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise UsageError(f"{path}: not a readable JSON file ({exc})") from None
-            if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-                raise UsageError(f"{path}: not a python -m bench result (schema {SCHEMA!r})")
-            documents.append((Path(path), document))
+        documents = [(Path(path), load(path)) for path in args.runs]
         check_directory("--output", args.output)
     except UsageError as exc:
         print(f"python -m bench report: error: {exc}", file=sys.stderr)
