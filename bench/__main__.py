@@ -372,6 +372,8 @@ def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: arg
         "early_stopping_p99_ms": result.early_stopping_ms.get(99.0),
         "early_stopping_estimates_ms": {f"p{p:g}": v for p, v in result.early_stopping_ms.items()},
         "target_qps": target,
+        # LoadGen draws Poisson arrivals: in a short run the rate it scheduled differs from the target.
+        "scheduled_qps": result.scheduled_samples_per_s,
         "p99_bound_ms": args.p99_ms,
         "duration_s": None if args.mlperf_rules else args.duration,
         "version": result.details["loadgen_version"],
