@@ -205,14 +205,16 @@ def resolve(args: argparse.Namespace) -> Plan:
     for flag in manifests:
         if not set(ARTIFACT_BACKENDS[flag]) & set(backends):
             wanted = " or ".join(ARTIFACT_BACKENDS[flag])
-            raise UsageError(f"{flag} is run by the {wanted} backend, and none of them runs here"
-                             + ("" if explicit else f" ({not_run.get(ARTIFACT_BACKENDS[flag][0])})"))
+            why = "add one to --backend" if explicit else f"none runs here ({not_run[ARTIFACT_BACKENDS[flag][0]]})"
+            raise UsageError(f"{flag} is run by the {wanted} backend: {why}")
     check_scenario(args)
     if args.scenario == "single-stream":
         if args.batch_size not in (None, [1]):
             raise UsageError("--scenario single-stream issues one sample per query: leave out --batch-size")
         batch_sizes = [1]
     elif args.scenario == "server" and args.max_batch is not None:
+        if args.batch_size is not None:
+            raise UsageError("--max-batch and --batch-size both set the server's batch: give one")
         batch_sizes = [args.max_batch]
     if args.profile and args.scenario != "offline":
         raise UsageError("--profile times the stages in the fixed-batch loop: use it with --scenario offline")

@@ -108,6 +108,8 @@ def test_the_batcher_groups_waiting_samples_and_pads_short_batches():
     (["--scenario", "single-stream", "--batch-size", "4"], "issues one sample per query: leave out --batch-size"),
     (["--mlperf-rules"], "--mlperf-rules applies to the LoadGen scenarios"),
     (["--scenario", "batch"], "argument --scenario: invalid choice: 'batch'"),
+    (["--scenario", "server", "--target-qps", "9", "--max-batch", "4", "--batch-size", "8"],
+     "--max-batch and --batch-size both set the server's batch: give one"),
     (["--scenario", "server", "--target-qps", "0"], "argument --target-qps: '0' is not a positive, finite number"),
 ])
 def test_bad_scenario_flags(capsys, argv, message):
