@@ -26,6 +26,7 @@ import resnet_perf
 from bench import compare, plot, report, scenarios, timing
 from bench import env as bench_env
 from bench.runners import BACKENDS, COMPILE_MODES, PRECISIONS, RUNNERS, RunConfig, Runner, unavailable_reason
+from export import quantize
 from export.atomic import write_text
 from export.manifest import ManifestError, load_manifest
 from resnet_perf import parity
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-threshold", type=positive_float, default=0.05,
                    help="flag a row noisy when its samples' std/mean exceeds this (default 0.05)")
     p.add_argument("--list-backends", action="store_true", help="list every backend and whether it runs here")
+    quantize.add_arguments(p)
     load = p.add_argument_group("MLPerf LoadGen scenarios")
     load.add_argument("--scenario", choices=("offline", *scenarios.SCENARIOS), default="offline",
                       help="offline: the fixed-batch loop (default); the others run under MLPerf LoadGen")
@@ -112,6 +114,7 @@ class Plan:
     onnx: Path | None = None
     engine: Path | None = None
     weights_digest: str | None = None  # what the reference model must hold when an artifact is given
+    calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
 
 
 # Which backends run a given artifact.
@@ -231,11 +234,12 @@ def resolve(args: argparse.Namespace) -> Plan:
     check_directory("--cache-dir", args.cache_dir)
     check_writable("--csv", args.csv_path)
     check_writable("--plot", args.plot_path)
+    calibration_inputs = quantize.check_arguments(args, models, image_size, "int8" in precisions)
     threads = args.threads or torch.get_num_threads()
     digests = {m["weights_digest"] for m in manifests.values()}
     return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads,
                 onnx=Path(args.onnx) if args.onnx else None, engine=Path(args.engine) if args.engine else None,
-                weights_digest=digests.pop() if digests else None)
+                weights_digest=digests.pop() if digests else None, calibration_inputs=calibration_inputs)
 
 
 def check_scenario(args: argparse.Namespace) -> None:
@@ -464,9 +468,12 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
                                     model, parity_x, reference = reference_run(name, weights_model, plan)
                                     # The key of every artifact cached for this model: its name and weights.
                                     ident = f"{name}-{resnet_perf.weights_digest(model)[:12]}"
+                                    calibration = quantize.calibration(args, plan.calibration_inputs, plan.image_size,
+                                                                       plan.seed, model.fc.out_features)
                                 config = RunConfig(ident, plan.device, precision, batch_size, plan.image_size,
                                                    plan.threads, cache_dir, args.compile_mode, onnx=plan.onnx,
-                                                   engine=plan.engine, cuda_graph=args.cuda_graph)
+                                                   engine=plan.engine, cuda_graph=args.cuda_graph,
+                                                   calibration=calibration if precision == "int8" else None)
                                 bench_row(runner_cls(model, config), row, parity_x, reference, args)
                             if row.error == "out of memory":
                                 out_of_memory_at[backend] = batch_size

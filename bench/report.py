@@ -69,7 +69,7 @@ def to_json(rows: list[Row], env: dict) -> str:
 
 
 _CSV_LATENCY = ("mean", "p50", "p90", "p95", "p99", "min", "max", "std")
-_CSV_PARITY = ("max_abs", "rel_l2", "cosine", "top1_agreement", "distinct_top1", "passed")
+_CSV_PARITY = ("max_abs", "rel_l2", "cosine", "top1_agreement", "top5_agreement", "distinct_top1", "passed")
 
 
 def to_csv(rows: list[Row]) -> str:
@@ -105,6 +105,18 @@ def _throughput(r: Row) -> str:
     return text
 
 
+def _eager_throughputs(rows: list[Row]) -> dict[tuple, float]:
+    return {(r.model, r.device, r.precision, r.batch_size, r.scenario): r.throughput_ips
+            for r in rows if r.backend == "eager" and r.status == "ok"}
+
+
+def _baseline(eager: dict, r: Row) -> float | None:
+    """The eager throughput a row is compared with: eager at the row's precision, or for int8,
+    which eager cannot run, eager in fp32."""
+    precision = "fp32" if r.precision == "int8" else r.precision
+    return eager.get((r.model, r.device, precision, r.batch_size, r.scenario))
+
+
 def _loadgen_cell(r: Row) -> str:
     lg = r.loadgen
     if lg is None:
@@ -117,18 +129,14 @@ def _loadgen_cell(r: Row) -> str:
 def table(rows: list[Row]) -> Table:
     """Speed and parity side by side; speedup is against eager at the same model, precision, batch and
     scenario. LoadGen rows add the scenario, the rate asked for and achieved, and LoadGen's verdict."""
-    baseline = {
-        (r.model, r.device, r.precision, r.batch_size, r.scenario): r.throughput_ips
-        for r in rows
-        if r.backend == "eager" and r.status == "ok"
-    }
+    baseline = _eager_throughputs(rows)
     with_loadgen = any(r.scenario != "offline" for r in rows)
     columns = [("model", "left"), ("backend", "left"), ("device", "left"), ("prec", "left"), ("batch", "right")]
     if with_loadgen:
         columns += [("scenario", "left"), ("qps target/got", "right")]
     columns += [("img/s", "right"), ("vs eager", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
                 ("cv", "right"), ("setup s", "right"), ("cosine", "right"), ("rel_l2", "right"), ("top1", "right"),
-                ("distinct", "right"), ("parity", "left")]
+                ("top5", "right"), ("distinct", "right"), ("parity", "left")]
     if with_loadgen:
         columns.append(("loadgen", "left"))
     grid = Table(title="resnet-perf", title_justify="left")
@@ -143,10 +151,10 @@ def table(rows: list[Row]) -> Table:
             head += [r.scenario, rate]
         if r.status != "ok":
             colour = "red" if r.status == "failed" else "yellow"
-            cells = [*head, *["-"] * 10, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
+            cells = [*head, *["-"] * 11, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
             grid.add_row(*cells, *(["-"] if with_loadgen else []))
             continue
-        base = baseline.get((r.model, r.device, r.precision, r.batch_size, r.scenario))
+        base = _baseline(baseline, r)
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
         p = r.parity
         verdict = "[green]pass[/green]" if p["passed"] else f"[red]FAIL[/red] {escape(p.get('error', ''))}"
@@ -165,6 +173,7 @@ def table(rows: list[Row]) -> Table:
             _fmt(p["cosine"], ".6f"),
             _fmt(p["rel_l2"], ".1e"),
             _fmt(p["top1_agreement"], ".3f"),
+            _fmt(p.get("top5_agreement"), ".3f"),
             _fmt(p["distinct_top1"], ".2f"),
             verdict,
             *([_loadgen_cell(r)] if with_loadgen else []),
@@ -219,21 +228,20 @@ def rows_from_json(document: dict) -> list[Row]:
 
 def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str:
     """One run as Markdown: where it ran, the table (speed, parity, LoadGen's verdict), the plot."""
-    baseline = {(r.model, r.device, r.precision, r.batch_size, r.scenario): r.throughput_ips
-                for r in rows if r.backend == "eager" and r.status == "ok"}
+    baseline = _eager_throughputs(rows)
     gpu = f", {env['gpu']} (driver {env.get('driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""
     lines = [f"## {title}", "",
              f"{env.get('cpu')}, {env.get('threads')} threads{gpu}; torch {env.get('torch')}, "
              f"onnxruntime {env.get('onnxruntime')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}.", "",
              "| model | backend | device | precision | batch | scenario | img/s | vs eager | p50 ms | p99 ms | cv "
-             "| cosine | top-1 | parity | LoadGen |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cosine | top-1 | top-5 | parity | LoadGen |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r.model} | {r.backend} | {r.device} | {r.precision} | {r.batch_size} | {r.scenario} |"
         if r.status != "ok":
-            lines.append(f"{head} - | - | - | - | - | - | - | {r.status}: {r.error} | - |")
+            lines.append(f"{head} - | - | - | - | - | - | - | - | {r.status}: {r.error} | - |")
             continue
-        base = baseline.get((r.model, r.device, r.precision, r.batch_size, r.scenario))
+        base = _baseline(baseline, r)
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
         notes = [n for n in (r.note, "incl. host-device copies" if r.host_io else None) if n]
         parity = ("pass" if r.parity["passed"] else "**FAIL**") + (f" ({', '.join(notes)})" if notes else "")
@@ -241,7 +249,8 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
             f": {'; '.join(r.loadgen['reasons'])}" if r.loadgen["reasons"] else "")
         lines.append(f"{head} {_throughput(r)} | {speedup} | {_fmt(r.latency_ms['p50'], '.2f')} | "
                      f"{_fmt(r.latency_ms['p99'], '.2f')} | {_fmt(r.cv, '.2f')}{' noisy' if r.noisy else ''} | "
-                     f"{r.parity['cosine']:.6f} | {r.parity['top1_agreement']:.3f} | {parity} | {loadgen} |")
+                     f"{r.parity['cosine']:.6f} | {r.parity['top1_agreement']:.3f} | "
+                     f"{_fmt(r.parity.get('top5_agreement'), '.3f')} | {parity} | {loadgen} |")
     if plot:
         lines += ["", f"![throughput and latency against batch size]({plot})"]
     return "\n".join(lines) + "\n"

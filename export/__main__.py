@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import resnet_perf
-from export import tensorrt, triton_repo
+from export import quantize, tensorrt, triton_repo
 from export.atomic import publish, staging_dir, write_text
 from export.manifest import sha256_file, versions, write_manifest
 from export.onnx import DEFAULT_OPSET, DTYPES, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx, graph_io
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--dynamic-batch", default=None, metavar="MIN:OPT:MAX",
                       help=f"a dynamic batch axis (default {DEFAULT_BATCH}); OPT is the size TensorRT tunes for")
     p.add_argument("--image-size", type=positive_int, default=224)
-    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--precision", choices=(*DTYPES, "int8"), default="fp32")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET)
     p.add_argument("--weights", default=None, help="state_dict file (torchvision or ours); default: synthetic")
     p.add_argument("--seed", type=rng_seed, default=0, help="seed of the synthetic model and of the parity inputs")
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--workspace-mib", type=positive_int, default=4096, help="builder workspace limit")
     trt.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="0..5",
                      help="builder optimization level (default 3; 5 searches longest)")
+    quantize.add_arguments(p)
     repo = p.add_argument_group("Triton Inference Server repository")
     repo.add_argument("--triton-platform", choices=tuple(triton_repo.PLATFORMS), default="onnxruntime_onnx",
                       help="what the repository serves: the ONNX file or a TensorRT plan")
@@ -87,6 +88,7 @@ class Plan:
     precision: str
     device: torch.device | None  # the GPU an engine is built for
     trt_version: str | None
+    calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
 
 
 def resolve(args: argparse.Namespace) -> Plan:
@@ -123,9 +125,14 @@ def resolve(args: argparse.Namespace) -> Plan:
         if args.precision == "fp16" and not tensorrt.has_fast_fp16(capability):
             raise UsageError(f"--precision fp16: {torch.cuda.get_device_name(device)} (compute capability "
                              f"{capability}) has no fast fp16; build fp32")
+        if args.precision == "int8" and not tensorrt.has_int8(capability):
+            raise UsageError(f"--precision int8: {torch.cuda.get_device_name(device)} (compute capability "
+                             f"{capability}) has no int8 instructions; build fp32")
         check_writable("--timing-cache", args.timing_cache)
     check_directory("--output", args.output)
-    return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version)
+    calibration_inputs = quantize.check_arguments(args, [args.model], args.image_size, args.precision == "int8")
+    return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version,
+                calibration_inputs)
 
 
 def check_parity(run, reference: torch.Tensor, inputs: torch.Tensor, batch: BatchRange, precision: str) -> dict:
@@ -165,16 +172,30 @@ def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module,
     with torch.inference_mode():
         reference = model(inputs)
 
+    calibration = None
+    if plan.precision == "int8":
+        calibration = quantize.calibration(args, plan.calibration_inputs, args.image_size, args.seed,
+                                           model.fc.out_features)
+    # INT8 calibration ranges are kept beside the artifact: re-exporting with the same inputs skips them.
+    calibration_cache = plan.output / "calibration"
     if plan.engine:
         settings = tensorrt.BuildSettings(plan.precision, plan.batch, args.image_size, args.workspace_mib,
                                           args.opt_level, Path(args.timing_cache) if args.timing_cache else None)
-        fields = {"format": "tensorrt", **describe, **tensorrt.export_engine(model, path, settings, plan.device, args.opset)}
+        built = tensorrt.export_engine(model, path, settings, plan.device, args.opset, calibration, calibration_cache)
+        fields = {"format": "tensorrt", **describe, **built}
         write_manifest(path, fields)  # the engine loader reads it: the version and GPU check runs here too
         run = engine_run(path, plan.device)
     else:
-        export_onnx(model, path, batch=plan.batch, image_size=args.image_size, precision=plan.precision,
-                    opset=args.opset)
-        fields = {"format": "onnx", **describe, **graph_io(path), "opset": args.opset, "gpu": None, "tensorrt": None}
+        quantization = None
+        if calibration is not None:
+            quantization = quantize.export_quantized(model, path, batch=plan.batch, image_size=args.image_size,
+                                                     opset=args.opset, calibration=calibration, flavour="onnxruntime",
+                                                     cache_dir=calibration_cache)
+        else:
+            export_onnx(model, path, batch=plan.batch, image_size=args.image_size, precision=plan.precision,
+                        opset=args.opset)
+        fields = {"format": "onnx", **describe, **graph_io(path), "opset": args.opset, "quantization": quantization,
+                  "gpu": None, "tensorrt": None}
         run = onnxruntime_run(path, plan.precision)
 
     checked = check_parity(run, reference, inputs, plan.batch, plan.precision)
@@ -224,11 +245,12 @@ def export(plan: Plan, args: argparse.Namespace, model: torch.nn.Module) -> tupl
 
 def report(published: list[Path], manifest: dict, seconds: float, console: Console) -> None:
     grid = Table(title=f"{manifest['artifact']}: parity against the fp32 PyTorch model", title_justify="left")
-    for column in ("batch", "cosine", "rel_l2", "max_abs", "top1", "distinct", "parity"):
+    for column in ("batch", "cosine", "rel_l2", "max_abs", "top1", "top5", "distinct", "parity"):
         grid.add_column(column, justify="left" if column == "parity" else "right")
     for size, p in manifest["parity"]["batches"].items():
         grid.add_row(size, f"{p['cosine']:.6f}", f"{p['rel_l2']:.1e}", f"{p['max_abs']:.1e}",
-                     f"{p['top1_agreement']:.3f}", f"{p['distinct_top1']:.2f}", "[green]pass[/green]")
+                     f"{p['top1_agreement']:.3f}", f"{p['top5_agreement']:.3f}", f"{p['distinct_top1']:.2f}",
+                     "[green]pass[/green]")
     console.print(grid)
     io = manifest["inputs"][0]
     console.print(f"input {io['name']} {io['dtype']} {io['shape']}; sha256 {manifest['sha256']}", highlight=False)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from export.atomic import atomic_path
 from export.manifest import check_engine_target, load_manifest, sha256_file, versions
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, BatchRange, export_onnx, graph_io
+from export.quantize import Calibration, export_quantized
 
 INSTALL = "TensorRT is not installed (pip install 'resnet-perf[tensorrt]' on a machine with an NVIDIA GPU)"
 
@@ -56,14 +57,20 @@ def strongly_typed(tensorrt_version: str) -> bool:
 
 
 def source_precision(tensorrt_version: str, precision: str) -> str:
-    """The precision of the ONNX export an engine of ``precision`` is built from."""
-    return precision if strongly_typed(tensorrt_version) else "fp32"
+    """The precision of the ONNX export an engine of ``precision`` is built from (int8 engines: the
+    fp32 export with Q/DQ nodes added, explicit quantization being the only kind TensorRT 11 has)."""
+    return precision if strongly_typed(tensorrt_version) and precision == "fp16" else "fp32"
 
 
 def gpu_target(device: torch.device) -> dict:
     """What an engine is tied to: the GPU model and its compute capability."""
     major, minor = torch.cuda.get_device_capability(device)
     return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def has_int8(compute_capability: str) -> bool:
+    """int8 dot-product instructions: compute capability 6.1 and later."""
+    return tuple(int(v) for v in compute_capability.split(".")) >= (6, 1)
 
 
 def has_fast_fp16(compute_capability: str) -> bool:
@@ -75,7 +82,7 @@ def has_fast_fp16(compute_capability: str) -> bool:
 
 @dataclass(frozen=True)
 class BuildSettings:
-    precision: str  # fp32 | fp16
+    precision: str  # fp32 | fp16 | int8
     batch: BatchRange
     image_size: int
     workspace_mib: int = 4096
@@ -107,6 +114,9 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, devi
     config.builder_optimization_level = settings.optimization_level
     if settings.precision == "fp16" and not typed:
         config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10.x only: weak typing
+    if settings.precision == "int8" and not typed:
+        # TensorRT 10.x only: its weakly typed networks run Q/DQ layers in int8 only with this flag.
+        config.set_flag(trt.BuilderFlag.INT8)
     shapes = settings.profile_shapes()
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
@@ -141,20 +151,29 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, devi
 
 
 def export_engine(model: nn.Module, plan_path: Path, settings: BuildSettings, device: torch.device,
-                  opset: int = DEFAULT_OPSET) -> dict:
-    """Export ``model`` to ONNX (in a temporary folder) and build the engine from it; returns the
-    manifest fields that describe the engine: its I/O, the build, and the TensorRT and GPU it is for."""
+                  opset: int = DEFAULT_OPSET, calibration: Calibration | None = None,
+                  calibration_cache: Path | None = None) -> dict:
+    """Export ``model`` to ONNX (in a temporary folder; for int8, quantized with ``calibration``,
+    symmetric, as TensorRT needs) and build the engine from it; returns the manifest fields that
+    describe the engine: its I/O, the build, the quantization, and the TensorRT and GPU it is for."""
     trt_version = version()
+    quantization = None
     with tempfile.TemporaryDirectory(prefix="resnet-perf-") as tmp:
         onnx_path = Path(tmp) / "source.onnx"
-        export_onnx(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
-                    precision=source_precision(trt_version, settings.precision), opset=opset)
+        if settings.precision == "int8":
+            quantization = export_quantized(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
+                                            opset=opset, calibration=calibration, flavour="tensorrt",
+                                            cache_dir=calibration_cache)
+        else:
+            export_onnx(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
+                        precision=source_precision(trt_version, settings.precision), opset=opset)
         build = build_engine(onnx_path, plan_path, settings, device)
         # A strongly typed engine's I/O has the ONNX graph's types; a weakly typed fp16 one keeps fp32 I/O.
         return {
             "format": "tensorrt",
             **graph_io(onnx_path),
             "opset": opset,
+            "quantization": quantization,
             "versions": versions(tensorrt=trt_version),
             "gpu": gpu_target(device),
             "tensorrt": {**build, "source_onnx_sha256": sha256_file(onnx_path)},

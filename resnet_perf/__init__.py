@@ -1,6 +1,6 @@
 """Reference ResNets with torchvision-compatible weights, and BatchNorm folding."""
 
-from resnet_perf.build import WeightsError, build_model, load_weights, weights_digest
+from resnet_perf.build import WeightsError, build_model, layer_names, load_weights, weights_digest
 from resnet_perf.fold import fold_batchnorm, fold_conv_bn_weights
 from resnet_perf.fused import fuse
 from resnet_perf.models.resnet import MODEL_NAMES
@@ -13,6 +13,7 @@ __all__ = [
     "fold_batchnorm",
     "fold_conv_bn_weights",
     "fuse",
+    "layer_names",
     "load_weights",
     "parity_inputs",
     "weights_digest",

@@ -83,6 +83,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model")
     model.load_state_dict(state, strict=True)
 
 
+def layer_names(name: str) -> list[str]:
+    """The module names of ``name``'s convolutions and classifier ("conv1", ..., "fc"): the layers
+    a user can name, e.g. to keep them out of INT8 quantization."""
+    with torch.device("meta"):  # the structure only: no memory, no initialisation
+        model = _resnet(name, 1000)
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
 def weights_digest(model: nn.Module) -> str:
     """sha256 over the state_dict's names and values: which weights a model (or an artifact exported
     from it) holds, whatever file or seed they came from."""

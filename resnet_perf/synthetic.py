@@ -42,7 +42,7 @@ _CALIBRATION_IMAGES = 16
 _TOP_LOGIT = 10.0
 
 # Fixed offsets keep the random streams of the weights, the prototypes and the parity noise apart.
-_STREAM_WEIGHTS, _STREAM_PROTOTYPES, _STREAM_CALIBRATION, _STREAM_PARITY = range(4)
+_STREAM_WEIGHTS, _STREAM_PROTOTYPES, _STREAM_CALIBRATION, _STREAM_PARITY, _STREAM_QUANTIZATION = range(5)
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -78,9 +78,19 @@ def render(tiles: Tensor, image_size: int, noise: float = 0.0, generator: torch.
 
 def parity_inputs(count: int = 64, image_size: int = 224, seed: int = 0, num_classes: int = 1000) -> Tensor:
     """``count`` inputs, each near one prototype (cycling through them), fp32 NCHW on the CPU."""
+    return _near_prototypes(count, image_size, seed, num_classes, _STREAM_PARITY)
+
+
+def quantization_inputs(count: int = 64, image_size: int = 224, seed: int = 0, num_classes: int = 1000) -> Tensor:
+    """Inputs from the parity inputs' distribution but another draw of the noise: what INT8
+    calibration sees when no images are given, so that it is not tuned on the inputs it is judged on."""
+    return _near_prototypes(count, image_size, seed, num_classes, _STREAM_QUANTIZATION)
+
+
+def _near_prototypes(count: int, image_size: int, seed: int, num_classes: int, stream: int) -> Tensor:
     tiles = prototype_tiles(min(PROTOTYPES, num_classes), seed)
     index = torch.arange(count) % tiles.shape[0]
-    return render(tiles[index], image_size, PARITY_NOISE, _generator(seed, _STREAM_PARITY))
+    return render(tiles[index], image_size, PARITY_NOISE, _generator(seed, stream))
 
 
 def _residual_branch_norms(model: ResNet) -> list[nn.BatchNorm2d]:

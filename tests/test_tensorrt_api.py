@@ -5,8 +5,8 @@ machine has none). The `tensorrt-cu13-bindings` wheel is the real pybind11 modul
 without the libraries it links against; loaded over stand-in libraries whose every function aborts,
 its module init still registers every class, enum member and method name, and nothing in TensorRT
 ever runs. So this checks names, and only names: that each `trt.X`, and each method we call on the
-objects TensorRT returns, is defined by 11.x, and that the one 10.x-only name sits behind the
-version check. Whether the calls do what we want is for a machine with TensorRT (tests/test_tensorrt.py).
+objects TensorRT returns, is defined by 11.x, and that the 10.x-only names (the FP16 and INT8
+builder flags) sit behind the version check. Whether the calls do what we want is for a machine with TensorRT (tests/test_tensorrt.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ OBJECTS = {
     "self.context": "IExecutionContext",
 }
 # Names TensorRT 11 removed, used only where the version check says 10.x.
-TENSORRT_10_ONLY = {"BuilderFlag.FP16"}
+TENSORRT_10_ONLY = {"BuilderFlag.FP16", "BuilderFlag.INT8"}
 # The symbols the bindings import from libnvinfer, libnvonnxparser and libnvinfer_plugin.
 SYMBOLS = ["createInferBuilder_INTERNAL", "createInferRefitter_INTERNAL", "createInferRuntime_INTERNAL",
            "createNvOnnxParserRefitter_INTERNAL", "createNvOnnxParser_INTERNAL", "getBuilderPluginRegistry",

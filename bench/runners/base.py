@@ -17,7 +17,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from export.quantize import Calibration
+
+# The dtype of each precision's inputs and outputs. An int8 model takes and returns fp32: its
+# Quantize/Dequantize nodes do the int8 inside.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                                      "int8": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class RunConfig:
     onnx: Path | None = None  # --onnx: an exported file to run instead of exporting one
     engine: Path | None = None  # --engine: a TensorRT plan to run instead of building one
     cuda_graph: bool = False  # --cuda-graph: replay the tensorrt backend's launches as one CUDA graph
+    calibration: Calibration | None = None  # int8: what quantization is calibrated on
 
     @property
     def dtype(self) -> torch.dtype:

@@ -13,8 +13,9 @@ from torch import Tensor
 
 from bench.runners.base import Runner
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
+from export.quantize import quantize_onnx
 
-_NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+_NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.float32}
 
 
 def _available_providers() -> list[str]:
@@ -37,7 +38,7 @@ class OnnxRuntimeRunner(Runner):
     @classmethod
     def precisions(cls, device: torch.device) -> tuple[str, ...]:
         # The CPU provider has fp16 kernels for few ops: a fp16 graph on CPU mostly runs casts.
-        return ("fp32",) if device.type == "cpu" else ("fp32", "fp16")
+        return ("fp32", "int8") if device.type == "cpu" else ("fp32", "fp16", "int8")
 
     def providers(self) -> list[Any]:
         if self.config.device.type == "cuda":
@@ -45,21 +46,32 @@ class OnnxRuntimeRunner(Runner):
         return ["CPUExecutionProvider"]
 
     def onnx_path(self) -> Path:
-        """The file the session loads: the one given with --onnx, else this model's cached export."""
+        """The file the session loads: the one given with --onnx, else this model's cached export
+        (for int8, the fp32 export quantized with this run's calibration)."""
         c = self.config
         if c.onnx is not None:
             return c.onnx
-        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{c.precision}-opset{DEFAULT_OPSET}-torch{torch.__version__}"
+        if c.precision == "int8":
+            return self._export_path("fp32").with_suffix(f".int8-{c.calibration.key()}.onnx")
+        return self._export_path(c.precision)
+
+    def _export_path(self, precision: str) -> Path:
+        c = self.config
+        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{precision}-opset{DEFAULT_OPSET}-torch{torch.__version__}"
         return c.cache_dir / "onnx" / f"{name}.onnx"
 
     def prepare_impl(self) -> None:
         import onnxruntime as ort
 
+        c = self.config
         path = self.onnx_path()
         if not path.exists():
-            c = self.config
-            export_onnx(self.model, path, batch=BatchRange.static(c.batch_size), image_size=c.image_size,
-                        precision=c.precision)
+            source = self._export_path("fp32" if c.precision == "int8" else c.precision)
+            if not source.exists():
+                export_onnx(self.model, source, batch=BatchRange.static(c.batch_size), image_size=c.image_size,
+                            precision="fp32" if c.precision == "int8" else c.precision)
+            if c.precision == "int8":
+                quantize_onnx(source, path, c.calibration, flavour="onnxruntime", cache_dir=c.cache_dir / "calibration")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.config.threads

@@ -26,6 +26,11 @@ class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
         # onnxruntime-gpu lists the provider whether or not TensorRT's libraries are present.
         return tensorrt.missing_reason()
 
+    @classmethod
+    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+        # TensorRT's provider builds int8 from QDQ models too, but that path has not run anywhere here.
+        return ("fp32", "fp16")
+
     def providers(self) -> list[Any]:
         options = {
             "device_id": self.config.device.index or 0,

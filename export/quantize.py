@@ -1,0 +1,209 @@
+"""INT8 static quantization of an ONNX model through onnxruntime.quantization: QDQ format, weights
+per channel, calibrated on given inputs (a folder of images, or the synthetic parity distribution).
+
+The quantized model keeps fp32 inputs and outputs; QuantizeLinear/DequantizeLinear pairs mark where
+int8 may be used, and each runtime fuses them with their operators into int8 kernels. The two
+runtimes want different int8: onnxruntime's fast CPU kernels take unsigned activations with a zero
+point (measured here, ResNet-50 bs8: 2.9x fp32 with uint8 activations, 0.78x with symmetric int8
+ones), while TensorRT accepts only symmetric int8. So the calibration (each tensor's range, from
+one pass over the calibration inputs) is computed once and cached, and each flavour of QDQ model is
+derived from the same cached ranges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from export.atomic import atomic_path
+from export.manifest import sha256_file
+
+METHODS = ("minmax", "entropy", "percentile")
+FLAVOURS = {
+    # onnxruntime: uint8 activations with a zero point, int8 symmetric weights per channel ("U8S8").
+    "onnxruntime": {"activations": "QUInt8", "options": {"WeightSymmetric": True}},
+    # TensorRT: int8 everywhere, symmetric (zero point 0), the only kind of int8 it builds.
+    "tensorrt": {"activations": "QInt8", "options": {"WeightSymmetric": True, "ActivationSymmetric": True}},
+}
+
+
+class QuantizationError(ValueError):
+    """Quantization cannot proceed as asked (a layer to keep in fp32 that the model does not have)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What INT8 quantization is calibrated on and how: N x 3 x S x S fp32 inputs, the method that
+    turns their activation ranges into scales, the layers (module names) to leave in fp32, and a
+    description of where the inputs came from, for manifests."""
+
+    inputs: Tensor = field(repr=False)
+    method: str = "minmax"
+    keep_fp: tuple[str, ...] = ()
+    source: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        """A short name for this calibration: inputs, method and the layers kept in fp32."""
+        digest = hashlib.sha256(self.inputs.contiguous().numpy().tobytes())
+        digest.update(f"{self.method}|{','.join(self.keep_fp)}".encode())
+        return f"{self.method}-{digest.hexdigest()[:12]}"
+
+
+def layer_names(model_path: str | os.PathLike) -> dict[str, str]:
+    """{ONNX node name: the model's module name} for every Conv and Gemm node, so that users name
+    layers as the PyTorch model does ("layer1.0.conv1", "fc"). The exporter folds each BatchNorm
+    into its conv and records the BatchNorm's module path; its conv has the matching name."""
+    import onnx
+
+    names = {}
+    for node in onnx.load(str(model_path), load_external_data=False).graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        scopes = next((json.loads(p.value.replace("'", '"')) for p in node.metadata_props
+                       if p.key == "pkg.torch.onnx.name_scopes"), None)
+        module = scopes[-2] if scopes and len(scopes) > 1 else node.name
+        head, _, leaf = module.rpartition(".")
+        if leaf.startswith("bn"):
+            leaf = "conv" + leaf[2:]
+        elif leaf == "1" and head.endswith("downsample"):
+            leaf = "0"
+        names[node.name] = f"{head}.{leaf}" if head else leaf
+    return names
+
+
+def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavour: str = "onnxruntime",
+                  cache_dir: Path | None = None) -> dict:
+    """Write ``source`` (fp32 ONNX) quantized to ``target``, atomically; returns the manifest's
+    description of the quantization. Calibration ranges are cached in ``cache_dir``, keyed by
+    model, inputs and method, and shared by both flavours."""
+    from onnxruntime import quantization as q
+
+    inputs, method, keep_fp = calibration.inputs, calibration.method, calibration.keep_fp
+    if method not in METHODS:
+        raise QuantizationError(f"calibration method {method!r}: choose from {', '.join(METHODS)}")
+    layers = layer_names(source)
+    by_module = {module: node for node, module in layers.items()}
+    unknown = [name for name in keep_fp if name not in by_module]
+    if unknown:
+        raise QuantizationError(f"--keep-fp {','.join(unknown)}: no such layer; layers are e.g. "
+                                f"{', '.join(list(by_module)[:4])}, ..., {list(by_module)[-1]}")
+    # The ranges depend on the model, the inputs and the method, not on which layers stay fp32 (every
+    # tensor is calibrated) nor on the flavour: one cached calibration serves all of those.
+    digest = hashlib.sha256(f"{sha256_file(source)}|{method}".encode())
+    digest.update(inputs.contiguous().numpy().tobytes())
+    cache = None if cache_dir is None else cache_dir / f"calibration-{digest.hexdigest()[:20]}.json"
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    batch = _static_batch(source) or min(len(inputs), 8)
+
+    class Reader(q.CalibrationDataReader):
+        """The calibration inputs in batches the model accepts (the last one padded by cycling)."""
+
+        def __init__(self):
+            order = np.arange(-(-len(inputs) // batch) * batch) % len(inputs)
+            self.batches = iter(inputs.numpy()[order].reshape(-1, batch, *inputs.shape[1:]))
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {"input": x}
+
+    spec = FLAVOURS[flavour]
+    ort_method = getattr(q.CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[method])
+    with tempfile.TemporaryDirectory(prefix="resnet-perf-quant-") as tmp, atomic_path(target) as out:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference and graph cleanup first, as onnxruntime recommends before quantizing.
+        q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        q.quantize_static(str(prepared), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=getattr(q.QuantType, spec["activations"]), weight_type=q.QuantType.QInt8,
+                          calibrate_method=ort_method, nodes_to_exclude=[by_module[name] for name in keep_fp],
+                          extra_options=dict(spec["options"]), calibration_cache_path=None if cache is None else str(cache))
+    return {
+        "method": method,
+        "calibration_source": calibration.source,
+        "flavour": flavour,
+        "activations": "uint8 with zero point" if spec["activations"] == "QUInt8" else "int8 symmetric",
+        "weights": "int8 symmetric, per output channel",
+        "calibration_samples": len(inputs),
+        "calibration_digest": digest.hexdigest(),
+        "calibration_cache": None if cache is None else os.fspath(cache),
+        "keep_fp": list(keep_fp),
+        "quantized_layers": len(layers) - len(keep_fp),
+    }
+
+
+def export_quantized(model, path: Path, *, batch, image_size: int, opset: int, calibration: Calibration,
+                     flavour: str, cache_dir: Path | None) -> dict:
+    """``model`` exported to fp32 ONNX (in a temporary folder) and quantized into ``path``."""
+    from export.onnx import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="resnet-perf-") as tmp:
+        source = Path(tmp) / "fp32.onnx"
+        export_onnx(model, source, batch=batch, image_size=image_size, precision="fp32", opset=opset)
+        return quantize_onnx(source, path, calibration, flavour=flavour, cache_dir=cache_dir)
+
+
+def _static_batch(path: Path) -> int | None:
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value or None
+
+
+def add_arguments(parser) -> None:
+    """The INT8 calibration flags, the same for python -m bench and python -m export."""
+    from resnet_perf.cli import list_of, positive_int
+
+    group = parser.add_argument_group("INT8 calibration (with --precision int8)")
+    group.add_argument("--calib-data", default=None, metavar="DIR",
+                       help="calibrate on these images (or .npy arrays); default: the synthetic parity distribution")
+    group.add_argument("--calib-method", choices=METHODS, default="minmax", help="how ranges become scales")
+    group.add_argument("--calib-samples", type=positive_int, default=64, help="calibration inputs (default 64)")
+    group.add_argument("--keep-fp", type=list_of(str), default=None, metavar="LAYER,...",
+                       help="layers to leave in fp32, by module name (conv1, layer1.0.conv2, fc)")
+
+
+def check_arguments(args, models: list[str], image_size: int, int8: bool) -> Tensor | None:
+    """Check the calibration flags against the run; returns the inputs of --calib-data (None when
+    calibration is synthetic or there is no int8). Raises UsageError on anything wrong."""
+    import resnet_perf
+    from resnet_perf.cli import UsageError
+    from resnet_perf.images import ImageFolderError, load_calibration
+
+    given = [flag for flag, value in (("--calib-data", args.calib_data), ("--keep-fp", args.keep_fp),
+                                      ("--calib-method", args.calib_method != "minmax")) if value]
+    if not int8:
+        if given:
+            raise UsageError(f"{given[0]} applies to --precision int8")
+        return None
+    for name in models:
+        layers = resnet_perf.layer_names(name)
+        for layer in args.keep_fp or ():
+            if layer not in layers:
+                raise UsageError(f"--keep-fp {layer}: {name} has no such layer; its layers are {layers[0]}, "
+                                 f"{layers[1]}, ..., {layers[-1]}")
+    if args.calib_data is None:
+        return None
+    try:
+        return load_calibration(args.calib_data, image_size, args.calib_samples)
+    except ImageFolderError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def calibration(args, inputs: Tensor | None, image_size: int, seed: int, num_classes: int) -> Calibration:
+    """The run's Calibration: the --calib-data inputs, or a fresh draw of the synthetic parity
+    distribution (never the parity inputs themselves, so int8 is not judged on what tuned it)."""
+    from resnet_perf.synthetic import quantization_inputs
+
+    if inputs is None:
+        inputs = quantization_inputs(args.calib_samples, image_size, seed, num_classes)
+        source = {"kind": "synthetic", "seed": seed, "samples": args.calib_samples}
+    else:
+        source = {"kind": "folder", "path": os.path.abspath(args.calib_data), "samples": len(inputs)}
+    return Calibration(inputs, args.calib_method, tuple(args.keep_fp or ()), source)

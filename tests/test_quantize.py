@@ -1,0 +1,186 @@
+"""INT8: QDQ quantization through onnxruntime.quantization, calibration from synthetic inputs or a
+folder (images or arrays), its cache, the layers kept in fp32, and int8 rows of bench and export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import bench.__main__ as bench_cli
+import export.__main__ as export_cli
+import resnet_perf
+from export.onnx import BatchRange, export_onnx
+from export.quantize import Calibration, layer_names, quantize_onnx
+from resnet_perf import parity_inputs
+from resnet_perf.images import ImageFolderError, load_calibration, load_labelled
+from resnet_perf.parity import compare
+from resnet_perf.synthetic import quantization_inputs
+
+SMALL = ["--model", "resnet18", "--image-size", "32"]
+
+
+@pytest.fixture(autouse=True)
+def _no_interpreted_triton(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(resnet18_32, tmp_path_factory):
+    return export_onnx(resnet18_32, tmp_path_factory.mktemp("q") / "fp32.onnx", batch=BatchRange.static(4), image_size=32)
+
+
+def run(path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def zero_point_types(path) -> set[int]:
+    """The element types of the activations' zero points: uint8 (2) or int8 (3)."""
+    graph = onnx.load(str(path)).graph
+    initializers = {i.name: i for i in graph.initializer}
+    return {initializers[n.input[2]].data_type for n in graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in initializers}
+
+
+def test_layer_names_are_the_models_module_names(fp32_onnx):
+    assert list(layer_names(fp32_onnx).values()) == resnet_perf.layer_names("resnet18")
+
+
+@pytest.mark.parametrize(("flavour", "zero_point"), [("onnxruntime", onnx.TensorProto.UINT8),
+                                                     ("tensorrt", onnx.TensorProto.INT8)])
+def test_quantized_model_passes_int8_parity(resnet18_32, fp32_onnx, tmp_path, flavour, zero_point):
+    calibration = Calibration(quantization_inputs(32, 32))
+    info = quantize_onnx(fp32_onnx, tmp_path / "int8.onnx", calibration, flavour=flavour)
+    assert info["quantized_layers"] == 21 and info["flavour"] == flavour
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 40
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 in and out
+    # onnxruntime's fast kernels take uint8 activations; TensorRT only symmetric int8.
+    assert zero_point_types(tmp_path / "int8.onnx") == {zero_point}
+
+    x = parity_inputs(64, 32)
+    with torch.no_grad():
+        reference = resnet18_32(x)
+    figures = compare(reference, torch.cat([run(tmp_path / "int8.onnx")(b) for b in x.split(4)]), "int8")
+    assert figures["passed"] and figures["top1_agreement"] == 1.0 and figures["top5_agreement"] == 1.0
+    assert figures["cosine"] < 0.9999  # it did quantize: not fp32's numbers
+
+
+def test_calibration_is_cached_and_shared_by_both_flavours(fp32_onnx, tmp_path):
+    calibration = Calibration(quantization_inputs(16, 32))
+    first = quantize_onnx(fp32_onnx, tmp_path / "a.onnx", calibration, cache_dir=tmp_path / "cache")
+    cached = list((tmp_path / "cache").iterdir())
+    assert [p.name for p in cached] == [first["calibration_cache"].split("/")[-1]]
+    second = quantize_onnx(fp32_onnx, tmp_path / "b.onnx", calibration, flavour="tensorrt", cache_dir=tmp_path / "cache")
+    assert second["calibration_cache"] == first["calibration_cache"] and len(list((tmp_path / "cache").iterdir())) == 1
+    # Other inputs are another calibration.
+    other = quantize_onnx(fp32_onnx, tmp_path / "c.onnx", Calibration(quantization_inputs(16, 32, seed=3)),
+                          cache_dir=tmp_path / "cache")
+    assert other["calibration_cache"] != first["calibration_cache"]
+
+
+def test_layers_kept_in_fp32_are_not_quantized(fp32_onnx, tmp_path):
+    kept = quantize_onnx(fp32_onnx, tmp_path / "k.onnx", Calibration(quantization_inputs(8, 32), keep_fp=("conv1", "fc")))
+    assert kept["quantized_layers"] == 19 and kept["keep_fp"] == ["conv1", "fc"]
+    graph = onnx.load(str(tmp_path / "k.onnx")).graph
+    initializers = {i.name for i in graph.initializer}
+    producers = {out: n.op_type for n in graph.node for out in n.output}
+    weights = {n.op_type + str(i): n.input[1] for i, n in enumerate(graph.node) if n.op_type in ("Conv", "Gemm")}
+    kept = [w for w in weights.values() if w in initializers]  # fp32 weights used as they are
+    quantized = [w for w in weights.values() if producers.get(w) == "DequantizeLinear"]
+    assert len(kept) == 2 and len(quantized) == 19
+    with pytest.raises(ValueError, match="--keep-fp layer9.conv1: no such layer"):
+        quantize_onnx(fp32_onnx, tmp_path / "x.onnx", Calibration(quantization_inputs(8, 32), keep_fp=("layer9.conv1",)))
+
+
+def write_images(folder, count=3, size=(40, 30)):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+
+
+def test_calibration_folders(tmp_path):
+    write_images(tmp_path / "imgs" / "sub")
+    np.save(tmp_path / "imgs" / "more.npy", np.zeros((2, 3, 32, 32), np.float32))
+    inputs = load_calibration(tmp_path / "imgs", 32)
+    assert inputs.shape == (5, 3, 32, 32) and inputs.dtype == torch.float32
+    assert load_calibration(tmp_path / "imgs", 32, limit=4).shape == (4, 3, 32, 32)
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "shape").mkdir()
+    np.save(tmp_path / "shape" / "x.npy", np.zeros((3, 64, 64), np.float32))
+    for folder, message in [("missing", "not a folder"), ("empty", "no images"), ("bad", "broken.jpg: not a readable image"),
+                            ("shape", r"x.npy: shape \(1, 3, 64, 64\), expected \(3, 32, 32\)")]:
+        with pytest.raises(ImageFolderError, match=message):
+            load_calibration(tmp_path / folder, 32)
+
+
+def test_labelled_folders(tmp_path):
+    write_images(tmp_path / "eval" / "n01_cat", 2)
+    write_images(tmp_path / "eval" / "n02_dog", 3)
+    images, labels = load_labelled(tmp_path / "eval", 32)
+    assert images.shape == (5, 3, 32, 32) and labels.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_bench_int8_row(capsys, tmp_path):
+    path = tmp_path / "run.json"
+    code = bench_cli.main([*SMALL, "--backend", "onnxruntime", "--precision", "fp32,int8", "--batch-size", "4",
+                           "--iters", "3", "--warmup", "0", "--json", str(path), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    fp32, int8 = json.loads(path.read_text())["results"]
+    assert int8["precision"] == "int8" and int8["status"] == "ok" and int8["parity"]["passed"]
+    assert int8["parity"]["top1_agreement"] == 1.0 and int8["parity"]["cosine"] < fp32["parity"]["cosine"]
+    assert list((tmp_path / "cache" / "calibration").iterdir())  # the calibration was cached
+    assert "top5" in capsys.readouterr().out
+
+
+def test_export_int8_records_its_calibration(tmp_path):
+    (tmp_path / "calib").mkdir()
+    np.save(tmp_path / "calib" / "inputs.npy", quantization_inputs(16, 32).numpy())
+    assert export_cli.main([*SMALL, "--format", "onnx", "--precision", "int8", "--batch-size", "2", "--calib-data",
+                            str(tmp_path / "calib"), "--keep-fp", "fc", "--output", str(tmp_path / "out")]) == 0
+    manifest = json.loads((tmp_path / "out" / "resnet18-int8.onnx.json").read_text())
+    q = manifest["quantization"]
+    assert q["method"] == "minmax" and q["keep_fp"] == ["fc"] and q["calibration_samples"] == 16
+    assert q["calibration_source"] == {"kind": "folder", "path": str(tmp_path / "calib"), "samples": 16}
+    assert (tmp_path / "out" / "calibration").is_dir() and manifest["parity"]["passed"]
+    assert manifest["inputs"][0]["dtype"] == "float32"
+
+
+def test_calibrating_on_the_wrong_data_is_refused(capsys, tmp_path):
+    """Noise images calibrate ranges the model's inputs do not have: parity fails, nothing is kept."""
+    write_images(tmp_path / "noise", 4)
+    code = export_cli.main([*SMALL, "--format", "onnx", "--precision", "int8", "--batch-size", "2", "--calib-data",
+                            str(tmp_path / "noise"), "--output", str(tmp_path / "out")])
+    assert code == 1 and "resnet18-int8.onnx failed parity" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["calibration"]  # the cache only
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--calib-data", "/tmp"], "--calib-data applies to --precision int8"),
+    (["--keep-fp", "fc"], "--keep-fp applies to --precision int8"),
+    (["--precision", "int8", "--keep-fp", "layer9.conv1"], "--keep-fp layer9.conv1: resnet18 has no such layer"),
+    (["--precision", "int8", "--calib-data", "/nonexistent"], "--calib-data /nonexistent: not a folder"),
+    (["--precision", "int8", "--calib-method", "kl"], "argument --calib-method: invalid choice: 'kl'"),
+])
+@pytest.mark.parametrize("tool", ["bench", "export"])
+def test_bad_int8_flags(capsys, tmp_path, tool, argv, message):
+    if tool == "bench":
+        code = bench_cli.main([*SMALL, "--backend", "onnxruntime", *argv])
+    else:
+        code = export_cli.main([*SMALL, "--format", "onnx", "--output", str(tmp_path / "out"), *argv])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
