@@ -26,7 +26,7 @@ import resnet_perf
 from bench import compare, plot, report, scenarios, timing
 from bench import env as bench_env
 from bench.runners import BACKENDS, COMPILE_MODES, PRECISIONS, RUNNERS, RunConfig, Runner, unavailable_reason
-from export import quantize
+from export import quantize, sensitivity
 from export.atomic import write_text
 from export.manifest import ManifestError, load_manifest
 from resnet_perf import parity
@@ -43,6 +43,7 @@ from resnet_perf.cli import (
     resolve_device,
     rng_seed,
 )
+from resnet_perf.images import ImageFolderError, load_labelled
 from resnet_perf.synthetic import parity_inputs
 
 
@@ -77,12 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where exported ONNX files and TensorRT engines are kept between runs")
     p.add_argument("--profile", action="store_true",
                    help="also time each stage of the model (stem, layer1..4, head) where the backend has stages")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="with --precision int8: rank the layers by how much INT8 costs them (onnxruntime)")
     p.add_argument("--repeat", type=positive_int, default=1,
                    help="measure each row this many times over and report the spread of their throughputs")
     p.add_argument("--noise-threshold", type=positive_float, default=0.05,
                    help="flag a row noisy when its samples' std/mean exceeds this (default 0.05)")
     p.add_argument("--list-backends", action="store_true", help="list every backend and whether it runs here")
     quantize.add_arguments(p)
+    p.add_argument("--eval-data", default=None, metavar="DIR",
+                   help="labelled images, one folder per class in class order: report each row's real accuracy")
+    p.add_argument("--eval-samples", type=positive_int, default=None, help="use at most this many --eval-data images")
     load = p.add_argument_group("MLPerf LoadGen scenarios")
     load.add_argument("--scenario", choices=("offline", *scenarios.SCENARIOS), default="offline",
                       help="offline: the fixed-batch loop (default); the others run under MLPerf LoadGen")
@@ -115,6 +121,7 @@ class Plan:
     engine: Path | None = None
     weights_digest: str | None = None  # what the reference model must hold when an artifact is given
     calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
+    evaluation: tuple[torch.Tensor, torch.Tensor] | None = None  # --eval-data: images and their labels
 
 
 # Which backends run a given artifact.
@@ -221,6 +228,9 @@ def resolve(args: argparse.Namespace) -> Plan:
         batch_sizes = [args.max_batch]
     if args.profile and args.scenario != "offline":
         raise UsageError("--profile times the stages in the fixed-batch loop: use it with --scenario offline")
+    if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends):
+        raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime: use it with --precision int8 and the "
+                         "onnxruntime backend")
     if args.cuda_graph and "tensorrt" not in backends:
         raise UsageError("--cuda-graph applies to the tensorrt backend, which this run does not include")
 
@@ -235,11 +245,20 @@ def resolve(args: argparse.Namespace) -> Plan:
     check_writable("--csv", args.csv_path)
     check_writable("--plot", args.plot_path)
     calibration_inputs = quantize.check_arguments(args, models, image_size, "int8" in precisions)
+    evaluation = None
+    if args.eval_data is not None:
+        try:
+            evaluation = load_labelled(args.eval_data, image_size, args.eval_samples)
+        except ImageFolderError as exc:
+            raise UsageError(str(exc)) from None
+    elif args.eval_samples is not None:
+        raise UsageError("--eval-samples applies to --eval-data")
     threads = args.threads or torch.get_num_threads()
     digests = {m["weights_digest"] for m in manifests.values()}
     return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads,
                 onnx=Path(args.onnx) if args.onnx else None, engine=Path(args.engine) if args.engine else None,
-                weights_digest=digests.pop() if digests else None, calibration_inputs=calibration_inputs)
+                weights_digest=digests.pop() if digests else None, calibration_inputs=calibration_inputs,
+                evaluation=evaluation)
 
 
 def check_scenario(args: argparse.Namespace) -> None:
@@ -389,7 +408,7 @@ def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: arg
 
 
 def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference: torch.Tensor,
-              args: argparse.Namespace) -> report.Row:
+              args: argparse.Namespace, evaluation: tuple[torch.Tensor, torch.Tensor, dict] | None = None) -> report.Row:
     """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens."""
     try:
         start = time.perf_counter()
@@ -405,14 +424,33 @@ def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference
         else:
             loadgen_row(runner, row, parity_x, args)
 
-        logits = parity.predict(lambda b: runner.to_logits(runner.run(runner.to_input(b))), parity_x, row.batch_size)
-        row.parity = parity.compare(reference, logits, row.precision)
+        def infer(batch: torch.Tensor) -> torch.Tensor:
+            return runner.to_logits(runner.run(runner.to_input(batch)))
+
+        row.parity = parity.compare(reference, parity.predict(infer, parity_x, row.batch_size), row.precision)
+        if evaluation is not None:
+            images, labels, fp32 = evaluation
+            measured = parity.accuracy(parity.predict(infer, images, row.batch_size), labels)
+            row.accuracy = {"images": len(labels), **measured, "reference_top1": fp32["top1"],
+                            "reference_top5": fp32["top5"]}
         row.note = runner.timing_note
     except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
         row.status, row.error = "failed", one_line(exc)
     finally:
         runner.close()
     return row
+
+
+def reference_accuracy(model: torch.nn.Module, evaluation: tuple[torch.Tensor, torch.Tensor] | None):
+    """--eval-data's images and labels with the fp32 model's own accuracy on them, or None."""
+    if evaluation is None:
+        return None
+    images, labels = evaluation
+    if int(labels.max()) >= model.fc.out_features:
+        raise UsageError(f"--eval-data has {int(labels.max()) + 1} class folders; the model has "
+                         f"{model.fc.out_features} classes")
+    with torch.inference_mode():
+        return images, labels, parity.accuracy(parity.predict(model, images, 64), labels)
 
 
 def row_key(row: report.Row) -> tuple:
@@ -470,11 +508,12 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
                                     ident = f"{name}-{resnet_perf.weights_digest(model)[:12]}"
                                     calibration = quantize.calibration(args, plan.calibration_inputs, plan.image_size,
                                                                        plan.seed, model.fc.out_features)
+                                    evaluation = reference_accuracy(model, plan.evaluation)
                                 config = RunConfig(ident, plan.device, precision, batch_size, plan.image_size,
                                                    plan.threads, cache_dir, args.compile_mode, onnx=plan.onnx,
                                                    engine=plan.engine, cuda_graph=args.cuda_graph,
                                                    calibration=calibration if precision == "int8" else None)
-                                bench_row(runner_cls(model, config), row, parity_x, reference, args)
+                                bench_row(runner_cls(model, config), row, parity_x, reference, args, evaluation)
                             if row.error == "out of memory":
                                 out_of_memory_at[backend] = batch_size
                                 if plan.device.type == "cuda":
@@ -482,6 +521,14 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
                             rows.append(row)
                             on_row(rows)
                             progress.advance(task)
+                if args.sensitivity and model is not None:
+                    progress.update(task, description=f"{name}: int8 sensitivity, one layer in fp32 at a time")
+                    analysis = sensitivity.analyse(model, calibration, parity_x, reference, image_size=plan.image_size,
+                                                   batch=plan.batch_sizes[0], cache_dir=cache_dir / "calibration")
+                    for row in rows:
+                        if (row.model, row.backend, row.precision, row.status) == (name, "onnxruntime", "int8", "ok"):
+                            row.sensitivity = analysis
+                    on_row(rows)
         except KeyboardInterrupt:
             return rows, True
     return rows, False
@@ -529,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     report.print_table(rows, console)
     if any(r.profile for r in rows):
         console.print(report.profile_table(rows))
+    for row in rows:
+        if row.sensitivity and row.batch_size == plan.batch_sizes[0]:
+            console.print(report.sensitivity_table(row))
     for backend, reason in plan.not_run.items():
         console.print(f"[dim]not run: {backend}: {escape(reason)}[/dim]", highlight=False)
     if args.plot_path and any(r.status == "ok" for r in rows):

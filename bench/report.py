@@ -45,6 +45,8 @@ class Row:
     noisy: bool | None = None  # cv above the run's --noise-threshold: the figures are less trustworthy
     repeats: list[float] | None = None  # with --repeat: the throughput of each repetition
     profile: dict | None = None  # with --profile: median ms of each stage (stem, layer1..4, head)
+    sensitivity: dict | None = None  # with --sensitivity, on int8 onnxruntime rows: per-layer INT8 cost
+    accuracy: dict | None = None  # with --eval-data: top-1/top-5 on labelled images, and the fp32 model's
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
 
     @property
@@ -117,6 +119,11 @@ def _baseline(eager: dict, r: Row) -> float | None:
     return eager.get((r.model, r.device, precision, r.batch_size, r.scenario))
 
 
+def _accuracy_cell(r: Row) -> str:
+    a = r.accuracy
+    return "-" if a is None else f"{a['top1']:.3f} ({a['reference_top1']:.3f})"
+
+
 def _loadgen_cell(r: Row) -> str:
     lg = r.loadgen
     if lg is None:
@@ -128,15 +135,19 @@ def _loadgen_cell(r: Row) -> str:
 
 def table(rows: list[Row]) -> Table:
     """Speed and parity side by side; speedup is against eager at the same model, precision, batch and
-    scenario. LoadGen rows add the scenario, the rate asked for and achieved, and LoadGen's verdict."""
+    scenario. LoadGen rows add the scenario, the rate asked for and achieved, and LoadGen's verdict;
+    --eval-data adds each row's accuracy on the labelled images beside the fp32 model's."""
     baseline = _eager_throughputs(rows)
     with_loadgen = any(r.scenario != "offline" for r in rows)
+    with_accuracy = any(r.accuracy for r in rows)
     columns = [("model", "left"), ("backend", "left"), ("device", "left"), ("prec", "left"), ("batch", "right")]
     if with_loadgen:
         columns += [("scenario", "left"), ("qps target/got", "right")]
     columns += [("img/s", "right"), ("vs eager", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
                 ("cv", "right"), ("setup s", "right"), ("cosine", "right"), ("rel_l2", "right"), ("top1", "right"),
                 ("top5", "right"), ("distinct", "right"), ("parity", "left")]
+    if with_accuracy:
+        columns.append(("top1 acc (fp32)", "right"))
     if with_loadgen:
         columns.append(("loadgen", "left"))
     grid = Table(title="resnet-perf", title_justify="left")
@@ -152,7 +163,7 @@ def table(rows: list[Row]) -> Table:
         if r.status != "ok":
             colour = "red" if r.status == "failed" else "yellow"
             cells = [*head, *["-"] * 11, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
-            grid.add_row(*cells, *(["-"] if with_loadgen else []))
+            grid.add_row(*cells, *["-"] * (with_accuracy + with_loadgen))
             continue
         base = _baseline(baseline, r)
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
@@ -176,6 +187,7 @@ def table(rows: list[Row]) -> Table:
             _fmt(p.get("top5_agreement"), ".3f"),
             _fmt(p["distinct_top1"], ".2f"),
             verdict,
+            *([_accuracy_cell(r)] if with_accuracy else []),
             *([_loadgen_cell(r)] if with_loadgen else []),
         )
     return grid
@@ -192,6 +204,22 @@ def profile_table(rows: list[Row]) -> Table:
             total = sum(r.profile.values())
             cells = [f"{ms:.2f} ({ms / total:.0%})" for ms in r.profile.values()]
             grid.add_row(r.model, r.backend, r.precision, str(r.batch_size), *cells, f"{total:.2f}")
+    return grid
+
+
+def sensitivity_table(row: Row, top: int = 15) -> Table:
+    """--sensitivity: the layers whose INT8 costs the most, with onnxruntime's SQNR figures."""
+    s = row.sensitivity
+    grid = Table(title=f"{row.model} int8 sensitivity: all layers int8 gives rel_l2 {s['int8']['rel_l2']:.3f}, "
+                       f"top-1 {s['int8']['top1_agreement']:.3f}; each row keeps one layer in fp32", title_justify="left")
+    for name in ("layer", "rel_l2 kept fp32", "gain", "cosine", "top1", "top5", "weight SQNR dB",
+                 "output vs fp32 SQNR dB"):
+        grid.add_column(name, justify="left" if name == "layer" else "right")
+    for layer in s["layers"][:top]:
+        kept = layer["kept_fp32"]
+        grid.add_row(layer["layer"], f"{kept['rel_l2']:.3f}", f"{layer['rel_l2_gain']:+.3f}", f"{kept['cosine']:.4f}",
+                     f"{kept['top1_agreement']:.3f}", f"{kept['top5_agreement']:.3f}",
+                     _fmt(layer["weight_sqnr_db"], ".1f"), _fmt(layer["output_vs_fp32_sqnr_db"], ".1f"))
     return grid
 
 

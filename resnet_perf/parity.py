@@ -109,3 +109,10 @@ def compare(reference: Tensor, candidate: Tensor, precision: str) -> dict:
     if not finite:
         result["error"] = "non-finite logits (NaN or Inf)"
     return result
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> dict:
+    """Top-1 and top-5 accuracy of ``logits`` (N x classes) against true ``labels`` (N)."""
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return {"top1": (top5[:, 0] == labels).double().mean().item(),
+            "top5": (top5 == labels[:, None]).any(dim=1).double().mean().item()}

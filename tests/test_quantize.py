@@ -184,3 +184,63 @@ def test_bad_int8_flags(capsys, tmp_path, tool, argv, message):
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_eval_data_reports_real_accuracy_beside_fp32(tmp_path):
+    """Images in 1000 class folders, each image in the folder of the class the fp32 model gives its
+    clean prototype: the fp32 model scores 1.0 by construction, and each row is measured the same way."""
+    from PIL import Image
+
+    from resnet_perf.images import MEAN, STD
+    from resnet_perf.synthetic import PARITY_NOISE, prototype_tiles, render
+
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    size = round(32 * 256 / 224)  # the preprocessing's resize is then a no-op; it crops the centre
+    images = render(prototype_tiles(8).repeat_interleave(2, 0), size, PARITY_NOISE, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        classes = model(images[:, :, 2:34, 2:34]).argmax(1).tolist()
+    root = tmp_path / "eval"
+    for c in range(1000):
+        (root / f"c{c:04d}").mkdir(parents=True)
+    for i, (x, c) in enumerate(zip(images, classes)):
+        pixels = ((x.permute(1, 2, 0).numpy() * np.array(STD) + np.array(MEAN)) * 255).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"c{c:04d}" / f"{i}.png")
+
+    path = tmp_path / "run.json"
+    assert bench_cli.main([*SMALL, "--backend", "onnxruntime", "--precision", "fp32,int8", "--batch-size", "4",
+                           "--iters", "2", "--eval-data", str(root), "--json", str(path),
+                           "--cache-dir", str(tmp_path / "cache")]) == 0
+    fp32, int8 = (r["accuracy"] for r in json.loads(path.read_text())["results"])
+    assert fp32["images"] == int8["images"] == 16
+    assert fp32["reference_top1"] > 0.8 and fp32["top1"] == fp32["reference_top1"]
+    assert int8["top1"] >= fp32["top1"] - 0.125 and int8["top5"] >= int8["top1"]
+
+
+def test_sensitivity_ranks_every_layer(capsys, tmp_path):
+    path = tmp_path / "run.json"
+    assert bench_cli.main([*SMALL, "--backend", "onnxruntime", "--precision", "int8", "--batch-size", "8", "--iters",
+                           "2", "--sensitivity", "--json", str(path), "--cache-dir", str(tmp_path / "cache")]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    analysis = row["sensitivity"]
+    assert analysis["int8"]["rel_l2"] == pytest.approx(row["parity"]["rel_l2"], rel=1e-6)
+    layers = analysis["layers"]
+    assert sorted(entry["layer"] for entry in layers) == sorted(resnet_perf.layer_names("resnet18"))
+    gains = [entry["rel_l2_gain"] for entry in layers]
+    assert gains == sorted(gains, reverse=True)
+    top = layers[0]
+    assert top["kept_fp32"]["rel_l2"] == pytest.approx(analysis["int8"]["rel_l2"] - top["rel_l2_gain"])
+    assert top["weight_sqnr_db"] > 20 and top["output_vs_fp32_sqnr_db"] is not None
+    assert "int8 sensitivity" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--sensitivity"], "--sensitivity ranks layers for INT8 on onnxruntime"),
+    (["--precision", "int8", "--backend", "eager,onnxruntime", "--sensitivity"], "int8: eager on cpu supports fp32"),
+    (["--eval-data", "/nonexistent"], "--eval-data /nonexistent: not a folder"),
+    (["--eval-samples", "5"], "--eval-samples applies to --eval-data"),
+])
+def test_bad_evaluation_flags(capsys, argv, message):
+    argv = argv if "--backend" in argv else [*argv, "--backend", "onnxruntime"]
+    assert bench_cli.main([*SMALL, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
