@@ -12,7 +12,9 @@ derived from the same cached ranges.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -120,10 +122,13 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and graph cleanup first, as onnxruntime recommends before quantizing.
         q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        q.quantize_static(str(prepared), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=getattr(q.QuantType, spec["activations"]), weight_type=q.QuantType.QInt8,
-                          calibrate_method=ort_method, nodes_to_exclude=[by_module[name] for name in keep_fp],
-                          extra_options=dict(spec["options"]), calibration_cache_path=None if cache is None else str(cache))
+        # The histogram calibrators print their progress to stdout, which is the table's.
+        with contextlib.redirect_stdout(io.StringIO()):
+            q.quantize_static(str(prepared), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=getattr(q.QuantType, spec["activations"]), weight_type=q.QuantType.QInt8,
+                              calibrate_method=ort_method, nodes_to_exclude=[by_module[name] for name in keep_fp],
+                              extra_options=dict(spec["options"]),
+                              calibration_cache_path=None if cache is None else str(cache))
     return {
         "method": method,
         "calibration_source": calibration.source,

@@ -103,10 +103,10 @@ def test_unavailable_backends_say_why_on_cpu(monkeypatch):
 
 
 def test_cpu_precisions():
-    assert OnnxRuntimeRunner.precisions(CPU) == ("fp32",)
+    assert OnnxRuntimeRunner.precisions(CPU) == ("fp32", "int8")
     assert EagerRunner.precisions(CPU) == ("fp32", "bf16")
     cuda = torch.device("cuda")
-    assert OnnxRuntimeRunner.precisions(cuda) == ("fp32", "fp16")
+    assert OnnxRuntimeRunner.precisions(cuda) == ("fp32", "fp16", "int8")
     assert EagerRunner.precisions(cuda) == ("fp32", "fp16", "bf16")
 
 
