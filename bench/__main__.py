@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from resnet_perf.cli import (
     UsageError,
     check_directory,
     check_writable,
+    default_cache_dir,
     list_of,
     non_negative_int,
     one_line,
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN.json",
                    help="keep the rows an interrupted run recorded there and run the rest (also its --json)")
     p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG: throughput and latency against batch size")
-    p.add_argument("--cache-dir", default=os.environ.get("RESNET_PERF_CACHE", str(Path.home() / ".cache" / "resnet-perf")),
+    p.add_argument("--cache-dir", default=str(default_cache_dir()),
                    help="where exported ONNX files and TensorRT engines are kept between runs")
     p.add_argument("--profile", action="store_true",
                    help="also time each stage of the model (stem, layer1..4, head) where the backend has stages")

@@ -32,6 +32,7 @@ from resnet_perf.cli import (
     UsageError,
     check_directory,
     check_writable,
+    default_cache_dir,
     one_line,
     positive_float,
     positive_int,
@@ -176,8 +177,11 @@ def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module,
     if plan.precision == "int8":
         calibration = quantize.calibration(args, plan.calibration_inputs, args.image_size, args.seed,
                                            model.fc.out_features)
-    # INT8 calibration ranges are kept beside the artifact: re-exporting with the same inputs skips them.
+    # INT8 calibration ranges are kept beside the artifact, so re-exporting with the same inputs skips
+    # them; but not inside a Triton model repository, where any folder is taken for a model.
     calibration_cache = plan.output / "calibration"
+    if plan.format == "triton-repo":
+        calibration_cache = default_cache_dir() / "calibration"
     if plan.engine:
         settings = tensorrt.BuildSettings(plan.precision, plan.batch, args.image_size, args.workspace_mib,
                                           args.opt_level, Path(args.timing_cache) if args.timing_cache else None)

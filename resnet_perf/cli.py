@@ -24,6 +24,12 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def default_cache_dir() -> Path:
+    """Where exported files, engines and calibrations are kept between runs: $RESNET_PERF_CACHE, or
+    ~/.cache/resnet-perf."""
+    return Path(os.environ.get("RESNET_PERF_CACHE", Path.home() / ".cache" / "resnet-perf"))
+
+
 def list_of(kind):
     def parse(text: str) -> list:
         items = [item.strip() for item in text.split(",") if item.strip()]

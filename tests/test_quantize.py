@@ -244,3 +244,13 @@ def test_bad_evaluation_flags(capsys, argv, message):
     assert bench_cli.main([*SMALL, *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_int8_triton_repository_holds_only_the_model(tmp_path, monkeypatch):
+    """Triton takes every folder of a repository for a model: the calibration is cached elsewhere."""
+    monkeypatch.setenv("RESNET_PERF_CACHE", str(tmp_path / "cache"))
+    assert export_cli.main([*SMALL, "--format", "triton-repo", "--precision", "int8", "--dynamic-batch", "1:2:4",
+                            "--output", str(tmp_path / "repo")]) == 0
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["resnet18"]
+    manifest = json.loads((tmp_path / "repo" / "resnet18" / "1" / "model.onnx.json").read_text())
+    assert manifest["quantization"]["calibration_cache"].startswith(str(tmp_path / "cache" / "calibration"))
