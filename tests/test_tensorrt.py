@@ -16,8 +16,10 @@ from bench.runners import RunConfig
 from bench.runners.tensorrt import TensorRTRunner
 from export import tensorrt
 from export.manifest import ManifestError, manifest_path
+from export.quantize import Calibration
 from resnet_perf import parity_inputs
 from resnet_perf.parity import compare, predict
+from resnet_perf.synthetic import quantization_inputs
 
 pytestmark = [
     pytest.mark.skipif(tensorrt.missing_reason() is not None, reason=tensorrt.INSTALL),
@@ -68,11 +70,12 @@ def test_an_engine_for_another_tensorrt_version_is_refused(engine_export, tmp_pa
         tensorrt.Engine(copy, torch.device("cuda"))
 
 
-@pytest.mark.parametrize(("precision", "cuda_graph"), [("fp32", False), ("fp16", True)])
+@pytest.mark.parametrize(("precision", "cuda_graph"), [("fp32", False), ("fp16", True), ("int8", False)])
 def test_runner_builds_caches_and_matches_the_reference(tmp_path, precision, cuda_graph):
     model = export_cli.resnet_perf.build_model("resnet18", image_size=32)
+    calibration = Calibration(quantization_inputs(32, 32)) if precision == "int8" else None
     config = RunConfig(model_id="resnet18-test", device=torch.device("cuda"), precision=precision, batch_size=4,
-                       image_size=32, threads=1, cache_dir=tmp_path, cuda_graph=cuda_graph)
+                       image_size=32, threads=1, cache_dir=tmp_path, cuda_graph=cuda_graph, calibration=calibration)
     x = parity_inputs(8, 32)
     with torch.no_grad():
         reference = model(x)

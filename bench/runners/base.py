@@ -51,6 +51,14 @@ class RunConfig:
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.batch_size, 3, self.image_size, self.image_size)
 
+    def artifact_stem(self, precision: str | None = None) -> str:
+        """The start of the name of every artifact cached for this configuration (at ``precision``,
+        by default its own): the model and its weights, the batch, the image size, the precision,
+        and for int8 the calibration."""
+        precision = precision or self.precision
+        stem = f"{self.model_id}-b{self.batch_size}-s{self.image_size}-{precision}"
+        return f"{stem}-{self.calibration.key()}" if precision == "int8" else stem
+
 
 class Runner(abc.ABC):
     name: ClassVar[str]

@@ -51,14 +51,11 @@ class OnnxRuntimeRunner(Runner):
         c = self.config
         if c.onnx is not None:
             return c.onnx
-        if c.precision == "int8":
-            return self._export_path("fp32").with_suffix(f".int8-{c.calibration.key()}.onnx")
         return self._export_path(c.precision)
 
     def _export_path(self, precision: str) -> Path:
         c = self.config
-        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{precision}-opset{DEFAULT_OPSET}-torch{torch.__version__}"
-        return c.cache_dir / "onnx" / f"{name}.onnx"
+        return c.cache_dir / "onnx" / f"{c.artifact_stem(precision)}-opset{DEFAULT_OPSET}-torch{torch.__version__}.onnx"
 
     def prepare_impl(self) -> None:
         import onnxruntime as ort

@@ -36,15 +36,14 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def precisions(cls, device: torch.device) -> tuple[str, ...]:
-        return ("fp32", "fp16")
+        return ("fp32", "fp16", "int8")
 
     def plan_path(self) -> Path:
         c = self.config
         if c.engine is not None:
             return c.engine
         gpu = re.sub(r"[^A-Za-z0-9]+", "_", tensorrt.gpu_target(c.device)["name"])
-        name = f"{c.model_id}-b{c.batch_size}-s{c.image_size}-{c.precision}-trt{tensorrt.version()}-{gpu}"
-        return c.cache_dir / "tensorrt" / f"{name}.plan"
+        return c.cache_dir / "tensorrt" / f"{c.artifact_stem()}-trt{tensorrt.version()}-{gpu}.plan"
 
     def prepare_impl(self) -> None:
         c = self.config
@@ -52,7 +51,8 @@ class TensorRTRunner(Runner):
         if not path.exists():
             settings = tensorrt.BuildSettings(c.precision, BatchRange.static(c.batch_size), c.image_size,
                                               timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
-            fields = tensorrt.export_engine(self.model, path, settings, c.device)
+            fields = tensorrt.export_engine(self.model, path, settings, c.device, calibration=c.calibration,
+                                            calibration_cache=c.cache_dir / "calibration")
             write_manifest(path, {"model": c.model_id, "precision": c.precision, "image_size": c.image_size,
                                   "batch": asdict(settings.batch), **fields})
         self.engine = tensorrt.Engine(path, c.device)
