@@ -366,12 +366,9 @@ def profile_row(runner: Runner, row: report.Row, batch: torch.Tensor, args: argp
 
 def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: argparse.Namespace) -> None:
     """A LoadGen scenario: LoadGen issues the queries; every call goes from host memory to host logits."""
-    def infer(host_batch: torch.Tensor) -> torch.Tensor:
-        return runner.to_logits(runner.run(runner.to_input(host_batch)))
-
     # One batch's time sizes LoadGen's query counts and the top of a rate search.
     batch = inputs[: row.batch_size] if row.batch_size <= len(inputs) else next(parity.batches(inputs, row.batch_size))[0]
-    probe = timing.measure(lambda: infer(batch), runner.config.device, warmup=args.warmup, iters=5)
+    probe = timing.measure(lambda: runner.infer(batch), runner.config.device, warmup=args.warmup, iters=5)
     row.first_run_ms = probe.first_run_ms
     expected_s = float(np.median(probe.samples_ms)) / 1e3
     log_dir = None if args.loadgen_logs is None else (
@@ -380,10 +377,10 @@ def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: arg
                                           args.max_queue_delay_ms, args.mlperf_rules, log_dir)
     search = None
     if args.find_max_qps:
-        result, target, search = scenarios.find_max_qps(infer, inputs, row.batch_size, settings,
+        result, target, search = scenarios.find_max_qps(runner.infer, inputs, row.batch_size, settings,
                                                         runner.config.device, expected_s)
     else:
-        result = scenarios.run(infer, inputs, row.batch_size, settings, runner.config.device, expected_s)
+        result = scenarios.run(runner.infer, inputs, row.batch_size, settings, runner.config.device, expected_s)
         target = args.target_qps
     row.throughput_ips = result.completed_samples_per_s
     row.latency_ms = result.latency_ms
@@ -424,13 +421,10 @@ def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference
         else:
             loadgen_row(runner, row, parity_x, args)
 
-        def infer(batch: torch.Tensor) -> torch.Tensor:
-            return runner.to_logits(runner.run(runner.to_input(batch)))
-
-        row.parity = parity.compare(reference, parity.predict(infer, parity_x, row.batch_size), row.precision)
+        row.parity = parity.compare(reference, parity.predict(runner.infer, parity_x, row.batch_size), row.precision)
         if evaluation is not None:
             images, labels, fp32 = evaluation
-            measured = parity.accuracy(parity.predict(infer, images, row.batch_size), labels)
+            measured = parity.accuracy(parity.predict(runner.infer, images, row.batch_size), labels)
             row.accuracy = {"images": len(labels), **measured, "reference_top1": fp32["top1"],
                             "reference_top5": fp32["top5"]}
         row.note = runner.timing_note

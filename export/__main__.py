@@ -25,7 +25,7 @@ import resnet_perf
 from export import quantize, tensorrt, triton_repo
 from export.atomic import publish, staging_dir, write_text
 from export.manifest import sha256_file, versions, write_manifest
-from export.onnx import DEFAULT_OPSET, DTYPES, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx, graph_io
+from export.onnx import DEFAULT_OPSET, DTYPES, BatchRange, cpu_session, export_onnx, graph_io
 from resnet_perf import parity
 from resnet_perf.cli import (
     Parser,
@@ -130,8 +130,8 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--precision int8: {torch.cuda.get_device_name(device)} (compute capability "
                              f"{capability}) has no int8 instructions; build fp32")
         check_writable("--timing-cache", args.timing_cache)
-    check_directory("--output", args.output)
     calibration_inputs = quantize.check_arguments(args, [args.model], args.image_size, args.precision == "int8")
+    check_directory("--output", args.output)  # last: a refused export creates nothing
     return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version,
                 calibration_inputs)
 
@@ -141,25 +141,6 @@ def check_parity(run, reference: torch.Tensor, inputs: torch.Tensor, batch: Batc
     figures = {str(n): parity.compare(reference, parity.predict(run, inputs, n), precision)
                for n in sorted({batch.min, batch.max})}
     return {"reference": parity.REFERENCE, "batches": figures, "passed": all(f["passed"] for f in figures.values())}
-
-
-def onnxruntime_run(path: Path, precision: str):
-    """A function running ``path`` in onnxruntime's CPU provider: fp32 logits for an fp32 batch.
-    Where the CPU provider lacks an fp16 kernel it computes that node in fp32 (onnxruntime inserts the
-    casts), so an fp16 graph is checked for its structure and its fp16 weights, not fp16 arithmetic."""
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    dtype = np.float16 if precision == "fp16" else np.float32
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
-        return torch.from_numpy(logits).float()
-
-    return run
 
 
 def engine_run(path: Path, device: torch.device):
@@ -200,7 +181,7 @@ def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module,
                         opset=args.opset)
         fields = {"format": "onnx", **describe, **graph_io(path), "opset": args.opset, "quantization": quantization,
                   "gpu": None, "tensorrt": None}
-        run = onnxruntime_run(path, plan.precision)
+        run = cpu_session(path, plan.precision)
 
     checked = check_parity(run, reference, inputs, plan.batch, plan.precision)
     if not checked["passed"]:

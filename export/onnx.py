@@ -123,6 +123,25 @@ def graph_io(path: str | os.PathLike) -> dict:
     return {"inputs": inputs, "outputs": outputs, "dynamic_axes": {k: v for k, v in dynamic.items() if v}}
 
 
+def cpu_session(path: str | os.PathLike, precision: str = "fp32"):
+    """A function running ``path`` in onnxruntime's CPU provider: fp32 logits for an fp32 batch.
+    Where the CPU provider lacks an fp16 kernel it computes that node in fp32 (onnxruntime inserts the
+    casts), so an fp16 graph is checked for its structure and its fp16 weights, not fp16 arithmetic."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    dtype = np.float16 if precision == "fp16" else np.float32
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(dtype)})
+        return torch.from_numpy(logits).float()
+
+    return run
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporter prints its progress to stdout, logs a warning per missing torchvision op and

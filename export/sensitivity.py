@@ -14,21 +14,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from export.onnx import BatchRange, export_onnx
+from export.onnx import BatchRange, cpu_session, export_onnx
 from export.quantize import Calibration, layer_names, quantize_onnx
 from resnet_perf import parity
-
-
-def _run(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0]).float()
 
 
 def _sqnr(source: Path, quantized: Path, inputs: Tensor, batch: int, tmp: Path) -> tuple[dict, dict]:
@@ -78,7 +68,7 @@ def analyse(model: nn.Module, calibration: Calibration, inputs: Tensor, referenc
             path = tmp / "int8.onnx"
             quantize_onnx(source, path, Calibration(calibration.inputs, calibration.method, keep_fp),
                           cache_dir=cache_dir or tmp / "calibration")
-            return parity.compare(reference, parity.predict(_run(path), inputs, batch), "int8")
+            return parity.compare(reference, parity.predict(cpu_session(path), inputs, batch), "int8")
 
         whole = figures(calibration.keep_fp)
         weight_sqnr, activation_sqnr = _sqnr(source, tmp / "int8.onnx", inputs, batch, tmp)

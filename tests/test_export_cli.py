@@ -101,8 +101,8 @@ def test_an_artifact_failing_parity_is_not_kept(capsys, tmp_path, monkeypatch):
         run = original(path, precision)
         return lambda x: run(x) * 1.05 + torch.linspace(0, 1, 1000)
 
-    original = cli.onnxruntime_run
-    monkeypatch.setattr(cli, "onnxruntime_run", perturbed)
+    original = cli.cpu_session
+    monkeypatch.setattr(cli, "cpu_session", perturbed)
     code, out, err = run_cli(capsys, *SMALL, "--format", "onnx", "--batch-size", "2", "--output", str(tmp_path))
     assert code == 1 and out == "" and err.count("\n") == 1
     assert "resnet18-fp32.onnx failed parity against the PyTorch model at batch 2" in err and "not kept" in err

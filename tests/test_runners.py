@@ -34,7 +34,7 @@ def test_runner_matches_the_reference(resnet18_32, tmp_path, runner_cls, precisi
     with torch.no_grad():
         reference = resnet18_32(x)
     with runner_cls(resnet18_32, config(tmp_path, precision, batch_size=4)) as runner:
-        logits = predict(lambda b: runner.to_logits(runner.run(runner.to_input(b))), x, 4)
+        logits = predict(runner.infer, x, 4)
     assert logits.dtype == torch.float32 and logits.shape == reference.shape
     assert compare(reference, logits, precision)["passed"]
 

@@ -81,5 +81,5 @@ def test_runner_builds_caches_and_matches_the_reference(tmp_path, precision, cud
         reference = model(x)
     with TensorRTRunner(model, config) as runner:
         assert runner.plan_path().exists() and manifest_path(runner.plan_path()).exists()
-        logits = predict(lambda b: runner.to_logits(runner.run(runner.to_input(b))), x, 4)
+        logits = predict(runner.infer, x, 4)
     assert compare(reference, logits, precision)["passed"]

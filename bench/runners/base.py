@@ -111,6 +111,10 @@ class Runner(abc.ABC):
         """fp32 CPU logits, copied: runners may reuse their output buffers between calls."""
         return self.to_logits_impl(outputs).detach().to("cpu", torch.float32, copy=True)
 
+    def infer(self, batch: Tensor) -> Tensor:
+        """An fp32 NCHW CPU batch to fp32 CPU logits: conversion, the call, and the copy back."""
+        return self.to_logits(self.run(self.to_input(batch)))
+
     def close(self) -> None:
         if self.is_active:
             self.close_impl()
