@@ -24,7 +24,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 import resnet_perf
 from bench import compare, plot, report, scenarios, timing
 from bench import env as bench_env
-from bench.runners import BACKENDS, COMPILE_MODES, PRECISIONS, RUNNERS, RunConfig, Runner, unavailable_reason
+from bench.runners import (
+    BACKENDS,
+    COMPILE_MODES,
+    PRECISIONS,
+    RUNNERS,
+    RunConfig,
+    Runner,
+    ServerOptions,
+    supported_precisions,
+    unavailable_reason,
+)
+from bench.runners.triton_server import check_remote
+from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
+from bench.serving.client import Endpoint, ServerError
 from export import quantize, sensitivity
 from export.atomic import write_text
 from export.manifest import ManifestError, load_manifest
@@ -96,13 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--target-qps", type=positive_float, default=None, help="server: Poisson arrival rate")
     load.add_argument("--max-batch", type=positive_int, default=None,
                       help="server: the dynamic batcher's largest batch (default: --batch-size)")
-    load.add_argument("--max-queue-delay-ms", type=positive_float, default=1.0,
-                      help="server: how long the batcher waits to fill a batch (default 1 ms)")
+    load.add_argument("--max-queue-delay-ms", type=positive_float, default=None,
+                      help=f"server: how long the batcher waits to fill a batch (default {DEFAULT_QUEUE_DELAY_MS:g} ms)")
     load.add_argument("--find-max-qps", action="store_true", help="server: the highest rate whose p99 stays within --p99-ms")
     load.add_argument("--p99-ms", type=positive_float, default=None, help="server: the p99 latency bound LoadGen judges")
     load.add_argument("--mlperf-rules", action="store_true",
                       help="keep LoadGen's own minimum duration and query count (MLPerf's: minutes per run)")
     load.add_argument("--loadgen-logs", default=None, help="keep LoadGen's logs under this folder, one per row")
+    serve = p.add_argument_group("the triton-server backend")
+    serve.add_argument("--server-url", default=None, metavar="grpc://HOST:PORT|http://HOST:PORT",
+                       help="measure the Triton Inference Server running there (default: start one locally)")
+    serve.add_argument("--server-model", default=None, help="the model's name on --server-url (default: --model)")
+    serve.add_argument("--served-backend", default=None,
+                       help="the backend a locally started Triton server hosts (default onnxruntime)")
     return p
 
 
@@ -117,6 +136,7 @@ class Plan:
     image_size: int
     seed: int
     threads: int
+    server: ServerOptions  # the triton-server backend's
     onnx: Path | None = None
     engine: Path | None = None
     weights_digest: str | None = None  # what the reference model must hold when an artifact is given
@@ -187,31 +207,38 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.host_io and device.type != "cuda":
         raise UsageError("--host-io times host-device copies, so it needs --device cuda")
 
+    server = resolve_server(args, models)
     explicit = args.backend != ["all"]
     not_run: dict[str, str] = {}
     if explicit:
         for name in args.backend:
             if name not in BACKENDS:
                 raise UsageError(f"--backend {name!r}: unknown backend; choose from {', '.join(BACKENDS)} or all")
-            reason = unavailable_reason(name, device)
+            reason = unavailable_reason(name, device, server)
             if reason:
                 raise UsageError(f"--backend {name}: not available on {device}: {reason}")
             for precision in precisions:
-                if precision not in RUNNERS[name].precisions(device):
-                    supported = ", ".join(RUNNERS[name].precisions(device))
-                    raise UsageError(f"--precision {precision}: {name} on {device.type} supports {supported}")
+                supported = supported_precisions(name, device, server)
+                if precision not in supported:
+                    raise UsageError(f"--precision {precision}: {name} on {device.type} supports {', '.join(supported)}")
         backends = list(dict.fromkeys(args.backend))
     else:
         backends = []
         for name in BACKENDS:
-            reason = unavailable_reason(name, device)
+            reason = unavailable_reason(name, device, server)
             if reason:
                 not_run[name] = reason
             else:
                 backends.append(name)
         for precision in precisions:
-            if not any(precision in RUNNERS[name].precisions(device) for name in backends):
+            if not any(precision in supported_precisions(name, device, server) for name in backends):
                 raise UsageError(f"--precision {precision}: no backend available here runs it on {device.type}")
+    server_flags = {"--server-url": args.server_url, "--server-model": args.server_model,
+                    "--served-backend": args.served_backend}
+    for flag, value in server_flags.items():
+        if value is not None and "triton-server" not in backends:
+            why = "add it to --backend" if explicit else f"it cannot run here ({not_run['triton-server']})"
+            raise UsageError(f"{flag} applies to the triton-server backend: {why}")
     for flag in manifests:
         if not set(ARTIFACT_BACKENDS[flag]) & set(backends):
             wanted = " or ".join(ARTIFACT_BACKENDS[flag])
@@ -255,10 +282,33 @@ def resolve(args: argparse.Namespace) -> Plan:
         raise UsageError("--eval-samples applies to --eval-data")
     threads = args.threads or torch.get_num_threads()
     digests = {m["weights_digest"] for m in manifests.values()}
-    return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads,
+    return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads, server,
                 onnx=Path(args.onnx) if args.onnx else None, engine=Path(args.engine) if args.engine else None,
                 weights_digest=digests.pop() if digests else None, calibration_inputs=calibration_inputs,
                 evaluation=evaluation)
+
+
+def resolve_server(args: argparse.Namespace, models: list[str]) -> ServerOptions:
+    """The triton-server backend's options: a running server at --server-url, or a local one hosting
+    --served-backend."""
+    if args.server_url is None:
+        if args.server_model is not None:
+            raise UsageError("--server-model names a model on the server at --server-url: give --server-url too")
+        served = args.served_backend or "onnxruntime"
+        if served not in RUNNERS or served == "triton-server":
+            choices = ", ".join(name for name in BACKENDS if name != "triton-server")
+            raise UsageError(f"--served-backend {served!r}: choose from {choices}")
+        return ServerOptions(served=RUNNERS[served], max_queue_delay_ms=args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS)
+    try:
+        Endpoint.parse(args.server_url)
+    except ValueError as exc:
+        raise UsageError(f"--server-url {exc}") from None
+    if args.served_backend is not None:
+        raise UsageError("--served-backend is what a locally started server hosts; the server at --server-url "
+                         "runs what it was given")
+    if len(models) > 1:
+        raise UsageError("--server-url measures one served model: give exactly one --model")
+    return ServerOptions(url=args.server_url, model=args.server_model or models[0])
 
 
 def check_scenario(args: argparse.Namespace) -> None:
@@ -287,10 +337,10 @@ def check_scenario(args: argparse.Namespace) -> None:
         check_directory("--loadgen-logs", args.loadgen_logs)
 
 
-def list_backends(device: torch.device) -> None:
+def list_backends(device: torch.device, server: ServerOptions) -> None:
     console = report.console()
     for name in BACKENDS:
-        reason = unavailable_reason(name, device)
+        reason = unavailable_reason(name, device, server)
         status = "[green]available[/green]" if reason is None else f"[yellow]unavailable[/yellow]: {escape(reason)}"
         console.print(f"{name:<16} {status}", highlight=False)
 
@@ -376,12 +426,18 @@ def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: arg
     settings = scenarios.ScenarioSettings(row.scenario, args.duration, args.target_qps, args.p99_ms,
                                           args.max_queue_delay_ms, args.mlperf_rules, log_dir)
     search = None
+    submit = runner.submit if runner.serves_requests else None
     if args.find_max_qps:
+        # The backend's own report (a server's statistics) covers the last, confirming run.
         result, target, search = scenarios.find_max_qps(runner.infer, inputs, row.batch_size, settings,
-                                                        runner.config.device, expected_s)
+                                                        runner.config.device, expected_s, submit,
+                                                        before_run=runner.mark)
     else:
-        result = scenarios.run(runner.infer, inputs, row.batch_size, settings, runner.config.device, expected_s)
+        runner.mark()
+        result = scenarios.run(runner.infer, inputs, row.batch_size, settings, runner.config.device, expected_s,
+                               submit)
         target = args.target_qps
+    row.serving = runner.window()
     row.throughput_ips = result.completed_samples_per_s
     row.latency_ms = result.latency_ms
     row.samples_ms = result.samples_ms
@@ -415,7 +471,9 @@ def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference
         if row.scenario == "offline":
             # The timed batch is the parity batch's first batch_size inputs (cycled where it is larger).
             batch = next(parity.batches(parity_x, row.batch_size))[0]
+            runner.mark()
             loop_row(runner, row, batch, args)
+            row.serving = runner.window()
             if args.profile:
                 profile_row(runner, row, batch, args)
         else:
@@ -488,7 +546,7 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
                             runner_cls = RUNNERS[backend]
                             if row_key(row) in done:
                                 row = done[row_key(row)]
-                            elif precision not in runner_cls.precisions(plan.device):
+                            elif precision not in supported_precisions(backend, plan.device, plan.server):
                                 row.status = "skipped"
                                 row.error = f"{precision} is not supported by {backend} on {plan.device.type}"
                             elif backend in out_of_memory_at and batch_size > out_of_memory_at[backend]:
@@ -506,7 +564,8 @@ def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.N
                                 config = RunConfig(ident, plan.device, precision, batch_size, plan.image_size,
                                                    plan.threads, cache_dir, args.compile_mode, onnx=plan.onnx,
                                                    engine=plan.engine, cuda_graph=args.cuda_graph,
-                                                   calibration=calibration if precision == "int8" else None)
+                                                   calibration=calibration if precision == "int8" else None,
+                                                   server=plan.server)
                                 bench_row(runner_cls(model, config), row, parity_x, reference, args, evaluation)
                             if row.error == "out of memory":
                                 out_of_memory_at[backend] = batch_size
@@ -534,10 +593,14 @@ def main(argv: list[str] | None = None) -> int:
         return compare.main(argv[1:])
     if argv[:1] == ["report"]:
         return report.main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from bench.serving import serve  # PyTriton and its server only where one is served
+
+        return serve.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         if args.list_backends:
-            list_backends(resolve_device(args.device))
+            list_backends(resolve_device(args.device), resolve_server(args, args.model or ["resnet50"]))
             return 0
         plan = resolve(args)
         weights_model = (
@@ -547,9 +610,13 @@ def main(argv: list[str] | None = None) -> int:
         if plan.device.type == "cuda":
             # Synchronize and CUDA events act on the current device: make it the one measured.
             torch.cuda.set_device(plan.device)
+        if plan.server.url is not None and "triton-server" in plan.backends:
+            check_remote(plan.server.url, plan.server.model, batch_sizes=plan.batch_sizes, image_size=plan.image_size,
+                         classes=weights_model.fc.out_features if weights_model else resnet_perf.IMAGENET_CLASSES,
+                         precisions=plan.precisions)
         env = bench_env.collect(plan.device, plan.threads)
         done = load_resume(args.resume, env) if args.resume else {}
-    except (UsageError, resnet_perf.WeightsError) as exc:
+    except (UsageError, ServerError, resnet_perf.WeightsError) as exc:
         print(f"python -m bench: error: {exc}", file=sys.stderr)
         return 2
 
@@ -570,6 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     report.print_table(rows, console)
     if any(r.profile for r in rows):
         console.print(report.profile_table(rows))
+    if any(r.serving for r in rows):
+        console.print(report.serving_table(rows))
+    for row in rows:
+        if row.serving and isinstance(row.serving["server"], str):
+            console.print(f"[dim]{row.model} {row.backend}: {escape(row.serving['server'])}[/dim]", highlight=False)
     for row in rows:
         if row.sensitivity and row.batch_size == plan.batch_sizes[0]:
             console.print(report.sensitivity_table(row))

@@ -48,6 +48,7 @@ class Row:
     sensitivity: dict | None = None  # with --sensitivity, on int8 onnxruntime rows: per-layer INT8 cost
     accuracy: dict | None = None  # with --eval-data: top-1/top-5 on labelled images, and the fp32 model's
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
+    serving: dict | None = None  # triton-server: the server's own split of the time, the client's, direct
 
     @property
     def ok(self) -> bool:
@@ -204,6 +205,32 @@ def profile_table(rows: list[Row]) -> Table:
             total = sum(r.profile.values())
             cells = [f"{ms:.2f} ({ms / total:.0%})" for ms in r.profile.values()]
             grid.add_row(r.model, r.backend, r.precision, str(r.batch_size), *cells, f"{total:.2f}")
+    return grid
+
+
+def serving_table(rows: list[Row]) -> Table:
+    """What serving costs, per triton-server row: the server's split of a request's time (its
+    statistics), what the client waited beyond it, the hosted backend called directly, and the
+    client's own CPU per request."""
+    grid = Table(title="serving: mean ms per request (server statistics; client send to receive)", title_justify="left")
+    columns = ("model", "prec", "batch", "scenario", "server", "requests", "server batch", "queue", "compute",
+               "server total", "client", "transport", "direct", "overhead vs direct", "client cpu", "client busy")
+    for name in columns:
+        grid.add_column(name, justify="left" if name in ("model", "prec", "scenario", "server") else "right")
+    for r in rows:
+        s = r.serving
+        if not s:
+            continue
+        server = s["server"] if isinstance(s["server"], dict) else {}
+        compute = sum(server.get(f"{k}_ms", math.nan) for k in ("compute_input", "compute_infer", "compute_output"))
+        hosted = f" ({s['hosted_backend']})" if s.get("hosted_backend") else ""
+        grid.add_row(
+            r.model, r.precision, str(r.batch_size), r.scenario, escape(f"{s['url']}{hosted}"), str(s["requests"]),
+            _fmt(server.get("mean_batch"), ".2f"), _fmt(server.get("queue_ms"), ".2f"), _fmt(compute, ".2f"),
+            _fmt(server.get("request_ms"), ".2f"), _fmt(s["client_ms"], ".2f"), _fmt(s.get("transport_ms"), ".2f"),
+            _fmt(s["direct_ms"], ".2f"), _fmt(s["overhead_ms"], "+.2f"), _fmt(s["client_cpu_ms"], ".3f"),
+            _fmt(s["client_busy"], ".0%"),
+        )
     return grid
 
 

@@ -1,6 +1,9 @@
 """MLPerf LoadGen scenarios over any runner: LoadGen issues the queries, times them and judges the run.
 
-The runner is wrapped as a LoadGen system under test (SUT). Its queries go into one queue, and one
+The runner is wrapped as a LoadGen system under test (SUT). A backend with a queue and batcher of
+its own (a server) gets each query as an asynchronous request the moment LoadGen issues it, split
+at the batch size, and completes it when the answer arrives: latency is from send to receive, and
+the server batches. For every other backend, queries go into one queue, and one
 worker thread groups them into runner batches: up to ``max_batch`` samples, waiting at most
 ``max_queue_delay_ms`` for a batch to fill (the Server scenario's dynamic batcher; the other
 scenarios do not wait). Runners take one static batch size, so a short batch is padded by cycling
@@ -30,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,11 @@ from torch import Tensor
 SCENARIOS = ("single-stream", "multi-stream", "server", "offline-loadgen")
 # Below this many queries LoadGen's percentiles rest on too few samples to say anything.
 MIN_QUERIES = 100
+# How long a server scenario's batcher waits to fill a batch when not told.
+DEFAULT_QUEUE_DELAY_MS = 1.0
+
+# A backend's asynchronous request: submit(batch, done), done(logits, error) when it completes.
+Submit = Callable[[Tensor, Callable[[Tensor | None, BaseException | None], None]], None]
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class ScenarioSettings:
     duration_s: float = 5.0
     target_qps: float | None = None  # server
     p99_ms: float | None = None  # server: the latency bound LoadGen judges
-    max_queue_delay_ms: float = 1.0  # server: how long the batcher waits to fill a batch
+    max_queue_delay_ms: float | None = None  # server: how long our batcher waits to fill a batch
     mlperf_rules: bool = False
     log_dir: Path | None = None  # keep LoadGen's logs here; else they go to a temporary folder
 
@@ -129,11 +138,48 @@ class _BatchingSUT:
         self.worker.join()
 
 
+class _RequestSUT:
+    """The system under test for a backend that batches requests itself: every query goes out at
+    once, without waiting for earlier ones, as requests of at most ``batch_size`` samples."""
+
+    def __init__(self, lg, submit: Submit, inputs: Tensor, batch_size: int):
+        self.lg = lg
+        self.submit = submit
+        self.inputs = inputs
+        self.batch_size = batch_size
+        self.latencies_ms: list[float] = []
+        self.error: BaseException | None = None
+
+    def issue(self, samples) -> None:
+        for start in range(0, len(samples), self.batch_size):
+            chunk = samples[start:start + self.batch_size]
+            sent = time.perf_counter()
+            try:
+                self.submit(self.inputs[[sample.index for sample in chunk]], partial(self._done, chunk, sent))
+            except BaseException as exc:  # noqa: BLE001 - reported after the run; LoadGen must still finish
+                self._done(chunk, sent, None, exc)
+
+    def _done(self, chunk, sent: float, _logits, error: BaseException | None) -> None:
+        done = time.perf_counter()
+        if error is not None:
+            self.error = self.error or error
+        self.latencies_ms.extend([(done - sent) * 1e3] * len(chunk))
+        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(sample.id, 0, 0) for sample in chunk])
+
+    def __enter__(self) -> _RequestSUT:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def run(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, settings: ScenarioSettings,
-        device: torch.device, expected_latency_s: float) -> ScenarioResult:
+        device: torch.device, expected_latency_s: float, submit: Submit | None = None) -> ScenarioResult:
     """One LoadGen run of ``settings.scenario`` over ``infer`` (a host batch of ``batch_size`` inputs
-    to host logits), drawing samples from ``inputs``. ``expected_latency_s``, one batch's time,
-    sizes the offline and stream scenarios' query counts as LoadGen asks."""
+    to host logits), drawing samples from ``inputs``; or, given ``submit``, over the backend's own
+    asynchronous requests (``submit(batch, done)``, ``done(logits, error)`` on completion).
+    ``expected_latency_s``, one batch's time, sizes the offline and stream scenarios' query counts
+    as LoadGen asks."""
     import mlperf_loadgen as lg
 
     test = lg.TestSettings()
@@ -154,7 +200,7 @@ def run(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, sett
         test.server_target_qps = settings.target_qps
         # Without a bound from the user, one LoadGen cannot miss: the run reports latency, not a verdict on it.
         test.server_target_latency_ns = round((settings.p99_ms or 3.6e6) * 1e6)
-        delay = settings.max_queue_delay_ms / 1e3
+        delay = (settings.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS) / 1e3
     else:
         test.scenario = lg.TestScenario.Offline
         test.offline_expected_qps = batch_size / expected_latency_s
@@ -170,7 +216,8 @@ def run(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, sett
     log.log_output.copy_summary_to_stdout = False
     log.enable_trace = False
 
-    sut = _BatchingSUT(lg, infer, inputs, batch_size, delay, device)
+    sut = (_RequestSUT(lg, submit, inputs, batch_size) if submit is not None
+           else _BatchingSUT(lg, infer, inputs, batch_size, delay, device))
     lg_sut = lg.ConstructSUT(sut.issue, lambda: None)
     qsl = lg.ConstructQSL(len(inputs), len(inputs), lambda _: None, lambda _: None)
     start = time.perf_counter()
@@ -244,17 +291,20 @@ def _result(log: dict, latencies_ms: list[float], elapsed_s: float, log_dir: str
 
 
 def find_max_qps(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, settings: ScenarioSettings,
-                 device: torch.device, expected_latency_s: float, *, rounds: int = 6,
+                 device: torch.device, expected_latency_s: float, submit: Submit | None = None, *,
+                 before_run: Callable[[], None] = lambda: None, rounds: int = 6,
                  confirmations: int = 3) -> tuple[ScenarioResult, float, list[dict]]:
     """The highest Server rate whose p99 stays within ``settings.p99_ms``, by bisection over LoadGen
     runs, each judged by LoadGen itself, between 0 and a little above the runner's offline rate;
     then a confirming run at that rate (lowered by 10% and run again, up to ``confirmations`` times,
-    if noise makes it miss). Returns the confirming run, its rate, and every run of the search."""
+    if noise makes it miss). ``before_run`` is called before each run. Returns the confirming run,
+    its rate, and every run of the search."""
 
     def attempt(rate: float, label: str) -> ScenarioResult:
         log_dir = None if settings.log_dir is None else settings.log_dir / f"{label}-{rate:.1f}qps"
+        before_run()
         return run(infer, inputs, batch_size, replace(settings, target_qps=rate, log_dir=log_dir), device,
-                   expected_latency_s)
+                   expected_latency_s, submit)
 
     def record(label: str, rate: float, result: ScenarioResult) -> bool:
         met = "latency bound missed" not in result.reasons

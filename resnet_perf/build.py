@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from resnet_perf.models.resnet import MODEL_NAMES, _resnet
+from resnet_perf.models.resnet import IMAGENET_CLASSES, MODEL_NAMES, _resnet
 from resnet_perf.synthetic import calibrate
 
 
@@ -18,7 +18,7 @@ class WeightsError(ValueError):
 
 def build_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int = IMAGENET_CLASSES,
     weights: str | os.PathLike | None = None,
     *,
     image_size: int = 224,
@@ -87,7 +87,7 @@ def layer_names(name: str) -> list[str]:
     """The module names of ``name``'s convolutions and classifier ("conv1", ..., "fc"): the layers
     a user can name, e.g. to keep them out of INT8 quantization."""
     with torch.device("meta"):  # the structure only: no memory, no initialisation
-        model = _resnet(name, 1000)
+        model = _resnet(name, IMAGENET_CLASSES)
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 

@@ -1,39 +1,48 @@
-"""The backends, by their contract names, in the order the table shows them.
-
-Every backend of the contract is listed, so ``--list-backends`` can say why one is missing; those
-not built yet say that, and which issue brings them.
-"""
+"""The backends, by their contract names, in the order the table shows them."""
 
 from __future__ import annotations
 
 import torch
 
-from bench.runners.base import PRECISIONS, RunConfig, Runner
+from bench.runners.base import PRECISIONS, RunConfig, Runner, ServerOptions
 from bench.runners.compile import COMPILE_MODES, CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
 from bench.runners.onnxruntime_trt import OnnxRuntimeTrtRunner
 from bench.runners.tensorrt import TensorRTRunner
 from bench.runners.triton import TritonRunner
+from bench.runners.triton_server import TritonServerRunner
+from bench.serving import local
 
 RUNNERS: dict[str, type[Runner]] = {
     runner.name: runner
-    for runner in (EagerRunner, CompileRunner, OnnxRuntimeRunner, OnnxRuntimeTrtRunner, TensorRTRunner, TritonRunner)
+    for runner in (EagerRunner, CompileRunner, OnnxRuntimeRunner, OnnxRuntimeTrtRunner, TensorRTRunner, TritonRunner,
+                   TritonServerRunner)
 }
-
-# Backends of the contract whose runners are not in this version yet.
-_NOT_BUILT = {
-    "triton-server": "the Triton Inference Server runner is not built yet (serving issue)",
-}
-
-BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "triton", "triton-server")
+BACKENDS: tuple[str, ...] = tuple(RUNNERS)
 
 
-def unavailable_reason(backend: str, device: torch.device) -> str | None:
-    """None when ``backend`` can run on ``device`` here, else why not."""
-    if backend in RUNNERS:
-        return RUNNERS[backend].unavailable_reason(device)
-    return _NOT_BUILT[backend]
+def _hosts(backend: str, server: ServerOptions | None) -> bool:
+    """Whether ``backend`` here is a server we start, hosting another backend."""
+    return backend == TritonServerRunner.name and server is not None and server.url is None
 
 
-__all__ = ["BACKENDS", "COMPILE_MODES", "PRECISIONS", "RUNNERS", "RunConfig", "Runner", "unavailable_reason"]
+def unavailable_reason(backend: str, device: torch.device, server: ServerOptions | None = None) -> str | None:
+    """None when ``backend`` can run on ``device`` here, else why not. A triton-server started
+    locally also needs PyTriton and the backend it hosts."""
+    reason = RUNNERS[backend].unavailable_reason(device)
+    if reason is None and _hosts(backend, server):
+        reason = local.missing_reason()
+        hosted = server.served.unavailable_reason(device)
+        if reason is None and hosted is not None:
+            reason = f"its hosted backend {server.served.name}: {hosted}"
+    return reason
+
+
+def supported_precisions(backend: str, device: torch.device, server: ServerOptions | None = None) -> tuple[str, ...]:
+    """The precisions ``backend`` runs on ``device``: for a locally started server, its hosted backend's."""
+    return server.served.precisions(device) if _hosts(backend, server) else RUNNERS[backend].precisions(device)
+
+
+__all__ = ["BACKENDS", "COMPILE_MODES", "PRECISIONS", "RUNNERS", "RunConfig", "Runner", "ServerOptions",
+           "supported_precisions", "unavailable_reason"]

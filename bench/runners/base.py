@@ -26,6 +26,16 @@ PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float
 
 
 @dataclass(frozen=True)
+class ServerOptions:
+    """The triton-server backend's: a running server to measure, or what a local one hosts."""
+
+    url: str | None = None  # grpc://HOST:PORT or http://HOST:PORT; None starts a server locally
+    model: str | None = None  # the model's name on that server (a local server names it after the model)
+    served: type[Runner] | None = None  # the backend a local server hosts
+    max_queue_delay_ms: float = 1.0  # a local server's dynamic batcher
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a runner needs besides the model. ``model_id`` names the model's weights (name
     and content hash), so that cached artifacts of one model are never served for another."""
@@ -42,6 +52,7 @@ class RunConfig:
     engine: Path | None = None  # --engine: a TensorRT plan to run instead of building one
     cuda_graph: bool = False  # --cuda-graph: replay the tensorrt backend's launches as one CUDA graph
     calibration: Calibration | None = None  # int8: what quantization is calibrated on
+    server: ServerOptions | None = None  # triton-server: which server, and what it serves
 
     @property
     def dtype(self) -> torch.dtype:
@@ -62,6 +73,9 @@ class RunConfig:
 
 class Runner(abc.ABC):
     name: ClassVar[str]
+    # A backend with a queue and batcher of its own (a server) takes LoadGen's queries as they come,
+    # through submit(), instead of the harness's batcher calling infer().
+    serves_requests: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str | None:
@@ -114,6 +128,18 @@ class Runner(abc.ABC):
     def infer(self, batch: Tensor) -> Tensor:
         """An fp32 NCHW CPU batch to fp32 CPU logits: conversion, the call, and the copy back."""
         return self.to_logits(self.run(self.to_input(batch)))
+
+    def submit(self, batch: Tensor, done: Any) -> None:
+        """Start inference on an fp32 NCHW CPU batch of any size up to the configured one without
+        waiting; ``done(logits, None)`` or ``done(None, error)`` follows. Backends that serve requests."""
+        raise NotImplementedError(f"{self.name} does not take requests asynchronously")
+
+    def mark(self) -> None:
+        """The start of a measured window, for ``window``."""
+
+    def window(self) -> dict | None:
+        """What the backend itself saw since ``mark`` (a server's own split of the time), or None."""
+        return None
 
     def close(self) -> None:
         if self.is_active:

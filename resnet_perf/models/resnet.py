@@ -20,6 +20,9 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+# The classifier width of every model built without weights that say otherwise (torchvision's too).
+IMAGENET_CLASSES = 1000
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -89,7 +92,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000):
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = IMAGENET_CLASSES):
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
@@ -166,21 +169,21 @@ def _resnet(name: str, num_classes: int) -> ResNet:
     return ResNet(block, layers, num_classes=num_classes)
 
 
-def resnet18(num_classes: int = 1000) -> ResNet:
+def resnet18(num_classes: int = IMAGENET_CLASSES) -> ResNet:
     return _resnet("resnet18", num_classes)
 
 
-def resnet34(num_classes: int = 1000) -> ResNet:
+def resnet34(num_classes: int = IMAGENET_CLASSES) -> ResNet:
     return _resnet("resnet34", num_classes)
 
 
-def resnet50(num_classes: int = 1000) -> ResNet:
+def resnet50(num_classes: int = IMAGENET_CLASSES) -> ResNet:
     return _resnet("resnet50", num_classes)
 
 
-def resnet101(num_classes: int = 1000) -> ResNet:
+def resnet101(num_classes: int = IMAGENET_CLASSES) -> ResNet:
     return _resnet("resnet101", num_classes)
 
 
-def resnet152(num_classes: int = 1000) -> ResNet:
+def resnet152(num_classes: int = IMAGENET_CLASSES) -> ResNet:
     return _resnet("resnet152", num_classes)

@@ -1,0 +1,219 @@
+"""``triton-server``: the model behind a real Triton Inference Server, measured through its client.
+
+With ``--server-url`` the server is one already running (a deployment, or one serving the
+repository ``python -m export --format triton-repo`` writes); without it, a local server started
+through PyTriton hosts another of our runners (``--served-backend``). Every call goes over gRPC or
+HTTP: latency is from send to receive, and each measured window also carries the server's own
+split of that time from its statistics (queue, compute), the client's share, and for a local
+server the hosted backend's time when called directly, so a row shows what serving costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench import timing
+from bench.runners.base import PRECISIONS, Runner
+from bench.serving.client import DATATYPES, Endpoint, ModelInterface, ServerError, TritonClient
+from bench.serving.local import LocalServer
+
+
+def check_interface(interface: ModelInterface, model: str, *, batch_size: int, image_size: int, classes: int,
+                    precision: str) -> None:
+    """Raise ServerError unless the served model ``model`` takes (3, image_size, image_size)
+    images, returns ``classes`` logits, accepts a batch of ``batch_size``, and its input datatype
+    fits ``precision``."""
+    where = f"served model {model!r}"
+    batched = interface.max_batch_size > 0
+    head = () if batched else (batch_size,)
+    want_in, want_out = (*head, 3, image_size, image_size), (*head, classes)
+
+    def fits(shape: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+        return len(shape) == len(wanted) and all(d in (-1, w) for d, w in zip(shape, wanted))
+
+    if batched and batch_size > interface.max_batch_size:
+        raise ServerError(f"{where} takes batches of at most {interface.max_batch_size}; this run asks for {batch_size}")
+    if not batched and interface.input_shape and interface.input_shape[0] not in (-1, batch_size):
+        raise ServerError(f"{where} is not batched by the server and takes batches of exactly "
+                          f"{interface.input_shape[0]}: pass --batch-size {interface.input_shape[0]}")
+    if not fits(interface.input_shape, want_in):
+        raise ServerError(f"{where} takes {interface.input_name} of shape {list(interface.input_shape)}; "
+                          f"this run's model takes {list(want_in)}")
+    if not fits(interface.output_shape, want_out):
+        raise ServerError(f"{where} returns {interface.output_name} of shape {list(interface.output_shape)}; "
+                          f"this run's model returns {list(want_out)}")
+    if interface.datatype not in DATATYPES:
+        raise ServerError(f"{where} takes {interface.datatype} inputs; resnet-perf sends FP32 or FP16")
+    if interface.datatype == "FP16" and precision != "fp16":
+        raise ServerError(f"{where} takes FP16 inputs: it is a fp16 model, run it with --precision fp16")
+
+
+def check_remote(url: str, model: str, *, batch_sizes: list[int], image_size: int, classes: int,
+                 precisions: list[str]) -> None:
+    """Readiness and the served model's interface, checked before any row runs (ServerError if not)."""
+    client = TritonClient(Endpoint.parse(url), model)
+    try:
+        client.check_ready()
+        interface = client.interface()
+        for batch_size in batch_sizes:
+            for precision in precisions:
+                check_interface(interface, model, batch_size=batch_size, image_size=image_size, classes=classes,
+                                precision=precision)
+    finally:
+        client.close()
+
+
+def _delta(before: dict, after: dict, key: str) -> tuple[int, float]:
+    """Requests counted and their mean milliseconds in one of Triton's inference statistics."""
+    def read(stats: dict) -> tuple[int, int]:
+        entry = stats.get("inference_stats", {}).get(key, {})
+        return int(entry.get("count", 0)), int(entry.get("ns", 0))
+
+    (c0, ns0), (c1, ns1) = read(before), read(after)
+    return c1 - c0, ((ns1 - ns0) / (c1 - c0) / 1e6 if c1 > c0 else float("nan"))
+
+
+class TritonServerRunner(Runner):
+    name = "triton-server"
+    serves_requests = True
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str | None:
+        if importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("aiohttp") is None:
+            return "tritonclient is not installed (pip install 'tritonclient[grpc,http]', or -e '.[serve]')"
+        return None
+
+    @classmethod
+    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+        # A remote server runs whatever it was given; a local one what its hosted backend runs
+        # (the CLI checks that against --served-backend).
+        return tuple(PRECISIONS)
+
+    def prepare_impl(self) -> None:
+        c, options = self.config, self.config.server
+        self.hosted = self.local = self.client = None
+        self.direct_ms = None
+        try:
+            if options.url is None:
+                self._start_local(options)
+                endpoint, model = self.local.grpc, self.local.name
+            else:
+                endpoint, model = Endpoint.parse(options.url), options.model
+            self.client = TritonClient(endpoint, model)
+            self.client.check_ready()
+            self.interface = self.client.interface()
+            check_interface(self.interface, model, batch_size=c.batch_size, image_size=c.image_size,
+                            classes=self.model.fc.out_features, precision=c.precision)
+        except BaseException:
+            self.close_impl()
+            raise
+        self.dtype = DATATYPES[self.interface.datatype]
+        self.request_ms: list[float] = []
+        self.marked: tuple | None = None
+
+    def _start_local(self, options) -> None:
+        """The hosted backend prepared and timed on its own (the direct time), then served."""
+        c = self.config
+        self.hosted = options.served(self.model, replace(self.config, server=None))
+        self.hosted.prepare()
+        batch = torch.randn(c.input_shape, generator=torch.Generator().manual_seed(0))
+        # Host batch to host logits, as the server calls it.
+        direct = timing.measure(lambda: self.hosted.infer(batch), torch.device("cpu"), warmup=3, iters=10)
+        self.direct_ms = float(np.median(direct.samples_ms))
+        self.local = LocalServer(self.hosted, c.model_id, options.max_queue_delay_ms)
+        self.local.start()
+
+    def _padded(self, batch: Tensor) -> np.ndarray:
+        # A model the server does not batch takes one shape: a short request is padded by cycling.
+        size = self.config.batch_size
+        if self.interface.max_batch_size == 0 and len(batch) < size:
+            batch = batch[[i % len(batch) for i in range(size)]]
+        return batch.numpy().astype(self.dtype, copy=False)
+
+    def to_input_impl(self, batch: Tensor) -> np.ndarray:
+        return self._padded(batch)
+
+    def run_impl(self, inputs: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        outputs = self.client.infer(self.interface, inputs)
+        self.request_ms.append((time.perf_counter() - start) * 1e3)
+        return outputs
+
+    def to_logits_impl(self, outputs: np.ndarray) -> Tensor:
+        return torch.tensor(outputs)  # the client's arrays are read-only views of its buffers
+
+    def submit(self, batch: Tensor, done: Any) -> None:
+        n, start = len(batch), time.perf_counter()
+
+        def finished(outputs: np.ndarray | None, error: BaseException | None) -> None:
+            self.request_ms.append((time.perf_counter() - start) * 1e3)
+            done(None if outputs is None else torch.tensor(outputs[:n]), error)
+
+        self.client.submit(self.interface, self._padded(batch), finished)
+
+    def mark(self) -> None:
+        self.marked = (len(self.request_ms), self._statistics(), self.client.cpu_seconds(), time.perf_counter())
+
+    def _statistics(self) -> dict | str:
+        """The model's statistics, or why the server would not give them (a deployment may restrict them)."""
+        try:
+            return self.client.statistics()
+        except Exception as exc:  # noqa: BLE001 - the row keeps its timing without the server's split
+            return f"statistics unavailable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+    def window(self) -> dict | None:
+        first, before, cpu_before, start = self.marked
+        wall_s = time.perf_counter() - start
+        cpu_s = self.client.cpu_seconds() - cpu_before
+        after = self._statistics()
+        requests = self.request_ms[first:]
+        client_ms = float(np.mean(requests)) if requests else float("nan")
+        report = {
+            "url": self.client.endpoint.url,
+            "model": self.client.model,
+            "platform": self.interface.platform,
+            "hosted_backend": None if self.hosted is None else self.hosted.name,
+            "max_batch_size": self.interface.max_batch_size,
+            "max_queue_delay_ms": self.interface.max_queue_delay_ms,
+            "requests": len(requests),
+            "client_ms": client_ms,
+            # CPU the client's own thread spent (building, sending, receiving, decoding requests).
+            "client_cpu_ms": cpu_s / len(requests) * 1e3 if requests else float("nan"),
+            "client_busy": cpu_s / wall_s,
+            "direct_ms": self.direct_ms,
+            "overhead_ms": None if self.direct_ms is None else client_ms - self.direct_ms,
+        }
+        if isinstance(before, str) or isinstance(after, str):
+            report["server"] = before if isinstance(before, str) else after
+            return report
+        served, server_ms = _delta(before, after, "success")
+        executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+        inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+        report["server"] = {
+            "requests": served,
+            "batches": executions,
+            "mean_batch": inferences / executions if executions else float("nan"),
+            "request_ms": server_ms,
+            **{f"{key}_ms": _delta(before, after, key)[1]
+               for key in ("queue", "compute_input", "compute_infer", "compute_output")},
+            "failed": _delta(before, after, "fail")[0],
+        }
+        # What the client waited beyond the server's own time: the network, (de)serialisation, the client.
+        report["transport_ms"] = client_ms - server_ms
+        return report
+
+    def close_impl(self) -> None:
+        # The client first, then the server, then what it hosted: each even if an earlier one fails.
+        with contextlib.ExitStack() as stack:
+            for part, stop in ((self.hosted, "close"), (self.local, "stop"), (self.client, "close")):
+                if part is not None:
+                    stack.callback(getattr(part, stop))
+            self.client = self.local = self.hosted = None
