@@ -381,10 +381,13 @@ def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[
 
 
 def loop_row(runner: Runner, row: report.Row, batch: torch.Tensor, args: argparse.Namespace) -> None:
-    """The offline scenario: the fixed-batch loop, timed call by call, --repeat times over."""
+    """The offline scenario: the fixed-batch loop, timed call by call, --repeat times over. The
+    backend's own report (a server's statistics) covers the last repetition's timed calls."""
     call = timed_call(runner, batch, args.host_io)
-    runs = [timing.measure(call, runner.config.device, warmup=args.warmup, iters=args.iters, min_time=args.min_time)
+    runs = [timing.measure(call, runner.config.device, warmup=args.warmup, iters=args.iters, min_time=args.min_time,
+                           before_timed=runner.mark)
             for _ in range(args.repeat)]
+    row.serving = runner.window()
     row.first_run_ms = runs[0].first_run_ms
     row.samples_ms = [sample for run in runs for sample in run.samples_ms]
     row.iters = len(row.samples_ms)
@@ -471,9 +474,7 @@ def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference
         if row.scenario == "offline":
             # The timed batch is the parity batch's first batch_size inputs (cycled where it is larger).
             batch = next(parity.batches(parity_x, row.batch_size))[0]
-            runner.mark()
             loop_row(runner, row, batch, args)
-            row.serving = runner.window()
             if args.profile:
                 profile_row(runner, row, batch, args)
         else:

@@ -25,9 +25,12 @@ for a conclusive one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -222,7 +225,7 @@ def run(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, sett
     qsl = lg.ConstructQSL(len(inputs), len(inputs), lambda _: None, lambda _: None)
     start = time.perf_counter()
     try:
-        with sut:
+        with sut, _interrupt_after():
             lg.StartTestWithLogSettings(lg_sut, qsl, test, log)
     finally:
         lg.DestroyQSL(qsl)
@@ -235,6 +238,31 @@ def run(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, sett
     finally:
         if scratch is not None:
             scratch.cleanup()
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold a Ctrl-C until the LoadGen run ends, then raise it. Raised inside LoadGen (in one of our
+    callbacks on its issuing thread), it would unwind LoadGen's C++ frames past threads it never
+    joins, and the process would abort at exit. A second Ctrl-C does not wait."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def hold(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+        print("python -m bench: Ctrl-C: stopping when this LoadGen run ends (again to stop now)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def read_detail_log(path: Path) -> dict:

@@ -29,13 +29,16 @@ def measure(
     warmup: int,
     iters: int,
     min_time: float | None = None,
+    before_timed: Callable[[], None] = lambda: None,
 ) -> Timing:
     """Time ``run``: once alone (first_run_ms), ``warmup`` times untimed, then ``iters`` timed
-    calls, or with ``min_time`` as many calls as fill that many seconds (at least ``iters``)."""
+    calls, or with ``min_time`` as many calls as fill that many seconds (at least ``iters``).
+    ``before_timed`` is called between the warm-up and the timed calls."""
     clock = _cuda_call_ms if device.type == "cuda" else _cpu_call_ms
     first = clock(run)
     for _ in range(warmup):
         run()
+    before_timed()
     samples: list[float] = []
     elapsed_ms = 0.0
     while len(samples) < iters or (min_time is not None and elapsed_ms < min_time * 1e3):

@@ -16,6 +16,7 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import socket
 import sysconfig
 import tempfile
@@ -64,6 +65,22 @@ def _own_libpython():
             os.environ.pop("LD_LIBRARY_PATH", None)
         else:
             os.environ["LD_LIBRARY_PATH"] = before
+
+
+def _kill_under(folder: str) -> None:
+    """Kill every process whose executable lies under ``folder``. A server that died abruptly (killed,
+    out of memory) leaves its Python-backend stubs running, each holding shared memory; they run
+    from the server's copy in our scratch folder, so that folder names them exactly."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            executable = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if executable.startswith(folder + os.sep):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 class LocalServer:
@@ -121,9 +138,10 @@ class LocalServer:
             with _own_libpython():
                 self.triton.run()
         except Exception as exc:
-            reason = self.log_tail() or str(exc)
+            log = self.log_tail()
             self.stop()
-            raise RuntimeError(f"the local Triton server did not start: {reason}") from None
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeError(f"the local Triton server did not start: {why}" + (f" (its log: {log})" if log else "")) from None
 
     def alive(self) -> bool:
         """The server process and the model it serves are both up."""
@@ -134,10 +152,12 @@ class LocalServer:
         return Path(self.scratch.name) / "tritonserver.log"
 
     def log_tail(self) -> str:
-        """The server's last error line, if its log has one."""
+        """The server's last error line, if its log has one. (Triton logs errors as E<date> lines;
+        one about config modification times comes with every PyTriton model and means nothing.)"""
         if self.scratch is None or not self.log_path.exists():
             return ""
-        errors = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.startswith("E")]
+        errors = [line for line in self.log_path.read_text(errors="replace").splitlines()
+                  if line.startswith("E") and "modification time" not in line]
         return errors[-1] if errors else ""
 
     def stop(self) -> None:
@@ -150,5 +170,6 @@ class LocalServer:
         finally:
             self.triton = None
             if self.scratch is not None:
+                _kill_under(self.scratch.name)
                 self.scratch.cleanup()
                 self.scratch = None
