@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.runners import BACKENDS, RUNNERS, RunConfig, unavailable_reason
+from bench.runners import BACKENDS, RUNNERS, RunConfig, ServerOptions, unavailable_reason
+from bench.serving.local import missing_reason
 from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
@@ -86,7 +87,7 @@ def test_onnx_export_is_cached(resnet18_32, tmp_path):
 
 def test_every_contract_backend_is_listed():
     assert BACKENDS == ("eager", "compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "triton", "triton-server")
-    assert set(RUNNERS) <= set(BACKENDS)
+    assert set(RUNNERS) == set(BACKENDS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only answers differ on a GPU machine")
@@ -99,7 +100,11 @@ def test_unavailable_backends_say_why_on_cpu(monkeypatch):
     assert "needs --device cuda, or TRITON_INTERPRET=1 on CPU" in unavailable_reason("triton", CPU)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert unavailable_reason("triton", CPU) is None
-    assert "not built yet" in unavailable_reason("triton-server", CPU)
+    # A server started locally needs the backend it hosts; one at a URL needs only the client.
+    hosting_tensorrt = ServerOptions(served=RUNNERS["tensorrt"])
+    expected = missing_reason() or "its hosted backend tensorrt: TensorRT is not installed"
+    assert expected in unavailable_reason("triton-server", CPU, hosting_tensorrt)
+    assert unavailable_reason("triton-server", CPU, ServerOptions(url="grpc://127.0.0.1:8001")) is None
 
 
 def test_cpu_precisions():
