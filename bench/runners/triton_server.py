@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from bench import timing
-from bench.runners.base import PRECISIONS, Runner
+from bench.runners.base import PRECISIONS, Runner, ServerOptions
 from bench.serving.client import DATATYPES, Endpoint, ModelInterface, ServerError, TritonClient
 from bench.serving.local import LocalServer
 
@@ -119,7 +119,7 @@ class TritonServerRunner(Runner):
         self.request_ms: list[float] = []
         self.marked: tuple | None = None
 
-    def _start_local(self, options) -> None:
+    def _start_local(self, options: ServerOptions) -> None:
         """The hosted backend prepared and timed on its own (the direct time), then served."""
         c = self.config
         self.hosted = options.served(self.model, replace(self.config, server=None))

@@ -137,7 +137,7 @@ class LocalServer:
         try:
             with _own_libpython():
                 self.triton.run()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - PyTriton raises its own and builtin types; all end the start
             log = self.log_tail()
             self.stop()
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
