@@ -151,6 +151,18 @@ def test_remote_server_under_loadgen(capsys, tmp_path, served):
     assert direct["status"] == "ok" and direct["serving"] is None
 
 
+@pytest.mark.parametrize(("scenario", "batch", "per_request"), [("single-stream", [], 1),
+                                                                ("multi-stream", ["--batch-size", "4"], 4)])
+def test_stream_scenarios_through_a_remote_server(capsys, tmp_path, served, scenario, batch, per_request):
+    code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--server-url", served["http"],
+                                "--server-model", "r18", "--scenario", scenario, *batch, "--duration", "1")
+    assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
+    # One request per LoadGen query, holding the query's samples; the server counted each.
+    s = row["serving"]
+    assert s["requests"] == s["server"]["requests"] == len(row["samples_ms"]) // per_request >= 100
+    assert s["server"]["mean_batch"] == per_request
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
