@@ -22,7 +22,7 @@ from torch import Tensor
 
 from bench import timing
 from bench.runners.base import PRECISIONS, Runner, ServerOptions
-from bench.serving.client import DATATYPES, Endpoint, ModelInterface, ServerError, TritonClient
+from bench.serving.client import DATATYPES, Endpoint, ModelInterface, ServerError, TritonClient, first_line
 from bench.serving.local import LocalServer
 
 
@@ -167,7 +167,7 @@ class TritonServerRunner(Runner):
         try:
             return self.client.statistics()
         except Exception as exc:  # noqa: BLE001 - the row keeps its timing without the server's split
-            return f"statistics unavailable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            return f"statistics unavailable: {first_line(exc)}"
 
     def window(self) -> dict | None:
         first, before, cpu_before, start = self.marked

@@ -106,13 +106,13 @@ class TritonClient:
         try:
             ready = self.call(self.client.is_server_ready(), timeout=10)
         except Exception as exc:  # noqa: BLE001 - every way of not answering is the same answer
-            raise ServerError(f"{where} does not answer: {_first_line(exc)}") from None
+            raise ServerError(f"{where} does not answer: {first_line(exc)}") from None
         if not ready:
             raise ServerError(f"{where} answers but is not ready")
         try:
             model_ready = self.call(self.client.is_model_ready(self.model), timeout=10)
         except Exception as exc:  # noqa: BLE001
-            raise ServerError(f"{where}: model {self.model!r}: {_first_line(exc)}") from None
+            raise ServerError(f"{where}: model {self.model!r}: {first_line(exc)}") from None
         if not model_ready:
             raise ServerError(f"{where} has no model {self.model!r} ready (see its /v2/repository/index)")
 
@@ -194,6 +194,7 @@ def _datatype(array: np.ndarray) -> str:
     raise TypeError(f"no Triton datatype for {array.dtype}")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (servers answer with multi-line tracebacks), or its type."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

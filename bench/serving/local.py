@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.runners.base import Runner
-from bench.serving.client import Endpoint
+from bench.serving.client import Endpoint, first_line
 from export.onnx import INPUT_NAME, OUTPUT_NAME
 
 
@@ -140,8 +140,8 @@ class LocalServer:
         except Exception as exc:  # noqa: BLE001 - PyTriton raises its own and builtin types; all end the start
             log = self.log_tail()
             self.stop()
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"the local Triton server did not start: {why}" + (f" (its log: {log})" if log else "")) from None
+            raise RuntimeError(f"the local Triton server did not start: {first_line(exc)}"
+                               + (f" (its log: {log})" if log else "")) from None
 
     def alive(self) -> bool:
         """The server process and the model it serves are both up."""
