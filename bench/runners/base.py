@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from export.quantize import Calibration
 
 # The dtype of each precision's inputs and outputs. An int8 model takes and returns fp32: its
@@ -32,7 +33,7 @@ class ServerOptions:
     url: str | None = None  # grpc://HOST:PORT or http://HOST:PORT; None starts a server locally
     model: str | None = None  # the model's name on that server (a local server names it after the model)
     served: type[Runner] | None = None  # the backend a local server hosts
-    max_queue_delay_ms: float = 1.0  # a local server's dynamic batcher
+    max_queue_delay_ms: float = DEFAULT_QUEUE_DELAY_MS  # a local server's dynamic batcher
 
 
 @dataclass(frozen=True)

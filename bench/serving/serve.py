@@ -16,6 +16,7 @@ import torch
 
 import resnet_perf
 from bench.runners import BACKENDS, RUNNERS, RunConfig
+from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving.local import LocalServer, missing_reason
 from resnet_perf.cli import (
     Parser,
@@ -40,8 +41,8 @@ def build_parser() -> Parser:
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16, as the backend supports")
     p.add_argument("--image-size", type=positive_int, default=224)
     p.add_argument("--max-batch", type=positive_int, default=8, help="the largest batch the server forms (default 8)")
-    p.add_argument("--max-queue-delay-ms", type=positive_float, default=1.0,
-                   help="how long the server's batcher waits to fill a batch (default 1 ms)")
+    p.add_argument("--max-queue-delay-ms", type=positive_float, default=DEFAULT_QUEUE_DELAY_MS,
+                   help=f"how long the server's batcher waits to fill a batch (default {DEFAULT_QUEUE_DELAY_MS:g} ms)")
     p.add_argument("--weights", default=None, help="state_dict file; default: the synthetic model of --seed")
     p.add_argument("--seed", type=rng_seed, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="CPU intra-op threads (default: torch's)")
