@@ -153,7 +153,7 @@ class TritonClient:
         tensor = self.protocol.InferInput(interface.input_name, list(array.shape), _datatype(array))
         tensor.set_data_from_numpy(array)
         outputs = [self.protocol.InferRequestedOutput(interface.output_name)]
-        result = await asyncio.wait_for(self.client.infer(self.model, [tensor], outputs=outputs), REQUEST_TIMEOUT_S)
+        result = await self.client.infer(self.model, [tensor], outputs=outputs)
         return result.as_numpy(interface.output_name)
 
     def infer(self, interface: ModelInterface, array: np.ndarray) -> np.ndarray:
@@ -165,7 +165,7 @@ class TritonClient:
         on the client's thread when the answer (or the failure) arrives."""
         async def request() -> None:
             try:
-                outputs = await self._infer(interface, array)
+                outputs = await asyncio.wait_for(self._infer(interface, array), REQUEST_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - handed to the caller, who decides
                 done(None, exc)
             else:
