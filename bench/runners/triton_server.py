@@ -81,6 +81,13 @@ def _delta(before: dict, after: dict, key: str) -> tuple[int, float]:
     return c1 - c0, ((ns1 - ns0) / (c1 - c0) / 1e6 if c1 > c0 else float("nan"))
 
 
+def _counted(stats: dict | str) -> int | None:
+    """Requests the server has finished, failed ones included; None where it gave no statistics."""
+    if isinstance(stats, str):
+        return None
+    return sum(_delta({}, stats, key)[0] for key in ("success", "fail"))
+
+
 class TritonServerRunner(Runner):
     name = "triton-server"
     serves_requests = True
@@ -118,6 +125,8 @@ class TritonServerRunner(Runner):
         self.dtype = DATATYPES[self.interface.datatype]
         self.request_ms: list[float] = []
         self.marked: tuple | None = None
+        # The server's count of requests before this runner sent any (others may share the server).
+        self.counted_before = _counted(self._statistics()) or 0
 
     def _start_local(self, options: ServerOptions) -> None:
         """The hosted backend prepared and timed on its own (the direct time), then served."""
@@ -160,7 +169,7 @@ class TritonServerRunner(Runner):
         self.client.submit(self.interface, self._padded(batch), finished)
 
     def mark(self) -> None:
-        self.marked = (len(self.request_ms), self._statistics(), self.client.cpu_seconds(), time.perf_counter())
+        self.marked = (len(self.request_ms), self._settled_statistics(), self.client.cpu_seconds(), time.perf_counter())
 
     def _statistics(self) -> dict | str:
         """The model's statistics, or why the server would not give them (a deployment may restrict them)."""
@@ -169,11 +178,25 @@ class TritonServerRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - the row keeps its timing without the server's split
             return f"statistics unavailable: {first_line(exc)}"
 
+    def _settled_statistics(self) -> dict | str:
+        """The statistics once the server has counted every request this runner completed: Triton
+        counts a request a moment after it answers, so a read right after the last answer can miss
+        it (and the next window would count it). Waits at most a second: a request that never
+        reached the server is never counted."""
+        deadline = time.perf_counter() + 1.0
+        while True:
+            stats = self._statistics()
+            counted = _counted(stats)
+            if (counted is None or counted >= self.counted_before + len(self.request_ms)
+                    or time.perf_counter() > deadline):
+                return stats
+            time.sleep(0.002)
+
     def window(self) -> dict | None:
         first, before, cpu_before, start = self.marked
         wall_s = time.perf_counter() - start
         cpu_s = self.client.cpu_seconds() - cpu_before
-        after = self._statistics()
+        after = self._settled_statistics()
         requests = self.request_ms[first:]
         client_ms = float(np.mean(requests)) if requests else float("nan")
         report = {
