@@ -39,7 +39,7 @@ from bench.runners.triton_server import check_remote
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving.client import Endpoint, ServerError
 from export import quantize, sensitivity
-from export.atomic import write_text
+from resnet_perf.atomic import write_text
 from export.manifest import ManifestError, load_manifest
 from resnet_perf import parity
 from resnet_perf.cli import (

@@ -314,7 +314,7 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
 def main(argv: list[str]) -> int:
     """``python -m bench report RUN.json... --output DIR``: a Markdown report with tables and plots."""
     from bench.plot import write_plot
-    from export.atomic import write_text
+    from resnet_perf.atomic import write_text
     from resnet_perf.cli import Parser, UsageError, check_directory
 
     parser = Parser(prog="python -m bench report", description=main.__doc__.split(":", 1)[1].strip())

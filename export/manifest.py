@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from export.atomic import write_text
+from resnet_perf.atomic import write_text
 
 SCHEMA = "resnet-perf/manifest/1"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.atomic import atomic_path
+from resnet_perf.atomic import atomic_path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

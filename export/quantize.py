@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from export.atomic import atomic_path
+from resnet_perf.atomic import atomic_path
 from export.manifest import sha256_file
 
 METHODS = ("minmax", "entropy", "percentile")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from export.atomic import atomic_path
+from resnet_perf.atomic import atomic_path
 from export.manifest import check_engine_target, load_manifest, sha256_file, versions
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, BatchRange, export_onnx, graph_io
 from export.quantize import Calibration, export_quantized
