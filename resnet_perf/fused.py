@@ -2,8 +2,9 @@
 
 Built from an eval-mode reference model by ``fuse``: BatchNorm is folded into the convs
 (resnet_perf.fold), and the weights are cast and re-laid out once (K innermost, see
-kernels.fused_conv2d.pack_weight), so a forward pass does no weight work. The stem's max-pool,
-the global average pool and the classifier stay PyTorch: they are a small share of the time.
+kernels.fused_conv2d.pack_weight; the 3-channel stem's padded to 4 channels, as its kernel path
+wants), so a forward pass does no weight work. The stem's max-pool, the global average pool and
+the classifier stay PyTorch: they are a small share of the time.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from resnet_perf.fold import fold_batchnorm
-from resnet_perf.models.resnet import BasicBlock, Bottleneck, ResNet
+from resnet_perf.models.resnet import IMAGENET_CLASSES, BasicBlock, Bottleneck, ResNet, _resnet
 
 
 class FusedConv(nn.Module):
@@ -20,11 +21,15 @@ class FusedConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, relu: bool, dtype: torch.dtype):
         super().__init__()
-        from kernels.fused_conv2d import pack_weight  # kernels need Triton: only the fused model does
+        # kernels need Triton: only the fused model does
+        from kernels.fused_conv2d import FEW_CHANNELS_PAD, few_channels, pack_weight, pad_channels
 
         if conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("fused convolutions support groups=1 and dilation=1 only")
-        self.register_buffer("weight", pack_weight(conv.weight.detach().to(dtype)))
+        weight = conv.weight.detach().to(dtype)
+        if few_channels(conv.in_channels):
+            weight = pad_channels(weight, FEW_CHANNELS_PAD)
+        self.register_buffer("weight", pack_weight(weight))
         # The epilogue adds the bias in fp32, so it is kept in fp32 whatever the activations are.
         self.register_buffer("bias", conv.bias.detach().float())
         self.stride = list(conv.stride)
@@ -32,6 +37,10 @@ class FusedConv(nn.Module):
         self.relu = relu
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        if x.shape[1] != self.weight.shape[1]:  # the stem: its input padded once per forward, as its weights were
+            from kernels.fused_conv2d import pad_channels
+
+            x = pad_channels(x, self.weight.shape[1])
         return torch.ops.resnet_perf.fused_conv2d(x, self.weight, self.bias, self.stride, self.padding, residual, self.relu)
 
 
@@ -93,3 +102,28 @@ def fuse(model: ResNet, dtype: torch.dtype = torch.float32) -> FusedResNet:
         raise TypeError(f"fuse expects a resnet_perf ResNet, got {type(model).__name__}")
     device = next(model.parameters()).device
     return FusedResNet(fold_batchnorm(model), dtype).to(device).eval()
+
+
+def conv_layers(name: str, image_size: int = 224, batch_size: int = 1) -> list:
+    """Every convolution of the fused model ``name`` as it is launched (kernels.aot.Conv): found by
+    running the fused model on the meta device, where nothing is computed or allocated."""
+    from kernels.aot import Conv
+
+    with torch.device("meta"):
+        fused = fuse(_resnet(name, IMAGENET_CLASSES))
+    layers = []
+
+    def record(module_name: str):
+        def hook(module: FusedConv, args: tuple, kwargs: dict) -> None:
+            n, c, h, w = args[0].shape
+            k, _, kh, kw = module.weight.shape
+            layers.append(Conv(module_name, n, c, h, w, k, (kh, kw), tuple(module.stride), tuple(module.padding),
+                               kwargs.get("residual") is not None, module.relu))
+        return hook
+
+    for module_name, module in fused.named_modules():
+        if isinstance(module, FusedConv):
+            module.register_forward_pre_hook(record(module_name), with_kwargs=True)
+    with torch.no_grad():
+        fused(torch.empty(batch_size, 3, image_size, image_size, device="meta"))
+    return layers

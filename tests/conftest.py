@@ -13,6 +13,19 @@ if not torch.cuda.is_available():
 import resnet_perf
 
 
+@pytest.fixture(autouse=True)
+def _one_config_per_kernel(request, monkeypatch):
+    """On a GPU, each kernel path runs its first autotune config only: autotuning would compile and
+    time every config for every new shape a test makes. test_every_config_computes_the_same runs
+    each config, and tests marked ``autotune`` the autotuner itself."""
+    if not torch.cuda.is_available() or request.node.get_closest_marker("autotune"):
+        return
+    from kernels.fused_conv2d import KERNELS
+
+    for kernel in KERNELS.values():
+        monkeypatch.setattr(kernel, "configs", kernel.configs[:1])
+
+
 @pytest.fixture(scope="session")
 def resnet18_32():
     """The synthetic resnet18 calibrated for 32 px inputs, shared: tests must not change it."""

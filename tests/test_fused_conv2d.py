@@ -12,7 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels.fused_conv2d import fused_conv2d, fused_conv2d_reference, pack_weight
+from kernels.aot import plan as aot_plan
+from kernels.fused_conv2d import (CONFIGS, FEW_CHANNELS_PAD, fused_conv2d, fused_conv2d_reference, pack_weight,
+                                    pad_channels, plan)
+from resnet_perf.fused import conv_layers
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Per-dtype tolerances, relative to outputs of order 1: fp32 differs only in summation order (TF32
@@ -58,7 +61,8 @@ def check(x, weight, bias, stride, padding, with_residual, relu, packed=True, ge
     torch.testing.assert_close(got, expected, **TOLERANCES[x.dtype])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# On a GPU each example is a compile of its own (a second or two): fewer there.
+@settings(max_examples=60 if DEVICE.type == "cpu" else 20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 2), c=st.integers(1, 24), k=st.integers(1, 40), h=st.integers(1, 12), w=st.integers(1, 12),
     ks=st.sampled_from([1, 3, 7]), stride=st.sampled_from([1, 2]), padding=st.integers(0, 3),
@@ -138,42 +142,87 @@ def test_bad_arguments(overrides, error, match):
         fused_conv2d(x, weight, **args)
 
 
-class _Spy:
-    """Stands in for a kernel, recording each launch and passing it on."""
-
-    def __init__(self, kernel, name, calls):
-        self.kernel, self.name, self.calls = kernel, name, calls
-
-    def __getitem__(self, grid):
-        self.calls.append(self.name)
-        return self.kernel[grid]
-
-
-@pytest.mark.parametrize(("ks", "stride", "x_channels_last", "residual_channels_last", "expected"), [
-    (1, 1, True, True, "gemm"),    # ResNet's 1x1 convs: rows of channels_last pixels are evenly strided
-    (1, 1, False, True, "conv"),   # NCHW pixels are not rows of a matrix
-    (1, 1, True, False, "conv"),   # nor is an NCHW residual
-    (1, 2, True, True, "conv"),    # the strided 1x1 downsample skips pixels
-    (3, 1, True, True, "conv"),
+@pytest.mark.parametrize(("ks", "stride", "c", "x_channels_last", "residual_channels_last", "expected"), [
+    (1, 1, 12, True, True, "gemm_tma"),  # ResNet's 1x1 convs: rows of channels_last pixels are evenly strided,
+    (1, 1, 13, True, True, "gemm"),      # and TMA takes them where a row is 16-byte aligned (12 fp32, not 13)
+    (1, 1, 12, False, True, "conv"),     # NCHW pixels are not rows of a matrix
+    (1, 1, 12, True, False, "conv"),     # nor is an NCHW residual
+    (1, 2, 12, True, True, "conv"),      # the strided 1x1 downsample skips pixels
+    (3, 1, 12, True, True, "conv"),
+    (7, 2, 3, True, True, "few_channels"),  # the stem
+    (3, 1, 4, False, True, "few_channels"),
 ])
-def test_1x1_stride_1_over_channels_last_is_a_gemm(monkeypatch, ks, stride, x_channels_last, residual_channels_last,
-                                                    expected):
-    import kernels.fused_conv2d as module
-
-    calls = []
-    names = ("_fused_gemm_kernel", "_fused_conv2d_kernel") if module.INTERPRET else ("_gemm_autotuned", "_conv_autotuned")
-    for attr, name in zip(names, ("gemm", "conv")):
-        monkeypatch.setattr(module, attr, _Spy(getattr(module, attr), name, calls))
+def test_each_conv_takes_its_path(ks, stride, c, x_channels_last, residual_channels_last, expected):
     gen = torch.Generator().manual_seed(5)
-    x, weight, bias = make_case(gen, 2, 12, 5, 5, 20, ks, torch.float32, x_channels_last)
-    out_size = (5 + 2 * (ks // 2) - ks) // stride + 1
+    x, weight, bias = make_case(gen, 2, c, 9, 9, 20, ks, torch.float32, x_channels_last)
+    out_size = (9 + 2 * (ks // 2) - ks) // stride + 1
     residual = torch.randn(2, 20, out_size, out_size, generator=gen).to(DEVICE)
     if residual_channels_last:
         residual = residual.contiguous(memory_format=torch.channels_last)
-    got = fused_conv2d(x, pack_weight(weight), bias, stride=stride, padding=ks // 2, residual=residual, relu=True)
-    assert calls == [expected]
+    launch = plan(x, pack_weight(weight), bias, stride=stride, padding=ks // 2, residual=residual, relu=True)
+    assert launch.path == expected
     expected_out = fused_conv2d_reference(x, weight, bias, stride=stride, padding=ks // 2, residual=residual, relu=True)
-    torch.testing.assert_close(got, expected_out, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(launch.run(), expected_out, **TOLERANCES[torch.float32])
+
+
+def test_every_resnet50_conv_takes_its_path():
+    """Of ResNet-50's 53 convolutions, as the fused model launches them: the stem takes the
+    few-channels path, the 33 1x1 stride-1 convs the GEMM (with TMA where rows are 16-byte aligned,
+    which all of ResNet's are), the 3x3s and the strided 1x1 downsamples the windowed kernel."""
+    paths = {}
+    for conv in conv_layers("resnet50", image_size=64, batch_size=2):
+        launch = aot_plan(conv, torch.float16)
+        paths.setdefault(launch.path, []).append(conv.name)
+    assert paths["few_channels"] == ["conv1"]
+    assert len(paths["gemm_tma"]) == 33 and "layer1.0.downsample" in paths["gemm_tma"]
+    assert len(paths["conv"]) == 19
+    assert all(name.endswith("conv2") or name.endswith("downsample") for name in paths["conv"])
+    assert set(paths) == {"few_channels", "gemm_tma", "conv"}
+
+
+# One small problem per path, each spanning several tiles of the smaller configs. Before Hopper a
+# GPU has no TMA, and the 1x1 takes the plain GEMM path.
+_GEMM = "gemm" if DEVICE.type == "cuda" and torch.cuda.get_device_capability() < (9, 0) else "gemm_tma"
+_PATH_CASES = {_GEMM: (24, 40, 1, 1, 0), "conv": (24, 40, 3, 1, 1), "few_channels": (3, 40, 7, 2, 3)}
+
+
+@pytest.mark.parametrize(("path", "index"), [(path, i) for path in _PATH_CASES for i in range(len(CONFIGS[path]))])
+def test_every_config_computes_the_same(path, index):
+    """Each autotune config, TMA ones included, with its own tiles, warps and stages: on a GPU each
+    compiled kernel; in the interpreter on CPU the masking and indexing each tile shape takes."""
+    c, k, ks, stride, padding = _PATH_CASES[path]
+    gen = torch.Generator().manual_seed(index)
+    x, weight, bias = make_case(gen, 1, c, 20, 20, k, ks, torch.float32)
+    out_size = (20 + 2 * padding - ks) // stride + 1
+    residual = torch.randn(1, k, out_size, out_size, generator=gen).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    launch = plan(x, pack_weight(weight), bias, stride=stride, padding=padding, residual=residual, relu=True)
+    assert launch.path == path
+    expected = fused_conv2d_reference(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=True)
+    torch.testing.assert_close(launch.run(CONFIGS[path][index].all_kwargs()), expected, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.autotune
+@pytest.mark.parametrize("path", list(_PATH_CASES))
+def test_the_autotuned_launch_matches_the_reference(path):
+    """fused_conv2d as callers get it: on a GPU the autotuner times every config, then runs the best."""
+    c, k, ks, stride, padding = _PATH_CASES[path]
+    gen = torch.Generator().manual_seed(11)
+    x, weight, bias = make_case(gen, 2, c, 20, 20, k, ks, torch.float16)
+    got = fused_conv2d(x, pack_weight(weight), bias, stride=stride, padding=padding, relu=True)
+    expected = fused_conv2d_reference(x, weight, bias, stride=stride, padding=padding, relu=True)
+    torch.testing.assert_close(got, expected, **TOLERANCES[torch.float16])
+
+
+def test_the_stem_runs_on_its_input_padded_once():
+    """The fused model pads the 3-channel input to 4 and keeps padded weights: the kernel then
+    uses both as they are, with the same result as the unpadded convolution."""
+    gen = torch.Generator().manual_seed(3)
+    x, weight, bias = make_case(gen, 2, 3, 18, 18, 16, 7, torch.float16)
+    padded_x, padded_w = pad_channels(x, FEW_CHANNELS_PAD), pack_weight(pad_channels(weight, FEW_CHANNELS_PAD))
+    launch = plan(padded_x, padded_w, bias, stride=2, padding=3, relu=True)
+    assert launch.args["x_ptr"] is padded_x and launch.args["w_ptr"] is padded_w  # no copy per call
+    expected = fused_conv2d_reference(x, weight, bias, stride=2, padding=3, relu=True)
+    torch.testing.assert_close(launch.run(), expected, **TOLERANCES[torch.float16])
 
 
 def test_kernel_larger_than_input():
