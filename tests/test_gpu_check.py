@@ -1,0 +1,85 @@
+"""scripts/gpu_check.sh, the one command prepared for a lent GPU machine: its dry run (the same steps
+on CPU, Triton's interpreter, tiny sizes) here, so that the script cannot rot between GPU loans,
+and its summary against GPU-shaped results, since the real ones only exist on a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_summary  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("gpu-check")
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)], capture_output=True,
+                          text=True, env=env, timeout=900)
+    return proc, out
+
+
+def test_the_dry_run_runs_every_step(dry_run):
+    proc, out = dry_run
+    assert proc.returncode == 0, proc.stderr + (out / "log.txt").read_text()[-3000:]
+    summary = (out / "summary.md").read_text()
+    for step in ("sm90-compile", "kernel-tests", "bench-bs256", "layers", "bench-sweep"):
+        assert f"| {step} | ok |" in summary, summary
+    assert "| timm-bs256 | skipped |" in summary  # timm is not installed here
+    assert "Kernel tests: 11 passed" in summary
+
+
+def test_the_dry_run_leaves_few_files_that_parse(dry_run):
+    _, out = dry_run
+    files = sorted(p.name for p in out.iterdir())
+    # The device tool returns at most 8 files from a run.
+    assert files == ["bench-bs256.json", "bench.json", "env.txt", "layers.json", "log.txt", "summary.md"]
+    rows = json.loads((out / "bench-bs256.json").read_text())["results"]
+    assert {(r["backend"], r["status"], r["parity"]["passed"]) for r in rows} == {("eager", "ok", True), ("triton", "ok", True)}
+    layers = json.loads((out / "layers.json").read_text())
+    assert layers["dry_run"] and layers["records"][0]["fused_max_err"] < 1e-4
+
+
+def row(backend: str, ips: float, passed: bool = True, batch: int = 256) -> dict:
+    return {"backend": backend, "precision": "fp16", "batch_size": batch, "status": "ok", "throughput_ips": ips,
+            "latency_ms": {"p50": batch * 1e3 / ips}, "note": None,
+            "parity": {"cosine": 0.9999, "top1_agreement": 1.0, "passed": passed}}
+
+
+def test_the_summary_checks_the_headline_bars(tmp_path):
+    (tmp_path / "steps.tsv").write_text("bench-bs256\tok\t120\tpython -m bench ...\n")
+    (tmp_path / "bench-bs256.json").write_text(json.dumps({"results": [
+        row("eager", 20_000), row("compile", 27_000), row("triton", 27_500)]}))
+    (tmp_path / "timm.json").write_text(json.dumps({"results": [
+        {**row("eager", 20_500), "compile_mode": None}, {**row("compile", 30_000), "compile_mode": "max-autotune"}]}))
+    assert gpu_summary.main(tmp_path) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "triton / eager (channels_last): 1.38x (bar 1.3x: met)" in summary
+    assert "triton / compile (max-autotune): 1.02x (bar 1.0x: met)" in summary
+    assert "best parity-passing row: triton 27,500 img/s (bar 25,000: met)" in summary
+    assert "| eager | fp16 | 256 | 20,500 | 20,000 | 0.976 | yes |" in summary
+    assert "| max-autotune | fp16 | 256 | 30,000 | 27,000 | 0.900 | NO |" in summary
+    assert "layers.json missing" in summary and "bench.json missing" in summary
+
+
+def test_the_summary_says_when_a_bar_is_missed(tmp_path):
+    (tmp_path / "steps.tsv").write_text("")
+    (tmp_path / "bench-bs256.json").write_text(json.dumps({"results": [
+        row("eager", 20_000), row("triton", 21_000), row("compile", 40_000, passed=False)]}))
+    gpu_summary.main(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "1.05x (bar 1.3x: NOT met)" in summary and "0.53x (bar 1.0x: NOT met)" in summary
+    # The failing compile row is faster, but only a row that passed parity counts as the best.
+    assert "best parity-passing row: triton 21,000 img/s (bar 25,000: NOT met)" in summary
+
+
+def test_timm_timing_says_in_one_line_what_it_lacks():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "timm_timing.py")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "nothing measured" in proc.stderr and "Traceback" not in proc.stderr
