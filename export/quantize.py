@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import platform
+
 import numpy as np
 from torch import Tensor
 
@@ -34,6 +36,28 @@ FLAVOURS = {
     # TensorRT: int8 everywhere, symmetric (zero point 0), the only kind of int8 it builds.
     "tensorrt": {"activations": "QInt8", "options": {"WeightSymmetric": True, "ActivationSymmetric": True}},
 }
+
+
+def saturating_int8_cpu() -> bool:
+    """An x86 CPU without VNNI (AVX2 only, or AVX-512 before Cascade Lake): onnxruntime multiplies
+    uint8 activations by int8 weights there with VPMADDUBSW, whose int16 sums of pairs saturate.
+    Measured on an AVX2-only AMD EPYC (2026-12-01): resnet18's 8-bit-weight model fell to cosine
+    0.973 against fp32, failing parity, where Xeons with VNNI gave 0.99+. onnxruntime's remedy is
+    7-bit weights (reduce_range), whose pair sums cannot saturate."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
+def weight_bits(flavour: str) -> int:
+    """The bits of the int8 flavour's weights on this machine: 7 for onnxruntime on a CPU whose int8
+    products saturate, else 8."""
+    return 7 if flavour == "onnxruntime" and saturating_int8_cpu() else 8
 
 
 class QuantizationError(ValueError):
@@ -117,6 +141,7 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
             return None if x is None else {"input": x}
 
     spec = FLAVOURS[flavour]
+    bits = weight_bits(flavour)
     ort_method = getattr(q.CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[method])
     with tempfile.TemporaryDirectory(prefix="resnet-perf-quant-") as tmp, atomic_path(target) as out:
         prepared = Path(tmp) / "prepared.onnx"
@@ -127,6 +152,7 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
             q.quantize_static(str(prepared), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                               activation_type=getattr(q.QuantType, spec["activations"]), weight_type=q.QuantType.QInt8,
                               calibrate_method=ort_method, nodes_to_exclude=[by_module[name] for name in keep_fp],
+                              reduce_range=bits == 7,
                               extra_options=dict(spec["options"]),
                               calibration_cache_path=None if cache is None else str(cache))
     return {
@@ -134,7 +160,7 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
         "calibration_source": calibration.source,
         "flavour": flavour,
         "activations": "uint8 with zero point" if spec["activations"] == "QUInt8" else "int8 symmetric",
-        "weights": "int8 symmetric, per output channel",
+        "weights": f"{'7-bit (reduce_range: this CPU has no VNNI)' if bits == 7 else 'int8'} symmetric, per output channel",
         "calibration_samples": len(inputs),
         "calibration_digest": digest.hexdigest(),
         "calibration_cache": None if cache is None else os.fspath(cache),

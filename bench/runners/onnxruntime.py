@@ -13,7 +13,7 @@ from torch import Tensor
 
 from bench.runners.base import Runner
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
-from export.quantize import quantize_onnx
+from export.quantize import quantize_onnx, weight_bits
 
 _NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.float32}
 
@@ -55,7 +55,10 @@ class OnnxRuntimeRunner(Runner):
 
     def _export_path(self, precision: str) -> Path:
         c = self.config
-        return c.cache_dir / "onnx" / f"{c.artifact_stem(precision)}-opset{DEFAULT_OPSET}-torch{torch.__version__}.onnx"
+        # int8 weights are 7-bit on CPUs whose int8 products saturate: a cache shared by machines
+        # must not hand one machine's file to the other.
+        weights = f"-w{weight_bits('onnxruntime')}" if precision == "int8" else ""
+        return c.cache_dir / "onnx" / f"{c.artifact_stem(precision)}{weights}-opset{DEFAULT_OPSET}-torch{torch.__version__}.onnx"
 
     def prepare_impl(self) -> None:
         import onnxruntime as ort
