@@ -42,8 +42,8 @@ def saturating_int8_cpu() -> bool:
     """An x86 CPU without VNNI (AVX2 only, or AVX-512 before Cascade Lake): onnxruntime multiplies
     uint8 activations by int8 weights there with VPMADDUBSW, whose int16 sums of pairs saturate.
     Measured on an AVX2-only AMD EPYC (2026-12-01): resnet18's 8-bit-weight model fell to cosine
-    0.973 against fp32, failing parity, where Xeons with VNNI gave 0.99+. onnxruntime's remedy is
-    7-bit weights (reduce_range), whose pair sums cannot saturate."""
+    0.973 against fp32 and failed parity (tests/test_quantize.py), a test that passes on Xeons with
+    VNNI. onnxruntime's remedy is 7-bit weights (reduce_range), whose pair sums cannot saturate."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
