@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench.runners import BACKENDS, RUNNERS, RunConfig, ServerOptions, unavailable_reason
+from bench.runners.base import TorchRunner
 from bench.serving.local import missing_reason
 from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
@@ -113,6 +114,17 @@ def test_cpu_precisions():
     cuda = torch.device("cuda")
     assert OnnxRuntimeRunner.precisions(cuda) == ("fp32", "fp16", "int8")
     assert EagerRunner.precisions(cuda) == ("fp32", "fp16", "bf16")
+
+
+@pytest.mark.parametrize("device", [CPU, torch.device("cuda")], ids=str)
+def test_no_module_runner_claims_int8(device):
+    """A runner that executes the PyTorch module in its row's dtype would run int8 as fp32 (the
+    dtype of int8's inputs) under an int8 label, judged by int8's looser tolerances: int8 belongs to
+    the runners that quantize the model."""
+    for runner in RUNNERS.values():
+        if issubclass(runner, TorchRunner):
+            assert "int8" not in runner.precisions(device), runner.name
+    assert TritonRunner.precisions(device) == ("fp32", "fp16", "bf16")
 
 
 def test_triton_rows_on_cpu_are_marked_as_interpreter_timings(resnet18_32, tmp_path):
