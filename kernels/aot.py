@@ -28,6 +28,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -213,9 +214,9 @@ def _work(job: Job, arch: int) -> dict:
 
 def sweep(convs: list[Conv], dtypes: list[str], arch: int = 90, jobs: int | None = None,
           select=None, progress=None) -> list[dict]:
-    """Compile every config of every conv's path (or those ``select(path, config_index, class)``
-    keeps), each distinct compile once, ``jobs`` at a time in separate processes. One record per
-    (compile class, dtype, config), naming every conv it serves."""
+    """Compile every config of every conv's path (or the records ``select`` keeps), each distinct
+    compile once, ``jobs`` at a time in separate processes. One record per (compile class, dtype,
+    config), naming every conv it serves."""
     classes: dict[str, dict] = {}
     for dtype in dtypes:
         for conv in convs:
@@ -231,19 +232,24 @@ def sweep(convs: list[Conv], dtypes: list[str], arch: int = 90, jobs: int | None
                 if conv.shape not in record["shapes"]:
                     record["shapes"].append(conv.shape)
     chosen = [r for r in classes.values() if select is None or select(r)]
+    for record, facts in _in_processes(_work, [(r.pop("job"), arch) for r in chosen], chosen, jobs, progress):
+        record.update(facts)
+    return sorted(chosen, key=lambda r: (r["path"], r["dtype"], r["config_index"], r["shapes"][0]))
+
+
+def _in_processes(fn, calls: list[tuple], tags: list, jobs: int | None, progress) -> Iterator[tuple]:
+    """``fn(*call)`` for every call, ``jobs`` processes at a time; yields (tag, result) as each
+    finishes. The processes are spawned, not forked: they import the kernels afresh (a fork would
+    inherit a parent's interpreted ones), and torch's threads do not survive a fork."""
     if progress is not None:
-        progress(total=len(chosen))
-    # spawn: the workers import the kernels afresh, and torch's threads do not survive a fork.
+        progress(total=len(calls))
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs or os.cpu_count(), mp_context=context) as pool:
-        futures = {pool.submit(_work, r["job"], arch): r for r in chosen}
+        futures = {pool.submit(fn, *call): tag for call, tag in zip(calls, tags)}
         for future in concurrent.futures.as_completed(futures):
-            futures[future].update(future.result())
+            yield futures[future], future.result()
             if progress is not None:
                 progress(advance=1)
-    for record in chosen:
-        record.pop("job")
-    return sorted(chosen, key=lambda r: (r["path"], r["dtype"], r["config_index"], r["shapes"][0]))
 
 
 def _specialisation(launch: fc.Launch, index: int) -> tuple:
@@ -276,13 +282,8 @@ def warm_cache(convs: list[Conv], dtypes: list[str], jobs: int | None = None, pr
             launch = plan(conv, DTYPES[dtype], arch=major * 10 + minor)
             for index in range(len(fc.CONFIGS[launch.path])):
                 firsts.setdefault(_specialisation(launch, index), Job(conv, dtype, index))
-    if progress is not None:
-        progress(total=len(firsts))
-    with concurrent.futures.ProcessPoolExecutor(jobs or os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(_warm, job) for job in firsts.values()]):
-            future.result()
-            if progress is not None:
-                progress(advance=1)
+    for _ in _in_processes(_warm, [(job,) for job in firsts.values()], list(firsts), jobs, progress):
+        pass
     return len(firsts)
 
 
