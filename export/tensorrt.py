@@ -4,8 +4,9 @@ Written against the TensorRT 10.x and 11.x Python API. TensorRT 11 removed weak 
 ``BuilderFlag`` has no ``FP16``), so there an fp16 engine comes from a strongly typed network whose
 tensors are already fp16: the fp16 ONNX export. On 10.x the fp32 ONNX is built with the FP16 builder
 flag instead, which lets TensorRT choose fp16 or fp32 per layer and keeps fp32 inputs and outputs.
-That flag is the one 10.x-only name here and sits behind a version check; tests/test_tensorrt_api.py
-checks every other ``trt.`` name this file uses against the 11.x bindings.
+That flag and the INT8 one (10.x's weakly typed networks need it to run Q/DQ layers in int8) are
+the two 10.x-only names here, each behind a version check; tests/test_tensorrt_api.py checks every
+other ``trt.`` name this file uses against the 11.x bindings.
 
 tensorrt is imported only when an engine is built or loaded, so everything else in the project
 works without it.

@@ -1,5 +1,6 @@
 """``onnxruntime-trt``: the onnxruntime session with its TensorRT execution provider first, CUDA
-second for whatever TensorRT does not take. Engines are cached beside the ONNX file."""
+second for whatever TensorRT does not take. Its engines and timing caches are kept under
+``--cache-dir`` (``ort-trt/``), so a rerun skips the build."""
 
 from __future__ import annotations
 
