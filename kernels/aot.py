@@ -83,7 +83,7 @@ def plan(conv: Conv, dtype: torch.dtype, arch: int = 90, device: str = "cpu") ->
 
     # The fused model pads a few-channel input once per forward, and its weights once, as plan
     # would pad them per call.
-    channels = fc.FEW_CHANNELS_PAD if fc.few_channels(conv.channels) else conv.channels
+    channels = fc.kernel_channels(conv.channels)
     x = activation(channels, (conv.height, conv.width))
     weight = fc.pack_weight(torch.empty(conv.out_channels, channels, *conv.kernel, dtype=dtype, device=device))
     residual = activation(conv.out_channels, conv.out_size) if conv.residual else None

@@ -434,6 +434,12 @@ def few_channels(c: int) -> bool:
     return c <= FEW_CHANNELS_PAD
 
 
+def kernel_channels(c: int) -> int:
+    """How many input channels the kernels run ``c`` as: a few-channel input padded to
+    FEW_CHANNELS_PAD (``pad_channels``), which a model does once rather than ``plan`` per call."""
+    return FEW_CHANNELS_PAD if few_channels(c) else c
+
+
 def is_gemm(kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> bool:
     """A 1x1 stride-1 unpadded convolution: a GEMM over pixels, where its tensors' pixels are rows."""
     return (tuple(kernel_size), tuple(stride), tuple(padding)) == ((1, 1), (1, 1), (0, 0))
@@ -474,8 +480,8 @@ def plan(
         return dict(x_ptr=x, w_ptr=weight, bias_ptr=bias if bias is not None else out, res_ptr=res, out_ptr=out)
 
     if few_channels(c):
-        x = pad_channels(x, FEW_CHANNELS_PAD).contiguous(memory_format=torch.channels_last)
-        weight = pack_weight(pad_channels(weight, FEW_CHANNELS_PAD))
+        x = pad_channels(x, kernel_channels(c)).contiguous(memory_format=torch.channels_last)
+        weight = pack_weight(pad_channels(weight, kernel_channels(c)))
         return Launch("few_channels", dict(**operands(x, weight), **sizes, sxn=x.stride(0), sxh=x.stride(2),
                                            swk=weight.stride(0), swh=weight.stride(2), swr=weight.stride(1),
                                            **outputs),

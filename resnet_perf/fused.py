@@ -22,13 +22,11 @@ class FusedConv(nn.Module):
     def __init__(self, conv: nn.Conv2d, relu: bool, dtype: torch.dtype):
         super().__init__()
         # kernels need Triton: only the fused model does
-        from kernels.fused_conv2d import FEW_CHANNELS_PAD, few_channels, pack_weight, pad_channels
+        from kernels.fused_conv2d import kernel_channels, pack_weight, pad_channels
 
         if conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("fused convolutions support groups=1 and dilation=1 only")
-        weight = conv.weight.detach().to(dtype)
-        if few_channels(conv.in_channels):
-            weight = pad_channels(weight, FEW_CHANNELS_PAD)
+        weight = pad_channels(conv.weight.detach().to(dtype), kernel_channels(conv.in_channels))
         self.register_buffer("weight", pack_weight(weight))
         # The epilogue adds the bias in fp32, so it is kept in fp32 whatever the activations are.
         self.register_buffer("bias", conv.bias.detach().float())

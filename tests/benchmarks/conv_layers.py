@@ -68,15 +68,15 @@ def unfused(conv, inputs: dict, dtype: torch.dtype) -> Callable[[], torch.Tensor
 
 def fused(conv, inputs: dict, dtype: torch.dtype) -> tuple[Callable[[], torch.Tensor], str]:
     """Our kernel on the folded weights, and the kernel path it takes."""
-    from kernels.fused_conv2d import FEW_CHANNELS_PAD, few_channels, fused_conv2d, pack_weight, pad_channels, plan
+    from kernels.fused_conv2d import fused_conv2d, kernel_channels, pack_weight, pad_channels, plan
     from resnet_perf.fold import fold_conv_bn_weights
 
     bn = inputs["bn"]
     weight, bias = fold_conv_bn_weights(inputs["weight"], None, bn["mean"], bn["var"], 1e-5, bn["gamma"], bn["beta"])
     weight = weight.to(dtype)
-    x = inputs["x"]
-    if few_channels(conv.channels):  # as the fused model lays out the stem: once, not per call
-        x, weight = pad_channels(x, FEW_CHANNELS_PAD), pad_channels(weight, FEW_CHANNELS_PAD)
+    # As the fused model lays out the stem: padded once, not per call.
+    channels = kernel_channels(conv.channels)
+    x, weight = pad_channels(inputs["x"], channels), pad_channels(weight, channels)
     weight, bias = pack_weight(weight), bias.float()
     args = dict(stride=conv.stride, padding=conv.padding, residual=inputs["residual"], relu=conv.relu)
     return lambda: fused_conv2d(x, weight, bias, **args), plan(x, weight, bias, **args).path
