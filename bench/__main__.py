@@ -1,8 +1,9 @@
 """python -m bench: time every backend on the same model and inputs, check each against the fp32
 eager reference, and print one table (speed and parity side by side), with JSON and CSV on request.
 
-Read top to bottom: argument parsing, resolving the arguments into a plan (every bad input stops
-here, with exit 2), the reference, then one row per model x precision x batch size x backend.
+Read top to bottom: the flags (each backend adds its own), ``resolve``, which turns them into a
+frozen Plan and finds every bad input before anything runs (exit 2), then ``main``: run the plan's
+rows (bench/run.py), print and write what they measured (bench/report.py).
 """
 
 from __future__ import annotations
@@ -10,38 +11,24 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import resnet_perf
-from bench import compare, plot, report, scenarios, timing
+from bench import compare, plot, report, run
 from bench import env as bench_env
-from bench.runners import (
-    BACKENDS,
-    COMPILE_MODES,
-    PRECISIONS,
-    RUNNERS,
-    RunConfig,
-    Runner,
-    ServerOptions,
-    supported_precisions,
-    unavailable_reason,
-)
-from bench.runners.triton_server import check_remote
-from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
-from bench.serving.client import Endpoint, ServerError
-from export import quantize, sensitivity
-from resnet_perf.atomic import write_text
+from bench.plan import Loop, Outputs, Plan
+from bench.runners import RUNNERS, Runner, RunShape
+from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
+from bench.serving import serve
+from export import quantize
 from export.manifest import ManifestError, load_manifest
-from resnet_perf import parity
+from export.onnx import BatchRange
 from resnet_perf.cli import (
     Parser,
     UsageError,
@@ -50,22 +37,48 @@ from resnet_perf.cli import (
     default_cache_dir,
     list_of,
     non_negative_int,
-    one_line,
     positive_float,
     positive_int,
     resolve_device,
     rng_seed,
 )
 from resnet_perf.images import ImageFolderError, load_labelled
-from resnet_perf.synthetic import parity_inputs
+from resnet_perf.precision import PRECISIONS
+
+# The flag that gives each kind of exported file a backend can run (Runner.artifact).
+ARTIFACT_FLAGS = {"onnx": "--onnx", "tensorrt": "--engine"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+def artifact_paths(args: argparse.Namespace) -> dict[str, str]:
+    """The exported files given, by kind."""
+    given = {kind: getattr(args, flag[2:]) for kind, flag in ARTIFACT_FLAGS.items()}
+    return {kind: path for kind, path in given.items() if path is not None}
+
+
+def flag_groups() -> list[tuple[type[Runner], list[str]]]:
+    """Each distinct set of backend flags, with the backends that share it (a subclass shares its
+    parent's), in registry order."""
+    groups: dict[Any, tuple[type[Runner], list[str]]] = {}
+    for name, runner in RUNNERS.items():
+        method = runner.add_arguments.__func__
+        if method is not Runner.add_arguments.__func__:
+            groups.setdefault(method, (runner, []))[1].append(name)
+    return list(groups.values())
+
+
+def backend_flags(runner: type[Runner]) -> dict[str, Any]:
+    """The dest and default ("not given") of every flag ``runner`` adds."""
+    probe = argparse.ArgumentParser(add_help=False)
+    runner.add_arguments(probe)
+    return vars(probe.parse_args([]))
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    backends = ", ".join(RUNNERS)
     # --model, --image-size, --precision and --seed default to what a given --onnx/--engine was
     # exported with, else to the values in their help.
     p.add_argument("--model", type=list_of(str), default=None, help="resnet18|34|50|101|152, comma-separated; resnet50")
-    p.add_argument("--backend", type=list_of(str), default=["all"], help=f"{', '.join(BACKENDS)}, or all")
+    p.add_argument("--backend", type=list_of(str), default=["all"], help=f"{backends}, or all")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--batch-size", type=list_of(positive_int), default=None, help="8, or an artifact's OPT size")
     p.add_argument("--image-size", type=positive_int, default=None, help="224")
@@ -74,12 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=positive_int, default=20, help="timed calls (at least this many with --min-time)")
     p.add_argument("--min-time", type=positive_float, default=None, help="time calls until this many seconds")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU intra-op threads (default: torch's)")
-    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
     p.add_argument("--weights", default=None, help="state_dict file (torchvision or ours); default: synthetic")
     p.add_argument("--seed", type=rng_seed, default=None, help="seed of the synthetic model and inputs; 0")
-    p.add_argument("--onnx", default=None, help="run this exported ONNX file in the onnxruntime backends")
+    p.add_argument("--onnx", default=None, help="run this exported ONNX file in the backends that run ONNX")
     p.add_argument("--engine", default=None, help="run this TensorRT engine in the tensorrt backend")
-    p.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay the engine as one CUDA graph")
     p.add_argument("--host-io", action="store_true",
                    help="on CUDA, time the copies of the batch to the GPU and of the logits back as well")
     p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
@@ -103,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled images, one folder per class in class order: report each row's real accuracy")
     p.add_argument("--eval-samples", type=positive_int, default=None, help="use at most this many --eval-data images")
     load = p.add_argument_group("MLPerf LoadGen scenarios")
-    load.add_argument("--scenario", choices=("offline", *scenarios.SCENARIOS), default="offline",
+    load.add_argument("--scenario", choices=("offline", *SCENARIOS), default="offline",
                       help="offline: the fixed-batch loop (default); the others run under MLPerf LoadGen")
     load.add_argument("--duration", type=positive_float, default=5.0, help="seconds per LoadGen run (default 5)")
     load.add_argument("--target-qps", type=positive_float, default=None, help="server: Poisson arrival rate")
@@ -116,55 +127,45 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--mlperf-rules", action="store_true",
                       help="keep LoadGen's own minimum duration and query count (MLPerf's: minutes per run)")
     load.add_argument("--loadgen-logs", default=None, help="keep LoadGen's logs under this folder, one per row")
-    serve = p.add_argument_group("the triton-server backend")
-    serve.add_argument("--server-url", default=None, metavar="grpc://HOST:PORT|http://HOST:PORT",
-                       help="measure the Triton Inference Server running there (default: start one locally)")
-    serve.add_argument("--server-model", default=None, help="the model's name on --server-url (default: --model)")
-    serve.add_argument("--served-backend", default=None,
-                       help="the backend a locally started Triton server hosts (default onnxruntime)")
+    for runner, names in flag_groups():
+        runner.add_arguments(p.add_argument_group(f"the {' and '.join(names)} backend"))
+
+
+COMMANDS = {
+    "run": "time and check backends, print the table (the default: python -m bench --model resnet50 runs it)",
+    "compare": compare.__doc__.split("\n\n")[0].split(": ", 1)[1],
+    "report": "a Markdown report (tables and plots) of one or more --json runs",
+    "serve": serve.__doc__.split("\n\n")[0].split(": ", 1)[1],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+               epilog="Without a command, run: `python -m bench --model resnet50` is `python -m bench run --model "
+                      "resnet50`. `python -m bench COMMAND --help` lists a command's flags.")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    adders = {"run": add_run_arguments, "compare": compare.add_arguments, "report": report.add_arguments,
+              "serve": serve.add_arguments}
+    for name, description in COMMANDS.items():
+        adders[name](commands.add_parser(name, help=description, description=description))
     return p
 
 
-@dataclass(frozen=True)
-class Plan:
-    models: list[str]
-    backends: list[str]
-    not_run: dict[str, str]  # backend -> why, for `--backend all`
-    device: torch.device
-    precisions: list[str]
-    batch_sizes: list[int]
-    image_size: int
-    seed: int
-    threads: int
-    server: ServerOptions  # the triton-server backend's
-    onnx: Path | None = None
-    engine: Path | None = None
-    weights_digest: str | None = None  # what the reference model must hold when an artifact is given
-    calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
-    evaluation: tuple[torch.Tensor, torch.Tensor] | None = None  # --eval-data: images and their labels
-
-
-# Which backends run a given artifact.
-ARTIFACT_BACKENDS = {"--onnx": ("onnxruntime", "onnxruntime-trt"), "--engine": ("tensorrt",)}
-
-
 def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
-    """The manifests of --onnx and --engine, checked against their files, and what the artifacts
-    fix about the run (model, image size, precision, seed), each checked against the flag where it
-    was given too: an artifact computes one thing. Batch sizes default to the size it was tuned for,
-    and must lie in the range it accepts."""
+    """The manifests of --onnx and --engine by artifact kind, checked against their files, and what
+    the artifacts fix about the run (model, image size, precision, seed), each checked against the
+    flag where it was given too: an artifact computes one thing. Batch sizes default to the size it
+    was tuned for, and must lie in the range it accepts."""
     manifests, fixed = {}, {}
-    paths = {"--onnx": args.onnx, "--engine": args.engine}
-    for flag, fmt in (("--onnx", "onnx"), ("--engine", "tensorrt")):
-        path = paths[flag]
-        if path is None:
-            continue
+    paths = artifact_paths(args)
+    for kind, path in paths.items():
+        flag = ARTIFACT_FLAGS[kind]
         try:
             manifest = load_manifest(path)
         except ManifestError as exc:
             raise UsageError(f"{flag} {exc}") from None
-        if manifest.get("format") != fmt or "weights_digest" not in manifest:
-            raise UsageError(f"{flag} {path}: not an artifact of python -m export --format {fmt}")
+        if manifest.get("format") != kind or "weights_digest" not in manifest:
+            raise UsageError(f"{flag} {path}: not an artifact of python -m export --format {kind}")
         weights = manifest["weights"]
         if weights["source"] == "file" and args.weights is None:
             raise UsageError(f"{flag} {path} was exported from the weights in {weights['path']}: pass them with --weights")
@@ -178,137 +179,71 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
                 raise UsageError(f"{flag} {path} was exported with {option} {value}; this run asks for {given}")
             fixed[option] = value
         fixed.setdefault("--batch-size", [manifest["batch"]["opt"]])
-        manifests[flag] = manifest
-    for flag, manifest in manifests.items():
-        low, high = manifest["batch"]["min"], manifest["batch"]["max"]
+        manifests[kind] = manifest
+    for kind, manifest in manifests.items():
+        accepted = BatchRange(**manifest["batch"])
         for size in args.batch_size or fixed["--batch-size"]:
-            if not low <= size <= high:
-                raise UsageError(f"--batch-size {size}: {flag} {paths[flag]} accepts batches of {low} to {high}")
+            if size not in accepted:
+                raise UsageError(f"--batch-size {size}: {ARTIFACT_FLAGS[kind]} {paths[kind]} accepts batches of "
+                                 f"{accepted.min} to {accepted.max}")
     if len({m["weights_digest"] for m in manifests.values()}) > 1:
         raise UsageError("--onnx and --engine were exported from different weights")
     return manifests, fixed
 
 
-def resolve(args: argparse.Namespace) -> Plan:
-    """Check every argument against what this machine has; raise UsageError on the first bad one."""
-    manifests, fixed = resolve_artifacts(args)
-    models = args.model or fixed.get("--model", ["resnet50"])
-    precisions = args.precision or fixed.get("--precision", ["fp32"])
-    batch_sizes = args.batch_size or fixed.get("--batch-size", [8])
-    image_size = args.image_size or fixed.get("--image-size", 224)
-    seed = args.seed if args.seed is not None else fixed.get("--seed", 0)
-    for name in models:
-        if name not in resnet_perf.MODEL_NAMES:
-            raise UsageError(f"--model {name!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise UsageError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    device = resolve_device(args.device)
-    if args.host_io and device.type != "cuda":
-        raise UsageError("--host-io times host-device copies, so it needs --device cuda")
+def resolve_options(args: argparse.Namespace, shape: RunShape) -> dict[str, Any]:
+    """Every backend's own options from its flags. Backends that host another (servers) come last,
+    so that they see the options of the one they host."""
+    options: dict[str, Any] = {}
+    for name, runner in sorted(RUNNERS.items(), key=lambda item: item[1].serves_requests):
+        flags = {dest: getattr(args, dest) for dest in backend_flags(runner)}
+        options[name] = runner.resolve_options(flags, replace(shape, options=dict(options)))
+    return options
 
-    server = resolve_server(args, models)
-    explicit = args.backend != ["all"]
-    not_run: dict[str, str] = {}
-    if explicit:
+
+def resolve_backends(args: argparse.Namespace, device: torch.device, precisions: list[str],
+                     options: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The backends to run, and for --backend all those that cannot run here, with why."""
+    if args.backend != ["all"]:
         for name in args.backend:
-            if name not in BACKENDS:
-                raise UsageError(f"--backend {name!r}: unknown backend; choose from {', '.join(BACKENDS)} or all")
-            reason = unavailable_reason(name, device, server)
+            if name not in RUNNERS:
+                raise UsageError(f"--backend {name!r}: unknown backend; choose from {', '.join(RUNNERS)} or all")
+            runner = RUNNERS[name]
+            reason = runner.unavailable_reason(device, options[name])
             if reason:
                 raise UsageError(f"--backend {name}: not available on {device}: {reason}")
+            supported = runner.precisions(device, options[name])
             for precision in precisions:
-                supported = supported_precisions(name, device, server)
                 if precision not in supported:
                     raise UsageError(f"--precision {precision}: {name} on {device.type} supports {', '.join(supported)}")
-        backends = list(dict.fromkeys(args.backend))
-    else:
-        backends = []
-        for name in BACKENDS:
-            reason = unavailable_reason(name, device, server)
-            if reason:
-                not_run[name] = reason
-            else:
-                backends.append(name)
-        for precision in precisions:
-            if not any(precision in supported_precisions(name, device, server) for name in backends):
-                raise UsageError(f"--precision {precision}: no backend available here runs it on {device.type}")
-    server_flags = {"--server-url": args.server_url, "--server-model": args.server_model,
-                    "--served-backend": args.served_backend}
-    for flag, value in server_flags.items():
-        if value is not None and "triton-server" not in backends:
-            why = "add it to --backend" if explicit else f"it cannot run here ({not_run['triton-server']})"
-            raise UsageError(f"{flag} applies to the triton-server backend: {why}")
-    for flag in manifests:
-        if not set(ARTIFACT_BACKENDS[flag]) & set(backends):
-            wanted = " or ".join(ARTIFACT_BACKENDS[flag])
-            why = "add one to --backend" if explicit else f"none runs here ({not_run[ARTIFACT_BACKENDS[flag][0]]})"
-            raise UsageError(f"{flag} is run by the {wanted} backend: {why}")
-    check_scenario(args)
-    if args.scenario == "single-stream":
-        if args.batch_size not in (None, [1]):
-            raise UsageError("--scenario single-stream issues one sample per query: leave out --batch-size")
-        batch_sizes = [1]
-    elif args.scenario == "server" and args.max_batch is not None:
-        if args.batch_size is not None:
-            raise UsageError("--max-batch and --batch-size both set the server's batch: give one")
-        batch_sizes = [args.max_batch]
-    if args.profile and args.scenario != "offline":
-        raise UsageError("--profile times the stages in the fixed-batch loop: use it with --scenario offline")
-    if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends):
-        raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime: use it with --precision int8 and the "
-                         "onnxruntime backend")
-    if args.cuda_graph and "tensorrt" not in backends:
-        raise UsageError("--cuda-graph applies to the tensorrt backend, which this run does not include")
-
-    if args.weights is not None and len(models) > 1:
-        raise UsageError("--weights holds one model's weights: give exactly one --model with it")
-    if args.resume is not None:
-        if not Path(args.resume).is_file():
-            raise UsageError(f"--resume {args.resume}: no such file")
-        args.json_path = args.json_path or args.resume
-    check_writable("--json", args.json_path)
-    check_directory("--cache-dir", args.cache_dir)
-    check_writable("--csv", args.csv_path)
-    check_writable("--plot", args.plot_path)
-    calibration_inputs = quantize.check_arguments(args, models, image_size, "int8" in precisions)
-    evaluation = None
-    if args.eval_data is not None:
-        try:
-            evaluation = load_labelled(args.eval_data, image_size, args.eval_samples)
-        except ImageFolderError as exc:
-            raise UsageError(str(exc)) from None
-    elif args.eval_samples is not None:
-        raise UsageError("--eval-samples applies to --eval-data")
-    threads = args.threads or torch.get_num_threads()
-    digests = {m["weights_digest"] for m in manifests.values()}
-    return Plan(models, backends, not_run, device, precisions, batch_sizes, image_size, seed, threads, server,
-                onnx=Path(args.onnx) if args.onnx else None, engine=Path(args.engine) if args.engine else None,
-                weights_digest=digests.pop() if digests else None, calibration_inputs=calibration_inputs,
-                evaluation=evaluation)
+        return list(dict.fromkeys(args.backend)), {}
+    backends, not_run = [], {}
+    for name, runner in RUNNERS.items():
+        reason = runner.unavailable_reason(device, options[name])
+        if reason:
+            not_run[name] = reason
+        else:
+            backends.append(name)
+    for precision in precisions:
+        if not any(precision in RUNNERS[name].precisions(device, options[name]) for name in backends):
+            raise UsageError(f"--precision {precision}: no backend available here runs it on {device.type}")
+    return backends, not_run
 
 
-def resolve_server(args: argparse.Namespace, models: list[str]) -> ServerOptions:
-    """The triton-server backend's options: a running server at --server-url, or a local one hosting
-    --served-backend."""
-    if args.server_url is None:
-        if args.server_model is not None:
-            raise UsageError("--server-model names a model on the server at --server-url: give --server-url too")
-        served = args.served_backend or "onnxruntime"
-        if served not in RUNNERS or served == "triton-server":
-            choices = ", ".join(name for name in BACKENDS if name != "triton-server")
-            raise UsageError(f"--served-backend {served!r}: choose from {choices}")
-        return ServerOptions(served=RUNNERS[served], max_queue_delay_ms=args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS)
-    try:
-        Endpoint.parse(args.server_url)
-    except ValueError as exc:
-        raise UsageError(f"--server-url {exc}") from None
-    if args.served_backend is not None:
-        raise UsageError("--served-backend is what a locally started server hosts; the server at --server-url "
-                         "runs what it was given")
-    if len(models) > 1:
-        raise UsageError("--server-url measures one served model: give exactly one --model")
-    return ServerOptions(url=args.server_url, model=args.server_model or models[0])
+def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: Mapping[str, str]) -> None:
+    """A backend's own flag, or an artifact, given to a run without a backend that reads it."""
+    explicit = args.backend != ["all"]
+    applies: list[tuple[str, bool, list[str]]] = []
+    for runner, names in flag_groups():
+        for dest, default in backend_flags(runner).items():
+            applies.append((f"--{dest.replace('_', '-')}", getattr(args, dest) != default, names))
+    for kind, flag in ARTIFACT_FLAGS.items():
+        names = [name for name, runner in RUNNERS.items() if runner.artifact == kind]
+        applies.append((flag, kind in artifact_paths(args), names))
+    for flag, given, names in applies:
+        if given and not set(names) & set(backends):
+            why = "add it to --backend" if explicit else f"it cannot run here ({not_run[names[0]]})"
+            raise UsageError(f"{flag} applies to the {' or '.join(names)} backend: {why}")
 
 
 def check_scenario(args: argparse.Namespace) -> None:
@@ -335,324 +270,165 @@ def check_scenario(args: argparse.Namespace) -> None:
                          "(pip install mlcommons-loadgen)")
     if args.loadgen_logs is not None:
         check_directory("--loadgen-logs", args.loadgen_logs)
+    if args.scenario == "single-stream" and args.batch_size not in (None, [1]):
+        raise UsageError("--scenario single-stream issues one sample per query: leave out --batch-size")
+    if args.max_batch is not None and args.batch_size is not None:
+        raise UsageError("--max-batch and --batch-size both set the server's batch: give one")
+    if args.profile and args.scenario != "offline":
+        raise UsageError("--profile times the stages in the fixed-batch loop: use it with --scenario offline")
 
 
-def list_backends(device: torch.device, server: ServerOptions) -> None:
-    console = report.console()
-    for name in BACKENDS:
-        reason = unavailable_reason(name, device, server)
-        status = "[green]available[/green]" if reason is None else f"[yellow]unavailable[/yellow]: {escape(reason)}"
-        console.print(f"{name:<16} {status}", highlight=False)
-
-
-def reference_run(name: str, weights_model: torch.nn.Module | None, plan: Plan):
-    """The model, the parity inputs and the fp32 eager reference logits, on the CPU. Without them
-    no row can run, so a failure here (an image size too large for memory) is a usage error."""
-    try:
-        model = weights_model or resnet_perf.build_model(name, image_size=plan.image_size, seed=plan.seed)
-        parity_x = parity_inputs(parity.PARITY_BATCH, plan.image_size, plan.seed, model.fc.out_features)
-        with torch.inference_mode():
-            reference = model(parity_x)
-    except Exception as exc:  # noqa: BLE001 - whatever it was, it is reported in one line
-        raise UsageError(f"{name} at {plan.image_size} px: {one_line(exc)}") from None
-    if plan.weights_digest is not None and resnet_perf.weights_digest(model) != plan.weights_digest:
-        given = plan.onnx or plan.engine
-        raise UsageError(f"{given} was exported from other weights than this run's {name} "
-                         "(pass the --weights it was exported from)")
-    return model, parity_x, reference
-
-
-def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[], object]:
-    """The call the clock brackets. Normally the backend's own call on an input already in place.
-    With host_io, also the copies a serving process makes around it: the batch from pinned host
-    memory into the input, and the logits back into pinned host memory (both blocking, since some
-    backends run on streams of their own)."""
-    x = runner.to_input(batch)
-    if not host_io:
-        return lambda: runner.run(x)
-    host_in = x.cpu().pin_memory()
-    host_out = torch.empty_like(runner.run(x), device="cpu").pin_memory()
-
-    def call():
-        x.copy_(host_in)
-        return host_out.copy_(runner.run(x))
-
-    return call
-
-
-def loop_row(runner: Runner, row: report.Row, batch: torch.Tensor, args: argparse.Namespace) -> None:
-    """The offline scenario: the fixed-batch loop, timed call by call, --repeat times over. The
-    backend's own report (a server's statistics) covers the last repetition's timed calls."""
-    call = timed_call(runner, batch, args.host_io)
-    runs = [timing.measure(call, runner.config.device, warmup=args.warmup, iters=args.iters, min_time=args.min_time,
-                           before_timed=runner.mark)
-            for _ in range(args.repeat)]
-    row.serving = runner.window()
-    row.first_run_ms = runs[0].first_run_ms
-    row.samples_ms = [sample for run in runs for sample in run.samples_ms]
-    row.iters = len(row.samples_ms)
-    if args.repeat > 1:
-        row.repeats = [timing.summarize(run.samples_ms, row.batch_size)["throughput_ips"] for run in runs]
-    stats = timing.summarize(row.samples_ms, row.batch_size)
-    row.throughput_ips, row.latency_ms = stats["throughput_ips"], stats["latency_ms"]
-    row.host_io = args.host_io
-    row.cv = stats["latency_ms"]["std"] / stats["latency_ms"]["mean"]
-    row.noisy = row.cv > args.noise_threshold
-
-
-def profile_row(runner: Runner, row: report.Row, batch: torch.Tensor, args: argparse.Namespace) -> None:
-    """--profile: the median time of each stage of the model (stem, layer1..4, head) on the backend,
-    each fed the previous stage's real output. Backends that run the model whole have no stages."""
-    stages = runner.stages()
-    if stages is None:
-        return
-    x, row.profile = runner.to_input(batch), {}
-    for name, stage in stages:
-        def call(stage=stage, x=x):
-            with torch.inference_mode():
-                return stage(x)
-
-        measured = timing.measure(call, runner.config.device, warmup=args.warmup, iters=args.iters)
-        row.profile[name] = float(np.median(measured.samples_ms))
-        x = call()
-
-
-def loadgen_row(runner: Runner, row: report.Row, inputs: torch.Tensor, args: argparse.Namespace) -> None:
-    """A LoadGen scenario: LoadGen issues the queries; every call goes from host memory to host logits."""
-    # One batch's time sizes LoadGen's query counts and the top of a rate search.
-    batch = inputs[: row.batch_size] if row.batch_size <= len(inputs) else next(parity.batches(inputs, row.batch_size))[0]
-    probe = timing.measure(lambda: runner.infer(batch), runner.config.device, warmup=args.warmup, iters=5)
-    row.first_run_ms = probe.first_run_ms
-    expected_s = float(np.median(probe.samples_ms)) / 1e3
-    log_dir = None if args.loadgen_logs is None else (
-        Path(args.loadgen_logs) / f"{row.model}-{row.backend}-{row.precision}-b{row.batch_size}-{row.scenario}")
-    settings = scenarios.ScenarioSettings(row.scenario, args.duration, args.target_qps, args.p99_ms,
-                                          args.max_queue_delay_ms, args.mlperf_rules, log_dir)
-    search = None
-    submit = runner.submit if runner.serves_requests else None
-    if args.find_max_qps:
-        # The backend's own report (a server's statistics) covers the last, confirming run.
-        result, target, search = scenarios.find_max_qps(runner.infer, inputs, row.batch_size, settings,
-                                                        runner.config.device, expected_s, submit,
-                                                        before_run=runner.mark)
-    else:
-        runner.mark()
-        result = scenarios.run(runner.infer, inputs, row.batch_size, settings, runner.config.device, expected_s,
-                               submit)
-        target = args.target_qps
-    row.serving = runner.window()
-    row.throughput_ips = result.completed_samples_per_s
-    row.latency_ms = result.latency_ms
-    row.samples_ms = result.samples_ms
-    row.iters = result.details["query_count"] or len(result.samples_ms)
-    if row.scenario == "server":
-        row.achieved_qps = result.completed_samples_per_s  # one sample per query
-    row.loadgen = {
-        "result": "VALID" if result.valid else "INVALID",
-        "reasons": result.reasons,
-        "early_stopping_p99_ms": result.early_stopping_ms.get(99.0),
-        "early_stopping_estimates_ms": {f"p{p:g}": v for p, v in result.early_stopping_ms.items()},
-        "target_qps": target,
-        # LoadGen draws Poisson arrivals: in a short run the rate it scheduled differs from the target.
-        "scheduled_qps": result.scheduled_samples_per_s,
-        "p99_bound_ms": args.p99_ms,
-        "duration_s": None if args.mlperf_rules else args.duration,
-        "version": result.details["loadgen_version"],
-        "log_dir": result.log_dir,
-        "search": search,
-    }
-
-
-def bench_row(runner: Runner, row: report.Row, parity_x: torch.Tensor, reference: torch.Tensor,
-              args: argparse.Namespace, evaluation: tuple[torch.Tensor, torch.Tensor, dict] | None = None) -> report.Row:
-    """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens."""
-    try:
-        start = time.perf_counter()
-        runner.prepare()
-        row.setup_s = time.perf_counter() - start
-
-        if row.scenario == "offline":
-            # The timed batch is the parity batch's first batch_size inputs (cycled where it is larger).
-            batch = next(parity.batches(parity_x, row.batch_size))[0]
-            loop_row(runner, row, batch, args)
-            if args.profile:
-                profile_row(runner, row, batch, args)
-        else:
-            loadgen_row(runner, row, parity_x, args)
-
-        row.parity = parity.compare(reference, parity.predict(runner.infer, parity_x, row.batch_size), row.precision)
-        if evaluation is not None:
-            images, labels, fp32 = evaluation
-            measured = parity.accuracy(parity.predict(runner.infer, images, row.batch_size), labels)
-            row.accuracy = {"images": len(labels), **measured, "reference_top1": fp32["top1"],
-                            "reference_top5": fp32["top5"]}
-        row.note = runner.timing_note
-    except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
-        row.status, row.error = "failed", one_line(exc)
-    finally:
-        runner.close()
-    return row
-
-
-def reference_accuracy(model: torch.nn.Module, evaluation: tuple[torch.Tensor, torch.Tensor] | None):
-    """--eval-data's images and labels with the fp32 model's own accuracy on them, or None."""
-    if evaluation is None:
+def fixed_model(args: argparse.Namespace, models: list[str], image_size: int, seed: int,
+                manifests: Mapping[str, dict]) -> torch.nn.Module | None:
+    """The model every row runs when the run fixes it: --weights, or the synthetic model a given
+    artifact was exported from, checked against the artifact's weights."""
+    if args.weights is not None and len(models) > 1:
+        raise UsageError("--weights holds one model's weights: give exactly one --model with it")
+    if args.weights is None and not manifests:
         return None
-    images, labels = evaluation
-    if int(labels.max()) >= model.fc.out_features:
-        raise UsageError(f"--eval-data has {int(labels.max()) + 1} class folders; the model has "
-                         f"{model.fc.out_features} classes")
-    with torch.inference_mode():
-        return images, labels, parity.accuracy(parity.predict(model, images, 64), labels)
-
-
-def row_key(row: report.Row) -> tuple:
-    return (row.model, row.backend, row.device, row.precision, row.batch_size, row.image_size, row.scenario)
+    model = resnet_perf.build_model(models[0], weights=args.weights, image_size=image_size, seed=seed)
+    for kind, manifest in manifests.items():
+        if resnet_perf.weights_digest(model) != manifest["weights_digest"]:
+            raise UsageError(f"{artifact_paths(args)[kind]} was exported from other weights than this run's {models[0]} "
+                             "(pass the --weights it was exported from)")
+    return model
 
 
 def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
     """The rows an earlier, interrupted run recorded, by key; refused if it ran somewhere else."""
+    if not Path(path).is_file():
+        raise UsageError(f"--resume {path}: no such file")
     document = report.load(path, "--resume")
-    for field_ in ("cpu", "gpu", "torch", "onnxruntime", "tensorrt", "threads"):
-        if document["env"].get(field_) != env[field_]:
-            raise UsageError(f"--resume {path} was measured with {field_} {document['env'].get(field_)}, "
-                             f"this run has {env[field_]}: its rows would not compare")
-    return {row_key(r): r for r in report.rows_from_json(document)}
+    for key in ("cpu", "gpu", "torch", "onnxruntime", "tensorrt", "threads"):
+        if document["env"].get(key) != env[key]:
+            raise UsageError(f"--resume {path} was measured with {key} {document['env'].get(key)}, "
+                             f"this run has {env[key]}: its rows would not compare")
+    return {report.row_key(r): r for r in report.rows_from_json(document)}
 
 
-def run_rows(plan: Plan, weights_model: torch.nn.Module | None, args: argparse.Namespace,
-             done: dict[tuple, report.Row], on_row: Callable[[list[report.Row]], None]) -> tuple[list[report.Row], bool]:
-    """Every row of the table: model x precision x batch size x backend, in that nesting. Rows in
-    ``done`` (from --resume) are kept, not run again. ``on_row`` gets the rows so far after each
-    one finishes. Returns the rows and whether Ctrl-C cut the run short (the row it interrupted is
-    dropped; every finished one is kept)."""
-    cache_dir = Path(args.cache_dir)
-    rows: list[report.Row] = []
-    total = len(plan.models) * len(plan.precisions) * len(plan.batch_sizes) * len(plan.backends)
-    stderr = Console(stderr=True)
-    # The progress display is for a person at a terminal; in a log it would only add blank lines.
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
-        task = progress.add_task("starting", total=total)
-        try:
-            for name in plan.models:
-                model = None
-                for precision in plan.precisions:
-                    out_of_memory_at: dict[str, int] = {}
-                    for batch_size in plan.batch_sizes:
-                        for backend in plan.backends:
-                            row = report.Row(name, backend, plan.device.type, precision, batch_size,
-                                             plan.image_size, scenario=args.scenario)
-                            progress.update(task, description=f"{name} {backend} {precision} batch {batch_size}")
-                            runner_cls = RUNNERS[backend]
-                            if row_key(row) in done:
-                                row = done[row_key(row)]
-                            elif precision not in supported_precisions(backend, plan.device, plan.server):
-                                row.status = "skipped"
-                                row.error = f"{precision} is not supported by {backend} on {plan.device.type}"
-                            elif backend in out_of_memory_at and batch_size > out_of_memory_at[backend]:
-                                row.status = "skipped"
-                                row.error = f"out of memory at batch {out_of_memory_at[backend]}"
-                            else:
-                                if model is None:
-                                    progress.update(task, description=f"{name}: the model and the fp32 reference")
-                                    model, parity_x, reference = reference_run(name, weights_model, plan)
-                                    # The key of every artifact cached for this model: its name and weights.
-                                    ident = f"{name}-{resnet_perf.weights_digest(model)[:12]}"
-                                    calibration = quantize.calibration(args, plan.calibration_inputs, plan.image_size,
-                                                                       plan.seed, model.fc.out_features)
-                                    evaluation = reference_accuracy(model, plan.evaluation)
-                                config = RunConfig(ident, plan.device, precision, batch_size, plan.image_size,
-                                                   plan.threads, cache_dir, args.compile_mode, onnx=plan.onnx,
-                                                   engine=plan.engine, cuda_graph=args.cuda_graph,
-                                                   calibration=calibration if precision == "int8" else None,
-                                                   server=plan.server)
-                                bench_row(runner_cls(model, config), row, parity_x, reference, args, evaluation)
-                            if row.error == "out of memory":
-                                out_of_memory_at[backend] = batch_size
-                                if plan.device.type == "cuda":
-                                    torch.cuda.empty_cache()
-                            rows.append(row)
-                            on_row(rows)
-                            progress.advance(task)
-                if args.sensitivity and model is not None:
-                    progress.update(task, description=f"{name}: int8 sensitivity, one layer in fp32 at a time")
-                    analysis = sensitivity.analyse(model, calibration, parity_x, reference, image_size=plan.image_size,
-                                                   batch=plan.batch_sizes[0], cache_dir=cache_dir / "calibration")
-                    for row in rows:
-                        if (row.model, row.backend, row.precision, row.status) == (name, "onnxruntime", "int8", "ok"):
-                            row.sensitivity = analysis
-                    on_row(rows)
-        except KeyboardInterrupt:
-            return rows, True
-    return rows, False
+def resolve(args: argparse.Namespace) -> Plan:
+    """The run the flags ask for, checked against what this machine has; UsageError on the first
+    bad input, before anything runs."""
+    manifests, fixed = resolve_artifacts(args)
+    models = args.model or fixed.get("--model", ["resnet50"])
+    precisions = args.precision or fixed.get("--precision", ["fp32"])
+    image_size = args.image_size or fixed.get("--image-size", 224)
+    seed = args.seed if args.seed is not None else fixed.get("--seed", 0)
+    for name in models:
+        if name not in resnet_perf.MODEL_NAMES:
+            raise UsageError(f"--model {name!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    device = resolve_device(args.device)
+    if args.host_io and device.type != "cuda":
+        raise UsageError("--host-io times host-device copies, so it needs --device cuda")
+    check_scenario(args)
+    if args.scenario == "single-stream":
+        batch_sizes = [1]
+    elif args.max_batch is not None:
+        batch_sizes = [args.max_batch]
+    else:
+        batch_sizes = args.batch_size or fixed.get("--batch-size", [8])
+    model = fixed_model(args, models, image_size, seed, manifests)
+
+    shape = RunShape(tuple(models), device, tuple(precisions), tuple(batch_sizes), image_size,
+                     model.fc.out_features if model else resnet_perf.IMAGENET_CLASSES,
+                     args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, runners=dict(RUNNERS))
+    options = resolve_options(args, shape)
+    backends, not_run = resolve_backends(args, device, precisions, options)
+    check_backend_flags(args, backends, not_run)
+    if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends):
+        raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime: use it with --precision int8 and the "
+                         "onnxruntime backend")
+    outputs = Outputs(*(Path(p) if p else None for p in (args.json_path or args.resume, args.csv_path, args.plot_path)))
+    for flag, path in (("--json", outputs.json), ("--csv", outputs.csv), ("--plot", outputs.plot)):
+        check_writable(flag, path)
+    check_directory("--cache-dir", args.cache_dir)
+    calibration = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
+                                            tuple(args.keep_fp or ()))
+    calibration_inputs = quantize.check_arguments(calibration, models, image_size, "int8" in precisions)
+    if args.eval_samples is not None and args.eval_data is None:
+        raise UsageError("--eval-samples applies to --eval-data")
+    try:
+        evaluation = None if args.eval_data is None else load_labelled(args.eval_data, image_size, args.eval_samples)
+    except ImageFolderError as exc:
+        raise UsageError(str(exc)) from None
+    if evaluation is not None and int(evaluation[1].max()) >= shape.classes:
+        raise UsageError(f"--eval-data has {int(evaluation[1].max()) + 1} class folders; the model has "
+                         f"{shape.classes} classes")
+    for name in backends:
+        RUNNERS[name].check_ready(options[name], shape)
+    threads = args.threads or torch.get_num_threads()
+    env = bench_env.collect(device, threads)
+    return Plan(
+        tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,
+        Path(args.cache_dir), env, options={name: options[name] for name in backends},
+        artifacts={kind: Path(path) for kind, path in artifact_paths(args).items()}, not_run=not_run,
+        loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile),
+        scenario=ScenarioSettings(args.scenario, args.duration, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
+                                  args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
+        find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,
+        calibration_inputs=calibration_inputs, evaluation=evaluation, sensitivity=args.sensitivity,
+        outputs=outputs, resumed=load_resume(args.resume, env) if args.resume else {},
+    )
+
+
+def list_backends(args: argparse.Namespace) -> int:
+    """--list-backends: every backend, and whether it runs here (with the backend flags given)."""
+    device = resolve_device(args.device)
+    shape = RunShape(tuple(args.model or ["resnet50"]), device, ("fp32",), (8,), 224, resnet_perf.IMAGENET_CLASSES,
+                     args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, runners=dict(RUNNERS))
+    options = resolve_options(args, shape)
+    console = report.console()
+    for name, runner in RUNNERS.items():
+        reason = runner.unavailable_reason(device, options[name])
+        status = "[green]available[/green]" if reason is None else f"[yellow]unavailable[/yellow]: {escape(reason)}"
+        console.print(f"{name:<16} {status}", highlight=False)
+    return 0
+
+
+def other_command(args: argparse.Namespace) -> int:
+    """compare, report and serve: each its own small program."""
+    if args.command == "compare":
+        return compare.compare(args.base, args.new, threshold=args.threshold, resamples=args.resamples,
+                               relative_to=args.relative_to)
+    if args.command == "report":
+        print(f"wrote {report.write_report(args.runs, args.output)}")
+        return 0
+    return serve.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["compare"]:
-        return compare.main(argv[1:])
-    if argv[:1] == ["report"]:
-        return report.main(argv[1:])
-    if argv[:1] == ["serve"]:
-        from bench.serving import serve  # PyTriton and its server only where one is served
-
-        return serve.main(argv[1:])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["run", *argv]
+    prog = "python -m bench" if argv[0] == "run" else f"python -m bench {argv[0]}"
     try:
         args = build_parser().parse_args(argv)
+        if args.command != "run":
+            return other_command(args)
         if args.list_backends:
-            list_backends(resolve_device(args.device), resolve_server(args, args.model or ["resnet50"]))
-            return 0
+            return list_backends(args)
         plan = resolve(args)
-        weights_model = (
-            resnet_perf.build_model(plan.models[0], weights=args.weights) if args.weights is not None else None
-        )
-        torch.set_num_threads(plan.threads)
-        if plan.device.type == "cuda":
-            # Synchronize and CUDA events act on the current device: make it the one measured.
-            torch.cuda.set_device(plan.device)
-        if plan.server.url is not None and "triton-server" in plan.backends:
-            check_remote(plan.server.url, plan.server.model, batch_sizes=plan.batch_sizes, image_size=plan.image_size,
-                         classes=weights_model.fc.out_features if weights_model else resnet_perf.IMAGENET_CLASSES,
-                         precisions=plan.precisions)
-        env = bench_env.collect(plan.device, plan.threads)
-        done = load_resume(args.resume, env) if args.resume else {}
-    except (UsageError, ServerError, resnet_perf.WeightsError) as exc:
-        print(f"python -m bench: error: {exc}", file=sys.stderr)
+    except (UsageError, resnet_perf.WeightsError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 
-    def save(rows: list[report.Row]) -> None:
-        """JSON and CSV after every row, each written atomically: a crash or Ctrl-C loses no finished row."""
-        if args.json_path:
-            write_text(args.json_path, report.to_json(rows, env))
-        if args.csv_path:
-            write_text(args.csv_path, report.to_csv(rows))
+    torch.set_num_threads(plan.threads)
+    if plan.device.type == "cuda":
+        # Synchronize and CUDA events act on the current device: make it the one measured.
+        torch.cuda.set_device(plan.device)
+    rows, interrupted = run.run_rows(plan, RUNNERS, on_row=lambda rows: report.save(rows, plan))
 
-    try:
-        rows, interrupted = run_rows(plan, weights_model, args, done, save)
-    except UsageError as exc:
-        print(f"python -m bench: error: {exc}", file=sys.stderr)
-        return 2
-
-    console = report.console()
-    report.print_table(rows, console)
-    if any(r.profile for r in rows):
-        console.print(report.profile_table(rows))
-    if any(r.serving for r in rows):
-        console.print(report.serving_table(rows))
-    for row in rows:
-        if row.serving and isinstance(row.serving["server"], str):
-            console.print(f"[dim]{row.model} {row.backend}: {escape(row.serving['server'])}[/dim]", highlight=False)
-    for row in rows:
-        if row.sensitivity and row.batch_size == plan.batch_sizes[0]:
-            console.print(report.sensitivity_table(row))
-    for backend, reason in plan.not_run.items():
-        console.print(f"[dim]not run: {backend}: {escape(reason)}[/dim]", highlight=False)
-    if args.plot_path and any(r.status == "ok" for r in rows):
-        title = f"{', '.join(plan.models)} on {plan.device.type} ({env['gpu'] or env['cpu']}), {plan.image_size} px"
-        plot.write_plot([asdict(r) for r in rows], args.plot_path, title)
+    report.print_run(rows, plan, report.console())
+    if plan.outputs.plot and any(r.status == "ok" for r in rows):
+        where = plan.env["gpu"] or plan.env["cpu"]
+        title = f"{', '.join(plan.models)} on {plan.device.type} ({where}), {plan.image_size} px"
+        plot.write_plot([asdict(r) for r in rows], plan.outputs.plot, title)
     if interrupted:
-        where = f"; {args.json_path} holds them (--resume {args.json_path} runs the rest)" if args.json_path else ""
+        json_path = plan.outputs.json
+        where = f"; {json_path} holds them (--resume {json_path} runs the rest)" if json_path else ""
         print(f"python -m bench: interrupted after {len(rows)} row(s){where}", file=sys.stderr)
         return 130
     return 0 if all(r.ok for r in rows) else 1

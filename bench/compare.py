@@ -20,7 +20,6 @@ have no row in common. Usable as a CI gate.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +27,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench import report
-from resnet_perf.cli import Parser, UsageError, positive_float, positive_int
-
-KEY = ("model", "backend", "device", "precision", "batch_size", "image_size", "scenario")
+from bench.report import Row
+from resnet_perf.cli import UsageError, positive_float, positive_int
 
 
 @dataclass(frozen=True)
@@ -64,13 +62,13 @@ def bootstrap_ratio(base: np.ndarray, new: np.ndarray, *, base_ref: np.ndarray |
     return float(ratio), float(low), float(high)
 
 
-def judge(base: dict, new: dict, threshold: float, *, base_ref: dict | None = None, new_ref: dict | None = None,
+def judge(base: Row, new: Row, threshold: float, *, base_ref: Row | None = None, new_ref: Row | None = None,
           resamples: int = 4000) -> Change:
-    if new["status"] != "ok" or not (new.get("parity") or {}).get("passed", True):
+    if new.status != "ok" or not (new.parity or {}).get("passed", True):
         return Change(np.nan, np.nan, np.nan, "failed")
 
-    def samples(row: dict | None) -> np.ndarray | None:
-        return None if row is None else np.asarray(row["samples_ms"], float)
+    def samples(row: Row | None) -> np.ndarray | None:
+        return None if row is None else np.asarray(row.samples_ms, float)
 
     ratio, low, high = bootstrap_ratio(samples(base), samples(new), base_ref=samples(base_ref),
                                        new_ref=samples(new_ref), resamples=resamples)
@@ -81,26 +79,25 @@ def judge(base: dict, new: dict, threshold: float, *, base_ref: dict | None = No
     return Change(ratio, low, high, "unchanged")
 
 
-def load_run(path: str) -> dict[tuple, dict]:
-    """The rows of a ``python -m bench --json`` file that have samples to compare, by KEY."""
+def load_run(path: str) -> dict[tuple, Row]:
+    """The rows of a ``python -m bench --json`` file that have samples to compare, by their key."""
     rows = {}
-    for row in report.load(path)["results"]:
-        if row["status"] == "skipped":
+    for row in report.rows_from_json(report.load(path)):
+        if row.status == "skipped":
             continue
-        if row["status"] == "ok" and len(row["samples_ms"]) < 2:
-            raise UsageError(f"{path}: row {row['backend']} batch {row['batch_size']} has fewer than 2 samples")
-        rows[tuple(row[k] for k in KEY)] = row
+        if row.status == "ok" and len(row.samples_ms) < 2:
+            raise UsageError(f"{path}: row {row.backend} batch {row.batch_size} has fewer than 2 samples")
+        rows[report.row_key(row)] = row
     return rows
 
 
-def reference(run: dict[tuple, dict], key: tuple, backend: str) -> dict | None:
+def reference(run: dict[tuple, Row], key: tuple, backend: str) -> Row | None:
     """The successful row of ``backend`` matching ``key`` in everything but the backend."""
     row = run.get((key[0], backend, *key[2:]))
-    return row if row is not None and row["status"] == "ok" else None
+    return row if row is not None and row.status == "ok" else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m bench compare", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", help="the baseline run's JSON (python -m bench --json)")
     p.add_argument("new", help="the run to check against it")
     p.add_argument("--threshold", type=positive_float, default=0.05,
@@ -108,53 +105,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=positive_int, default=4000, help="bootstrap resamples (default 4000)")
     p.add_argument("--relative-to", default=None, metavar="BACKEND",
                    help="compare each row as a ratio to this backend's row of the same run (cancels machine drift)")
-    return p
 
 
-def main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if args.threshold >= 1:
-            raise UsageError(f"--threshold {args.threshold}: a fraction below 1 (0.05 is 5%)")
-        base, new = load_run(args.base), load_run(args.new)
-        common = [key for key in base if key in new and base[key]["status"] == "ok"]
-        if not common:
-            raise UsageError(f"{args.base} and {args.new} have no successful row in common to compare")
-        if args.relative_to is not None:
-            missing = [key for key in common if any(reference(run, key, args.relative_to) is None for run in (base, new))]
-            if missing:
-                raise UsageError(f"--relative-to {args.relative_to}: no successful {args.relative_to} row for "
-                                 f"{' '.join(map(str, missing[0]))} in both runs")
-            common = [key for key in common if key[1] != args.relative_to]
-    except UsageError as exc:
-        print(f"python -m bench compare: error: {exc}", file=sys.stderr)
-        return 2
+def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples: int = 4000,
+            relative_to: str | None = None) -> int:
+    """Print the comparison of two runs; returns the exit status (1 on a regression). Raises
+    UsageError, before printing anything, when a file cannot be read or the runs share no row."""
+    if threshold >= 1:
+        raise UsageError(f"--threshold {threshold}: a fraction below 1 (0.05 is 5%)")
+    base, new = load_run(base_path), load_run(new_path)
+    common = [key for key in base if key in new and base[key].status == "ok"]
+    if not common:
+        raise UsageError(f"{base_path} and {new_path} have no successful row in common to compare")
+    if relative_to is not None:
+        missing = [key for key in common if any(reference(run, key, relative_to) is None for run in (base, new))]
+        if missing:
+            raise UsageError(f"--relative-to {relative_to}: no successful {relative_to} row for "
+                             f"{' '.join(map(str, missing[0]))} in both runs")
+        common = [key for key in common if key[1] != relative_to]
 
-    relative = "" if args.relative_to is None else f", each relative to {args.relative_to}"
-    grid = Table(title=f"{args.new} against {args.base} (threshold {args.threshold:.0%}{relative})", title_justify="left")
+    against = "" if relative_to is None else f", each relative to {relative_to}"
+    grid = Table(title=f"{new_path} against {base_path} (threshold {threshold:.0%}{against})", title_justify="left")
     for name in ("model", "backend", "device", "prec", "batch", "scenario", "base ms", "new ms", "change", "95% CI", ""):
         grid.add_column(name, justify="right" if name in ("batch", "base ms", "new ms", "change", "95% CI") else "left")
     colours = {"regression": "red", "failed": "red", "improvement": "green", "unchanged": "dim"}
     regressions = 0
     for key in common:
         b, n = base[key], new[key]
-        refs = {} if args.relative_to is None else {
-            "base_ref": reference(base, key, args.relative_to), "new_ref": reference(new, key, args.relative_to)}
-        change = judge(b, n, args.threshold, resamples=args.resamples, **refs)
+        refs = {} if relative_to is None else {
+            "base_ref": reference(base, key, relative_to), "new_ref": reference(new, key, relative_to)}
+        change = judge(b, n, threshold, resamples=resamples, **refs)
         regressions += change.verdict in ("regression", "failed")
         model, backend, device, precision, batch, _, scenario = key
         if change.verdict == "failed":
-            why = n["error"] if n["status"] != "ok" else "parity failed"
+            why = n.error if n.status != "ok" else "parity failed"
             cells = ["-", "-", "-", "-", f"[red]failed[/red]: {escape(str(why))}"]
         else:
-            cells = [f"{np.mean(b['samples_ms']):.2f}", f"{np.mean(n['samples_ms']):.2f}", f"{change.ratio - 1:+.1%}",
+            cells = [f"{np.mean(b.samples_ms):.2f}", f"{np.mean(n.samples_ms):.2f}", f"{change.ratio - 1:+.1%}",
                      f"{change.low - 1:+.1%} .. {change.high - 1:+.1%}",
                      f"[{colours[change.verdict]}]{change.verdict}[/{colours[change.verdict]}]"]
         grid.add_row(model, backend, device, precision, str(batch), scenario, *cells)
     out = report.console()
     out.print(grid)
-    for label, only in (("only in", [k for k in base if k not in new]), ("new in", [k for k in new if k not in base])):
+    for label, path, only in (("only in", base_path, [k for k in base if k not in new]),
+                              ("new in", new_path, [k for k in new if k not in base])):
         for key in only:
-            out.print(f"[dim]{label} {args.base if label == 'only in' else args.new}: {' '.join(map(str, key))}[/dim]")
+            out.print(f"[dim]{label} {path}: {' '.join(map(str, key))}[/dim]")
     out.print(f"{regressions} regression(s) among {len(common)} compared row(s)", highlight=False)
     return 1 if regressions else 0

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from export.manifest import installed_version
+from resnet_perf.versions import installed_version
 
 
 def _cpu_name() -> str:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from resnet_perf.atomic import write_text
+from resnet_perf.cli import UsageError, check_directory
+
+if TYPE_CHECKING:
+    from bench.plan import Plan
 
 SCHEMA = "resnet-perf/bench/1"
 
@@ -53,6 +60,14 @@ class Row:
     @property
     def ok(self) -> bool:
         return self.status != "failed" and (self.parity is None or self.parity["passed"])
+
+
+# What tells two rows of a table apart: rows of two runs with the same key measured the same thing.
+KEY = ("model", "backend", "device", "precision", "batch_size", "image_size", "scenario")
+
+
+def row_key(row: Row) -> tuple:
+    return tuple(getattr(row, name) for name in KEY)
 
 
 def _finite(value):
@@ -257,14 +272,44 @@ def console() -> Console:
     return out if out.is_terminal and out.width >= 200 else Console(width=max(out.width, 200))
 
 
-def print_table(rows: list[Row], out: Console) -> None:
+def save(rows: list[Row], plan: Plan) -> None:
+    """The run's JSON and CSV, each written atomically: called after every row, so that a crash or
+    Ctrl-C loses no finished one."""
+    if plan.outputs.json:
+        write_text(plan.outputs.json, to_json(rows, plan.env))
+    if plan.outputs.csv:
+        write_text(plan.outputs.csv, to_csv(rows))
+
+
+def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
+    """The run's sections on ``out``: the table, then where the rows have them the stage profile,
+    the serving split, INT8 sensitivity, and the backends that could not run here."""
     out.print(table(rows))
+    if any(r.profile for r in rows):
+        out.print(profile_table(rows))
+    if any(r.serving for r in rows):
+        out.print(serving_table(rows))
+    for row in rows:
+        if row.serving and isinstance(row.serving["server"], str):
+            out.print(f"[dim]{row.model} {row.backend}: {escape(row.serving['server'])}[/dim]", highlight=False)
+    for row in rows:
+        if row.sensitivity and row.batch_size == plan.batch_sizes[0]:
+            out.print(sensitivity_table(row))
+    for backend, reason in plan.not_run.items():
+        out.print(f"[dim]not run: {backend}: {escape(reason)}[/dim]", highlight=False)
+
+
+# The keys every row of a --json file has, and those a row that ran adds: a file without them is
+# from another version, or was edited by hand.
+_ROW_KEYS = {"model": str, "backend": str, "device": str, "precision": str, "batch_size": int, "image_size": int,
+             "status": str, "scenario": str}
+_OK_ROW_KEYS = {"throughput_ips": (int, float), "latency_ms": dict, "samples_ms": list, "parity": (dict, type(None))}
+STATUSES = ("ok", "failed", "skipped")
 
 
 def load(path: str | Path, flag: str = "") -> dict:
-    """A ``--json`` document read back, or UsageError naming the file (and the flag that gave it)."""
-    from resnet_perf.cli import UsageError
-
+    """A ``--json`` document read back and checked row by row, or UsageError naming the file (and
+    the flag that gave it), the row and what is wrong with it."""
     where = f"{flag} {path}".strip()
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -272,11 +317,32 @@ def load(path: str | Path, flag: str = "") -> dict:
         raise UsageError(f"{where}: not a readable JSON file ({exc})") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise UsageError(f"{where}: not a python -m bench result (schema {SCHEMA!r})")
+    if not isinstance(document.get("env"), dict) or not isinstance(document.get("results"), list):
+        raise UsageError(f"{where}: a python -m bench result has an 'env' object and a 'results' list")
+    for index, record in enumerate(document["results"]):
+        problem = _row_problem(record)
+        if problem:
+            raise UsageError(f"{where}: row {index}: {problem}")
     return document
 
 
+def _row_problem(record) -> str | None:
+    """What makes ``record`` not a row this version can read, or None."""
+    if not isinstance(record, dict):
+        return "not an object"
+    wanted = dict(_ROW_KEYS, **(_OK_ROW_KEYS if record.get("status") == "ok" else {}))
+    for key, kind in wanted.items():
+        if key not in record:
+            return f"missing key {key!r}"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return f"{key} is {record[key]!r}"
+    if record["status"] not in STATUSES:
+        return f"status is {record['status']!r}, not one of {', '.join(STATUSES)}"
+    return None
+
+
 def rows_from_json(document: dict) -> list[Row]:
-    """The rows of a ``--json`` document, as Rows again (fields this version does not know are dropped)."""
+    """The rows of a document ``load`` read, as Rows again (fields this version does not know are dropped)."""
     names = {f.name for f in fields(Row)}
     return [Row(**{k: v for k, v in record.items() if k in names}) for record in document["results"]]
 
@@ -311,30 +377,25 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> int:
-    """``python -m bench report RUN.json... --output DIR``: a Markdown report with tables and plots."""
-    from bench.plot import write_plot
-    from resnet_perf.atomic import write_text
-    from resnet_perf.cli import Parser, UsageError, check_directory
-
-    parser = Parser(prog="python -m bench report", description=main.__doc__.split(":", 1)[1].strip())
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="JSON files written by python -m bench --json")
     parser.add_argument("--output", required=True, help="folder for report.md and its plots")
-    try:
-        args = parser.parse_args(argv)
-        documents = [(Path(path), load(path)) for path in args.runs]
-        check_directory("--output", args.output)
-    except UsageError as exc:
-        print(f"python -m bench report: error: {exc}", file=sys.stderr)
-        return 2
 
+
+def write_report(runs: list[str], output: str) -> Path:
+    """``python -m bench report``: a Markdown report of the runs in ``runs`` (their tables, and a
+    plot of each) written to ``output``/report.md; returns its path. Every file is read and checked
+    before anything is written (UsageError)."""
+    from bench.plot import write_plot
+
+    documents = [(Path(path), load(path)) for path in runs]
+    check_directory("--output", output)
     sections = ["# resnet-perf report", ""]
     for path, document in documents:
         plot = None
         if any(r["status"] == "ok" for r in document["results"]):
             plot = f"{path.stem}.png"
-            write_plot(document["results"], Path(args.output) / plot, path.stem)
+            write_plot(document["results"], Path(output) / plot, path.stem)
         sections.append(to_markdown(rows_from_json(document), document["env"], path.name, plot))
-    write_text(Path(args.output) / "report.md", "\n".join(sections))
-    print(f"wrote {Path(args.output) / 'report.md'}")
-    return 0
+    write_text(Path(output) / "report.md", "\n".join(sections))
+    return Path(output) / "report.md"

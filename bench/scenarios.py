@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from resnet_perf.parity import cycled
+
 SCENARIOS = ("single-stream", "multi-stream", "server", "offline-loadgen")
 # Below this many queries LoadGen's percentiles rest on too few samples to say anything.
 MIN_QUERIES = 100
@@ -121,11 +123,10 @@ class _BatchingSUT:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         while (batch := self._next_batch()) is not None:
-            indices = [sample.index for _, sample in batch]
-            # Pad a short batch by cycling its own samples: the runner's shape is static.
-            padded = [indices[i % len(indices)] for i in range(self.batch_size)]
+            # A short batch is padded: the runner's shape is static.
+            padded = cycled(self.inputs[[sample.index for _, sample in batch]], self.batch_size)
             try:
-                self.infer(self.inputs[padded])
+                self.infer(padded)
             except BaseException as exc:  # noqa: BLE001 - reported after the run; LoadGen must still finish
                 self.error = self.error or exc
             done = time.perf_counter()

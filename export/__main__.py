@@ -25,7 +25,7 @@ import resnet_perf
 from export import quantize, tensorrt, triton_repo
 from resnet_perf.atomic import publish, staging_dir, write_text
 from export.manifest import sha256_file, versions, write_manifest
-from export.onnx import DEFAULT_OPSET, DTYPES, BatchRange, cpu_session, export_onnx, graph_io
+from export.onnx import DEFAULT_OPSET, ONNX_PRECISIONS, BatchRange, cpu_session, export_onnx, graph_io
 from resnet_perf import parity
 from resnet_perf.cli import (
     Parser,
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--dynamic-batch", default=None, metavar="MIN:OPT:MAX",
                       help=f"a dynamic batch axis (default {DEFAULT_BATCH}); OPT is the size TensorRT tunes for")
     p.add_argument("--image-size", type=positive_int, default=224)
-    p.add_argument("--precision", choices=(*DTYPES, "int8"), default="fp32")
+    p.add_argument("--precision", choices=(*ONNX_PRECISIONS, "int8"), default="fp32")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET)
     p.add_argument("--weights", default=None, help="state_dict file (torchvision or ours); default: synthetic")
     p.add_argument("--seed", type=rng_seed, default=0, help="seed of the synthetic model and of the parity inputs")
@@ -89,6 +89,7 @@ class Plan:
     precision: str
     device: torch.device | None  # the GPU an engine is built for
     trt_version: str | None
+    calibration_flags: quantize.CalibrationFlags
     calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
 
 
@@ -130,10 +131,11 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--precision int8: {torch.cuda.get_device_name(device)} (compute capability "
                              f"{capability}) has no int8 instructions; build fp32")
         check_writable("--timing-cache", args.timing_cache)
-    calibration_inputs = quantize.check_arguments(args, [args.model], args.image_size, args.precision == "int8")
+    flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
+    calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, args.precision == "int8")
     check_directory("--output", args.output)  # last: a refused export creates nothing
     return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version,
-                calibration_inputs)
+                flags, calibration_inputs)
 
 
 def check_parity(run, reference: torch.Tensor, inputs: torch.Tensor, batch: BatchRange, precision: str) -> dict:
@@ -156,8 +158,8 @@ def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module,
 
     calibration = None
     if plan.precision == "int8":
-        calibration = quantize.calibration(args, plan.calibration_inputs, args.image_size, args.seed,
-                                           model.fc.out_features)
+        calibration = quantize.calibration(plan.calibration_flags, plan.calibration_inputs, args.image_size,
+                                           args.seed, model.fc.out_features)
     # INT8 calibration ranges are kept beside the artifact, so re-exporting with the same inputs skips
     # them; but not inside a Triton model repository, where any folder is taken for a model.
     calibration_cache = plan.output / "calibration"

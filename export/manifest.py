@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from resnet_perf.atomic import write_text
+from resnet_perf.versions import installed_version
 
 SCHEMA = "resnet-perf/manifest/1"
 
@@ -37,16 +37,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def installed_version(*distributions: str) -> str | None:
-    """The version of the first of ``distributions`` that is installed, or None."""
-    for name in distributions:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def versions(tensorrt: str | None = None) -> dict:

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from resnet_perf.atomic import atomic_path
+from resnet_perf.precision import PRECISIONS
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 DEFAULT_OPSET = 18
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# The precisions export_onnx writes itself; int8 is an fp32 export, quantized by export.quantize.
+ONNX_PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,9 @@ def export_onnx(
     strict shape inference) accepts it. ``model`` is not changed."""
     import onnx  # lazy: importing the package must not need the exporter's dependencies
 
-    if precision not in DTYPES:
-        raise ValueError(f"ONNX export supports {', '.join(DTYPES)}, not {precision!r}")
-    dtype = DTYPES[precision]
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"ONNX export supports {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
+    dtype = PRECISIONS[precision].dtype
     module = copy.deepcopy(model).eval().to(dtype)
     example = torch.zeros(batch.opt, 3, image_size, image_size, dtype=dtype)
     # One entry per positional argument of forward(): the batch axis of the image, when dynamic.
@@ -127,13 +129,14 @@ def cpu_session(path: str | os.PathLike, precision: str = "fp32"):
     """A function running ``path`` in onnxruntime's CPU provider: fp32 logits for an fp32 batch.
     Where the CPU provider lacks an fp16 kernel it computes that node in fp32 (onnxruntime inserts the
     casts), so an fp16 graph is checked for its structure and its fp16 weights, not fp16 arithmetic."""
-    import numpy as np
     import onnxruntime as ort
 
+    dtype = PRECISIONS[precision].numpy
+    if dtype is None:
+        raise ValueError(f"onnxruntime takes numpy inputs, and numpy has no {precision}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    dtype = np.float16 if precision == "fp16" else np.float32
 
     def run(x: torch.Tensor) -> torch.Tensor:
         (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(dtype)})

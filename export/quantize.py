@@ -23,11 +23,12 @@ from pathlib import Path
 
 import platform
 
-import numpy as np
 from torch import Tensor
 
 from resnet_perf.atomic import atomic_path
+from resnet_perf.parity import cycled
 from export.manifest import sha256_file
+from export.onnx import INPUT_NAME
 
 METHODS = ("minmax", "entropy", "percentile")
 FLAVOURS = {
@@ -133,12 +134,12 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
         """The calibration inputs in batches the model accepts (the last one padded by cycling)."""
 
         def __init__(self):
-            order = np.arange(-(-len(inputs) // batch) * batch) % len(inputs)
-            self.batches = iter(inputs.numpy()[order].reshape(-1, batch, *inputs.shape[1:]))
+            padded = cycled(inputs.numpy(), -(-len(inputs) // batch) * batch)
+            self.batches = iter(padded.reshape(-1, batch, *inputs.shape[1:]))
 
         def get_next(self):
             x = next(self.batches, None)
-            return None if x is None else {"input": x}
+            return None if x is None else {INPUT_NAME: x}
 
     spec = FLAVOURS[flavour]
     bits = weight_bits(flavour)
@@ -200,41 +201,53 @@ def add_arguments(parser) -> None:
                        help="layers to leave in fp32, by module name (conv1, layer1.0.conv2, fc)")
 
 
-def check_arguments(args, models: list[str], image_size: int, int8: bool) -> Tensor | None:
+@dataclass(frozen=True)
+class CalibrationFlags:
+    """The flags add_arguments adds, as given: each command builds this from its own namespace, so
+    that what follows takes values rather than argparse's object."""
+
+    data: str | None  # --calib-data
+    method: str  # --calib-method
+    samples: int  # --calib-samples
+    keep_fp: tuple[str, ...]  # --keep-fp
+
+
+def check_arguments(flags: CalibrationFlags, models: list[str], image_size: int, int8: bool) -> Tensor | None:
     """Check the calibration flags against the run; returns the inputs of --calib-data (None when
     calibration is synthetic or there is no int8). Raises UsageError on anything wrong."""
     import resnet_perf
     from resnet_perf.cli import UsageError
     from resnet_perf.images import ImageFolderError, load_calibration
 
-    given = [flag for flag, value in (("--calib-data", args.calib_data), ("--keep-fp", args.keep_fp),
-                                      ("--calib-method", args.calib_method != "minmax")) if value]
+    given = [flag for flag, value in (("--calib-data", flags.data), ("--keep-fp", flags.keep_fp),
+                                      ("--calib-method", flags.method != "minmax")) if value]
     if not int8:
         if given:
             raise UsageError(f"{given[0]} applies to --precision int8")
         return None
     for name in models:
         layers = resnet_perf.layer_names(name)
-        for layer in args.keep_fp or ():
+        for layer in flags.keep_fp:
             if layer not in layers:
                 raise UsageError(f"--keep-fp {layer}: {name} has no such layer; its layers are {layers[0]}, "
                                  f"{layers[1]}, ..., {layers[-1]}")
-    if args.calib_data is None:
+    if flags.data is None:
         return None
     try:
-        return load_calibration(args.calib_data, image_size, args.calib_samples)
+        return load_calibration(flags.data, image_size, flags.samples)
     except ImageFolderError as exc:
         raise UsageError(str(exc)) from None
 
 
-def calibration(args, inputs: Tensor | None, image_size: int, seed: int, num_classes: int) -> Calibration:
+def calibration(flags: CalibrationFlags, inputs: Tensor | None, image_size: int, seed: int,
+                num_classes: int) -> Calibration:
     """The run's Calibration: the --calib-data inputs, or a fresh draw of the synthetic parity
     distribution (never the parity inputs themselves, so int8 is not judged on what tuned it)."""
     from resnet_perf.synthetic import quantization_inputs
 
     if inputs is None:
-        inputs = quantization_inputs(args.calib_samples, image_size, seed, num_classes)
-        source = {"kind": "synthetic", "seed": seed, "samples": args.calib_samples}
+        inputs = quantization_inputs(flags.samples, image_size, seed, num_classes)
+        source = {"kind": "synthetic", "seed": seed, "samples": flags.samples}
     else:
-        source = {"kind": "folder", "path": os.path.abspath(args.calib_data), "samples": len(inputs)}
-    return Calibration(inputs, args.calib_method, tuple(args.keep_fp or ()), source)
+        source = {"kind": "folder", "path": os.path.abspath(flags.data), "samples": len(inputs)}
+    return Calibration(inputs, flags.method, flags.keep_fp, source)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from export.onnx import BatchRange, cpu_session, export_onnx
+from export.onnx import INPUT_NAME, BatchRange, cpu_session, export_onnx
 from export.quantize import Calibration, layer_names, quantize_onnx
 from resnet_perf import parity
 
@@ -32,7 +32,7 @@ def _sqnr(source: Path, quantized: Path, inputs: Tensor, batch: int, tmp: Path) 
 
         def get_next(self):
             x = next(self.batches, None)
-            return None if x is None or len(x) != batch else {"input": x.numpy()}
+            return None if x is None or len(x) != batch else {INPUT_NAME: x.numpy()}
 
     activations = {}
     for name, path in (("float", source), ("qdq", quantized)):

@@ -201,6 +201,8 @@ class Engine:
                 raise TensorRTError(f"TensorRT could not deserialize {plan_path.name} (its log above says why)")
             self.context = self.engine.create_execution_context()
 
+        # The engine's own tensor types, in TensorRT's enum (there only once tensorrt is imported),
+        # as torch's: what it binds, not a precision (a TensorRT 10 fp16 engine keeps fp32 inputs).
         dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16}
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

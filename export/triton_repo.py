@@ -8,8 +8,9 @@ input shape, since Triton then passes requests through unbatched.
 
 from __future__ import annotations
 
+from resnet_perf.precision import by_dtype
+
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
-_DATA_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16"}
 
 
 def artifact_name(platform: str) -> str:
@@ -30,7 +31,9 @@ def config_pbtxt(name: str, platform: str, manifest: dict, *, instances: int = 1
         for t in entries:
             # With max_batch_size > 0, dims leave out the batch axis: Triton adds it.
             dims = t["shape"][1:] if dynamic else t["shape"]
-            blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {_DATA_TYPES[t["dtype"]]}\n'
+            # The element type the manifest read back from the artifact, not its precision's: a
+            # TensorRT 10 fp16 engine is built from the fp32 graph and keeps fp32 inputs.
+            blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: TYPE_{by_dtype(t["dtype"]).triton}\n'
                           f'    dims: [ {", ".join(str(d) for d in dims)} ]\n  }}')
         return "[\n" + ",\n".join(blocks) + "\n]"
 

@@ -36,10 +36,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 
-from kernels import fused_conv2d as fc
+from kernels.fused_conv2d import CONFIGS, DTYPES, INTERPRET, Launch, kernel_channels, pack_weight
+from kernels.fused_conv2d import plan as plan_launch
 
 TARGETS = {"sm_90": 90, "sm_80": 80}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What a thread block may use on Hopper (sm_90): 227 KB of shared memory; Ampere (sm_80): 163 KB.
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 
@@ -73,7 +73,7 @@ class Conv:
                 f"{' +res' if self.residual else ''}{' relu' if self.relu else ''}")
 
 
-def plan(conv: Conv, dtype: torch.dtype, arch: int = 90, device: str = "cpu") -> fc.Launch:
+def plan(conv: Conv, dtype: torch.dtype, arch: int = 90, device: str = "cpu") -> Launch:
     """The launch ``fused_conv2d`` would make for ``conv`` on an sm_``arch`` GPU, with tensors laid
     out as the fused model lays them out: on the CPU, stand-ins for CUDA ones (torch.empty touches
     no memory, so batch-256 activations cost nothing), or on ``device`` "cuda" real ones."""
@@ -83,19 +83,19 @@ def plan(conv: Conv, dtype: torch.dtype, arch: int = 90, device: str = "cpu") ->
 
     # The fused model pads a few-channel input once per forward, and its weights once, as plan
     # would pad them per call.
-    channels = fc.kernel_channels(conv.channels)
+    channels = kernel_channels(conv.channels)
     x = activation(channels, (conv.height, conv.width))
-    weight = fc.pack_weight(torch.empty(conv.out_channels, channels, *conv.kernel, dtype=dtype, device=device))
+    weight = pack_weight(torch.empty(conv.out_channels, channels, *conv.kernel, dtype=dtype, device=device))
     residual = activation(conv.out_channels, conv.out_size) if conv.residual else None
-    launch = fc.plan(x, weight, torch.empty(conv.out_channels, device=device), stride=conv.stride,
-                     padding=conv.padding, residual=residual, relu=conv.relu)
+    launch = plan_launch(x, weight, torch.empty(conv.out_channels, device=device), stride=conv.stride,
+                         padding=conv.padding, residual=residual, relu=conv.relu)
     if launch.path == "gemm_tma" and arch < 90 and device == "cpu":  # as tma_descriptors decides on a CUDA device
         launch.path = "gemm"
         launch.args.update(x_desc=None, w_desc=None)
     return launch
 
 
-def _bind(launch: fc.Launch, config: triton.Config, backend) -> tuple:
+def _bind(launch: Launch, config: triton.Config, backend) -> tuple:
     """What JITFunction.run computes before it compiles: signature, constexprs, attributes, options
     (through the JIT's own internals, as of Triton 3.9; --warm-cache needs none of them)."""
     from triton.runtime.jit import create_function_from_signature
@@ -109,18 +109,18 @@ def _bind(launch: fc.Launch, config: triton.Config, backend) -> tuple:
     return fn._pack_args(backend, kwargs, bound, specialization, options)
 
 
-def compile_key(launch: fc.Launch, config: triton.Config, arch: int) -> str:
+def compile_key(launch: Launch, config: triton.Config, arch: int) -> str:
     """Two launches with the same key compile to the same binary: the compile is done once."""
     options, signature, constexprs, attrs = _bind(launch, config, make_backend(GPUTarget("cuda", arch, 32)))
     return repr((launch.kernel.fn.__name__, sorted(signature.items()), sorted(constexprs.items(), key=str),
                  sorted(attrs.items()), sorted(options.__dict__.items(), key=str)))
 
 
-def compile_launch(launch: fc.Launch, config: triton.Config, arch: int = 90) -> dict:
+def compile_launch(launch: Launch, config: triton.Config, arch: int = 90) -> dict:
     """Compile one launch with one config for ``arch``; the compiled facts, or the error."""
     from triton import knobs
 
-    if fc.INTERPRET:
+    if INTERPRET:
         raise RuntimeError("kernels.aot compiles the real kernels: run it with TRITON_INTERPRET unset or 0")
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
@@ -203,29 +203,29 @@ class Job:
     """One compile: the first conv (and dtype) of a compile class, with one config of its path."""
 
     conv: Conv
-    dtype: str
+    dtype: torch.dtype
     config: int  # index into fused_conv2d.CONFIGS[path]
 
 
 def _work(job: Job, arch: int) -> dict:
-    launch = plan(job.conv, DTYPES[job.dtype], arch)
-    return compile_launch(launch, fc.CONFIGS[launch.path][job.config], arch)
+    launch = plan(job.conv, job.dtype, arch)
+    return compile_launch(launch, CONFIGS[launch.path][job.config], arch)
 
 
-def sweep(convs: list[Conv], dtypes: list[str], arch: int = 90, jobs: int | None = None,
+def sweep(convs: list[Conv], dtypes: dict[str, torch.dtype], arch: int = 90, jobs: int | None = None,
           select=None, progress=None) -> list[dict]:
     """Compile every config of every conv's path (or the records ``select`` keeps), each distinct
     compile once, ``jobs`` at a time in separate processes. One record per (compile class, dtype,
-    config), naming every conv it serves."""
+    config), naming every conv it serves; ``dtypes`` maps the name records give a dtype to it."""
     classes: dict[str, dict] = {}
-    for dtype in dtypes:
+    for name, dtype in dtypes.items():
         for conv in convs:
-            launch = plan(conv, DTYPES[dtype], arch)
-            for index, config in enumerate(fc.CONFIGS[launch.path]):
+            launch = plan(conv, dtype, arch)
+            for index, config in enumerate(CONFIGS[launch.path]):
                 key = compile_key(launch, config, arch)
                 record = classes.get(key)
                 if record is None:
-                    record = classes[key] = {"path": launch.path, "dtype": dtype, "config": config_name(config),
+                    record = classes[key] = {"path": launch.path, "dtype": name, "config": config_name(config),
                                              "config_index": index, "convs": [], "shapes": [], "target": f"sm_{arch}",
                                              "job": Job(conv, dtype, index)}
                 record["convs"].append(conv.name)
@@ -252,7 +252,7 @@ def _in_processes(fn, calls: list[tuple], tags: list, jobs: int | None, progress
                 progress(advance=1)
 
 
-def _specialisation(launch: fc.Launch, index: int) -> tuple:
+def _specialisation(launch: Launch, index: int) -> tuple:
     """Triton's rule for what a launch compiles to, short of the compiler's own key: the kernel and
     config, its constexprs, each integer argument's being 1 or a multiple of 16, and tensor dtypes."""
     ints = tuple((name, v == 1, v % 16 == 0) for name, v in launch.args.items() if isinstance(v, int))
@@ -261,15 +261,15 @@ def _specialisation(launch: fc.Launch, index: int) -> tuple:
 
 
 def _warm(job: Job) -> None:
-    launch = plan(job.conv, DTYPES[job.dtype], device="cuda")
-    config = fc.CONFIGS[launch.path][job.config]
+    launch = plan(job.conv, job.dtype, device="cuda")
+    config = CONFIGS[launch.path][job.config]
     kwargs = {**launch.args, **launch.constexprs, **config.all_kwargs()}
     if config.pre_hook is not None:
         config.pre_hook(kwargs)
     launch.kernel.fn.warmup(grid=(1,), **kwargs)
 
 
-def warm_cache(convs: list[Conv], dtypes: list[str], jobs: int | None = None, progress=None) -> int:
+def warm_cache(convs: list[Conv], dtypes: list[torch.dtype], jobs: int | None = None, progress=None) -> int:
     """On a CUDA machine: compile every config of every conv's path through the JIT, ``jobs``
     processes at a time, into Triton's on-disk cache, so that autotuning afterwards, which compiles
     one config after another in one process, only loads and measures. Returns the compile count."""
@@ -279,8 +279,8 @@ def warm_cache(convs: list[Conv], dtypes: list[str], jobs: int | None = None, pr
     firsts: dict[tuple, Job] = {}
     for dtype in dtypes:
         for conv in convs:
-            launch = plan(conv, DTYPES[dtype], arch=major * 10 + minor)
-            for index in range(len(fc.CONFIGS[launch.path])):
+            launch = plan(conv, dtype, arch=major * 10 + minor)
+            for index in range(len(CONFIGS[launch.path])):
                 firsts.setdefault(_specialisation(launch, index), Job(conv, dtype, index))
     for _ in _in_processes(_warm, [(job,) for job in firsts.values()], list(firsts), jobs, progress):
         pass
@@ -350,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     from resnet_perf.cli import Parser, UsageError, list_of, positive_int
     from resnet_perf.fused import conv_layers
     from resnet_perf.models.resnet import MODEL_NAMES
+    from resnet_perf.precision import by_dtype
+
+    # The dtypes the kernels take, by the names of the precisions computing in them.
+    kernel_dtypes = {by_dtype(dtype).name: dtype for dtype in DTYPES}
 
     parser = Parser(prog="python -m kernels.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet50", choices=MODEL_NAMES)
@@ -367,15 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH")
     try:
         args = parser.parse_args(argv)
-        for dtype in args.dtype:
-            if dtype not in DTYPES:
-                raise UsageError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+        for name in args.dtype:
+            if name not in kernel_dtypes:
+                raise UsageError(f"--dtype {name!r}: choose from {', '.join(kernel_dtypes)}")
         for path in args.path or []:
-            if path not in fc.CONFIGS:
-                raise UsageError(f"--path {path!r}: choose from {', '.join(fc.CONFIGS)}")
+            if path not in CONFIGS:
+                raise UsageError(f"--path {path!r}: choose from {', '.join(CONFIGS)}")
         if args.peaks_of and not os.path.isfile(args.peaks_of):
             raise UsageError(f"--peaks-of {args.peaks_of}: no such file")
-        if fc.INTERPRET:
+        if INTERPRET:
             raise UsageError("TRITON_INTERPRET=1 is set: kernels.aot compiles the real kernels, run it without")
         if args.warm_cache and not torch.cuda.is_available():
             raise UsageError("--warm-cache fills a CUDA machine's Triton cache: no CUDA GPU is visible here")
@@ -384,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     arch = TARGETS[args.target]
+    dtypes = {name: kernel_dtypes[name] for name in args.dtype}
     convs = [conv for batch in args.batch_size for conv in conv_layers(args.model, args.image_size, batch)]
     select = _peaks(args.peaks_of, arch) if args.peaks_of else None
     if args.path:
@@ -398,9 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         task = bar.add_task("compiling")
         progress = lambda **kw: bar.update(task, **kw)  # noqa: E731
         if args.warm_cache:
-            count = warm_cache(convs, args.dtype, args.jobs, progress)
+            count = warm_cache(convs, list(dtypes.values()), args.jobs, progress)
         else:
-            records = sweep(convs, args.dtype, arch, args.jobs, select, progress)
+            records = sweep(convs, dtypes, arch, args.jobs, select, progress)
     elapsed = time.perf_counter() - start
     if not args.warm_cache and not records:
         paths = ", ".join(args.path or ["any"])

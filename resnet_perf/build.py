@@ -8,6 +8,7 @@ import os
 import torch
 from torch import nn
 
+from resnet_perf.cli import one_line
 from resnet_perf.models.resnet import IMAGENET_CLASSES, MODEL_NAMES, _resnet
 from resnet_perf.synthetic import calibrate
 
@@ -58,8 +59,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model")
         # weights_only: a checkpoint is data; unpickling arbitrary objects from it would run code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt pickle fails in many ways (seen: IndexError)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"weights file {path} is not a readable PyTorch state_dict ({reason})") from None
+        raise WeightsError(f"weights file {path} is not a readable PyTorch state_dict "
+                           f"({one_line(exc, first_line=True)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"weights file {path} does not hold a state_dict (a mapping of names to tensors)")
 

@@ -113,9 +113,12 @@ def check_directory(flag: str, path: str) -> None:
         raise UsageError(f"{flag} {path}: not writable")
 
 
-def one_line(exc: BaseException) -> str:
-    """A runtime error as one line for a table cell or stderr; exhausted memory as "out of memory"."""
-    text = " ".join(str(exc).split())
+def one_line(exc: BaseException, *, first_line: bool = False) -> str:
+    """A runtime error as one line for a table cell or stderr; exhausted memory as "out of memory".
+    ``first_line`` keeps only the message's first line, for errors that carry a traceback or log
+    after it (a server's answer, torch.load's on a bad file), where the rest would crowd out what happened."""
+    text = str(exc).strip()
+    text = " ".join((text.splitlines()[0] if first_line and text else text).split())
     # CPU allocators and onnxruntime report exhaustion as plain errors with these words.
     allocator = ("out of memory", "failed to allocate memory", "defaultcpuallocator")
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or any(a in text.lower() for a in allocator):

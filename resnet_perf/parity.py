@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,12 +64,20 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+def cycled(samples, size: int, start: int = 0):
+    """``size`` samples of ``samples`` (a torch tensor or numpy array) from ``start`` on, wrapping
+    around to the first as often as needed. Static-shape backends (an engine, an ONNX file, CUDA
+    graphs) take exactly ``size`` samples, so a short batch is filled up with its own samples,
+    whose outputs the caller drops."""
+    return samples[(start + np.arange(size)) % len(samples)]
+
+
 def batches(inputs: Tensor, batch_size: int) -> Iterator[tuple[Tensor, int]]:
-    """``inputs`` in batches of exactly ``batch_size`` (static-shape backends need that), each with
-    its count of real inputs: the last batch is padded by cycling through ``inputs`` again."""
+    """``inputs`` in batches of exactly ``batch_size``, each with its count of real inputs: the
+    last batch is padded by ``cycled``."""
     n = inputs.shape[0]
     for start in range(0, n, batch_size):
-        yield inputs[torch.arange(start, start + batch_size) % n], min(batch_size, n - start)
+        yield cycled(inputs, batch_size, start), min(batch_size, n - start)
 
 
 def predict(run: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int) -> Tensor:

@@ -174,7 +174,6 @@ class BrokenRunner(EagerRunner):
 def extra_runners(monkeypatch):
     for runner in (PerturbedRunner, BrokenRunner):
         monkeypatch.setitem(RUNNERS, runner.name, runner)
-    monkeypatch.setattr(cli, "BACKENDS", (*cli.BACKENDS, "perturbed", "broken"))
 
 
 def test_parity_failure_and_runtime_failure_keep_the_other_rows(capsys, tmp_path, extra_runners):
@@ -216,7 +215,6 @@ class OutOfMemoryRunner(EagerRunner):
 
 def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(RUNNERS, "oom", OutOfMemoryRunner)
-    monkeypatch.setattr(cli, "BACKENDS", (*cli.BACKENDS, "oom"))
     json_path = tmp_path / "run.json"
     code, _, _ = run_cli(capsys, "--model", "resnet18", "--image-size", "32", "--batch-size", "2,4,8",
                          "--iters", "2", "--warmup", "0", "--backend", "oom,eager", "--json", str(json_path))
@@ -229,7 +227,76 @@ def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path,
     ]
 
 
-def test_an_image_size_too_large_for_memory_is_one_line(capsys):
-    code, _, err = run_cli(capsys, "--model", "resnet18", "--image-size", "100000", "--backend", "eager")
-    assert code == 2
-    assert err.count("\n") == 1 and "resnet18 at 100000 px: out of memory" in err
+def test_an_image_size_too_large_for_memory_fails_its_rows_in_one_line(capsys, tmp_path):
+    json_path = tmp_path / "run.json"
+    code, out, err = run_cli(capsys, "--model", "resnet18", "--image-size", "100000", "--backend", "eager",
+                             "--json", str(json_path))
+    assert code == 1 and err == ""
+    [row] = json.loads(json_path.read_text())["results"]
+    assert row["status"] == "failed"
+    assert row["error"] == "the fp32 reference of resnet18 at 100000 px failed: out of memory"
+    assert "failed" in out
+
+
+def test_a_reference_failing_on_the_second_model_fails_its_rows_and_keeps_the_first(capsys, tmp_path, monkeypatch):
+    """Defect 4 of issue 15: this was a usage error (exit 2) after resnet18's rows had run, and no
+    table was printed."""
+    build = cli.resnet_perf.build_model
+
+    def build_model(name, **kwargs):
+        if name == "resnet34":
+            raise RuntimeError("disk on fire")
+        return build(name, **kwargs)
+
+    monkeypatch.setattr(cli.resnet_perf, "build_model", build_model)
+    json_path = tmp_path / "run.json"
+    code, out, err = run_cli(capsys, *SMALL[2:], "--model", "resnet18,resnet34", "--backend", "eager,onnxruntime",
+                             "--cache-dir", str(tmp_path / "cache"), "--json", str(json_path))
+    assert code == 1 and err == ""
+    rows = [(r["model"], r["backend"], r["status"], r["error"]) for r in json.loads(json_path.read_text())["results"]]
+    failed = "the fp32 reference of resnet34 at 32 px failed: RuntimeError: disk on fire"
+    assert rows == [("resnet18", "eager", "ok", None), ("resnet18", "onnxruntime", "ok", None),
+                    ("resnet34", "eager", "failed", failed), ("resnet34", "onnxruntime", "failed", failed)]
+    assert "resnet18" in out and "resnet34" in out
+
+
+def test_help_lists_the_subcommands_and_run_is_the_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("run", "compare", "report", "serve"))
+    code, _, err = run_cli(capsys, "run", "--model", "resnet51")
+    assert code == 2 and err == "python -m bench: error: --model 'resnet51': unknown model; choose from resnet18, " \
+        "resnet34, resnet50, resnet101, resnet152\n"
+
+
+class OwnFlagRunner(EagerRunner):
+    """A backend with a flag of its own, added by nothing but its registry entry."""
+
+    name = "own-flag"
+
+    @classmethod
+    def add_arguments(cls, group):
+        group.add_argument("--own-scale", type=float, default=None, help="scale the logits by this")
+
+    @classmethod
+    def resolve_options(cls, flags, run):
+        if flags["own_scale"] is not None and flags["own_scale"] <= 0:
+            raise cli.UsageError(f"--own-scale {flags['own_scale']}: a positive scale")
+        return flags["own_scale"] or 1.0
+
+    def run_impl(self, inputs):
+        return super().run_impl(inputs) * self.config.options
+
+
+def test_a_backend_brings_its_own_flags_through_the_registry(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(RUNNERS, OwnFlagRunner.name, OwnFlagRunner)
+    json_path = tmp_path / "run.json"
+    code, _, _ = run_cli(capsys, *SMALL, "--backend", "own-flag", "--own-scale", "2", "--json", str(json_path))
+    [row] = json.loads(json_path.read_text())["results"]
+    assert code == 1 and row["status"] == "ok" and not row["parity"]["passed"]  # the logits were doubled
+    code, _, err = run_cli(capsys, *SMALL, "--backend", "own-flag", "--own-scale", "-1")
+    assert code == 2 and "--own-scale -1.0: a positive scale" in err
+    code, _, err = run_cli(capsys, *SMALL, "--backend", "eager", "--own-scale", "2")
+    assert code == 2 and "--own-scale applies to the own-flag backend: add it to --backend" in err

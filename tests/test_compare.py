@@ -10,7 +10,8 @@ import pytest
 
 import bench.__main__ as cli
 from bench.compare import bootstrap_ratio, judge
-from bench.report import SCHEMA
+from bench.report import SCHEMA, Row
+from bench.timing import summarize
 
 
 def samples(mean_ms: float, noise: float, n: int = 50, seed: int = 0) -> list[float]:
@@ -19,9 +20,15 @@ def samples(mean_ms: float, noise: float, n: int = 50, seed: int = 0) -> list[fl
 
 
 def row(backend: str, latencies: list[float], status: str = "ok", passed: bool = True, batch: int = 8) -> dict:
-    return {"model": "resnet18", "backend": backend, "device": "cpu", "precision": "fp32", "batch_size": batch,
-            "image_size": 32, "scenario": "offline", "status": status, "error": None if status == "ok" else "boom",
-            "samples_ms": latencies if status == "ok" else [], "parity": {"passed": passed} if status == "ok" else None}
+    """A row as --json writes it."""
+    record = {"model": "resnet18", "backend": backend, "device": "cpu", "precision": "fp32", "batch_size": batch,
+              "image_size": 32, "scenario": "offline", "status": status, "error": None if status == "ok" else "boom",
+              "samples_ms": latencies if status == "ok" else [], "parity": {"passed": passed} if status == "ok" else None}
+    return {**record, **summarize(latencies, batch)} if status == "ok" else record
+
+
+def measured(*args, **kwargs) -> Row:
+    return Row(**row(*args, **kwargs))
 
 
 def test_identical_samples_give_a_ratio_of_one():
@@ -32,13 +39,13 @@ def test_identical_samples_give_a_ratio_of_one():
 
 @pytest.mark.parametrize("seed", range(10))
 def test_noise_only_is_not_flagged(seed):
-    base, new = row("eager", samples(10.0, 0.03, seed=seed)), row("eager", samples(10.0, 0.03, seed=100 + seed))
+    base, new = measured("eager", samples(10.0, 0.03, seed=seed)), measured("eager", samples(10.0, 0.03, seed=100 + seed))
     assert judge(base, new, 0.05).verdict == "unchanged"
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_a_ten_percent_slowdown_with_normal_noise_is_flagged(seed):
-    base, new = row("eager", samples(10.0, 0.03, seed=seed)), row("eager", samples(11.0, 0.03, seed=100 + seed))
+    base, new = measured("eager", samples(10.0, 0.03, seed=seed)), measured("eager", samples(11.0, 0.03, seed=100 + seed))
     change = judge(base, new, 0.05)
     assert change.verdict == "regression"
     assert change.low > 1.05 and change.ratio == pytest.approx(1.10, abs=0.02)
@@ -46,16 +53,16 @@ def test_a_ten_percent_slowdown_with_normal_noise_is_flagged(seed):
 
 def test_a_slowdown_the_noise_could_explain_is_not_flagged():
     """Ten samples with 40% noise: a 10% difference is inside the interval, so no verdict either way."""
-    base, new = row("eager", samples(10.0, 0.4, n=10, seed=1)), row("eager", samples(11.0, 0.4, n=10, seed=2))
+    base, new = measured("eager", samples(10.0, 0.4, n=10, seed=1)), measured("eager", samples(11.0, 0.4, n=10, seed=2))
     change = judge(base, new, 0.05)
     assert change.verdict == "unchanged" and change.low < 1.05 < change.high
 
 
 def test_a_speedup_is_an_improvement_and_a_broken_backend_a_failure():
-    base = row("eager", samples(10.0, 0.03))
-    assert judge(base, row("eager", samples(8.0, 0.03, seed=5)), 0.05).verdict == "improvement"
-    assert judge(base, row("eager", [], status="failed"), 0.05).verdict == "failed"
-    assert judge(base, row("eager", samples(10.0, 0.03), passed=False), 0.05).verdict == "failed"
+    base = measured("eager", samples(10.0, 0.03))
+    assert judge(base, measured("eager", samples(8.0, 0.03, seed=5)), 0.05).verdict == "improvement"
+    assert judge(base, measured("eager", [], status="failed"), 0.05).verdict == "failed"
+    assert judge(base, measured("eager", samples(10.0, 0.03), passed=False), 0.05).verdict == "failed"
 
 
 def write_run(path, rows):
@@ -87,6 +94,36 @@ def test_drift_common_to_a_run_cancels_relative_to_a_backend(capsys, tmp_path):
     capsys.readouterr()
     assert cli.main(["compare", base, drifted, "--relative-to", "eager"]) == 0
     assert "0 regression(s) among 1 compared row(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("key", "status"), [("status", "ok"), ("scenario", "ok"), ("batch_size", "failed"),
+                                             ("samples_ms", "ok"), ("model", "skipped")])
+def test_a_row_missing_a_key_is_one_line_naming_file_row_and_key(capsys, tmp_path, key, status):
+    """Defect 2 of issue 15: a file that parses as JSON but whose row lacks a key (an older version's,
+    or edited by hand) ended in a KeyError traceback."""
+    broken = row("eager", samples(10.0, 0.03), status=status)
+    del broken[key]
+    base = write_run(tmp_path / "base.json", [row("eager", samples(10.0, 0.03))])
+    new = write_run(tmp_path / "new.json", [row("onnxruntime", samples(5.0, 0.03)), broken])
+    assert cli.main(["compare", base, new]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"python -m bench compare: error: {new}: row 1: missing key {key!r}\n"
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"schema": SCHEMA, "env": {}}, "a python -m bench result has an 'env' object and a 'results' list"),
+    ({"schema": SCHEMA, "env": {}, "results": [1]}, "row 0: not an object"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "status": "fine"}]},
+     "row 0: status is 'fine', not one of ok, failed, skipped"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "batch_size": "8"}]},
+     "row 0: batch_size is '8'"),
+])
+def test_a_document_that_is_not_a_run_is_one_line(capsys, tmp_path, document, message):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(document))
+    assert cli.main(["compare", str(path), str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: {message}" in err
 
 
 @pytest.mark.parametrize(("files", "message"), [

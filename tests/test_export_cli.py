@@ -230,7 +230,7 @@ def test_bench_refuses_an_artifact_that_does_not_fit(capsys, onnx_export, tmp_pa
     assert "does not match its manifest" in bench("--onnx", str(copy))
     assert "no such file" in bench("--onnx", str(tmp_path / "none.onnx"))
     assert "accepts batches of 1 to 4" in bench("--onnx", str(onnx_export), "--batch-size", "8")
-    assert "--onnx is run by the onnxruntime or onnxruntime-trt backend: add one to --backend" in bench(
+    assert "--onnx applies to the onnxruntime or onnxruntime-trt backend: add it to --backend" in bench(
         "--onnx", str(onnx_export), "--backend", "eager")
     assert "was exported with --model ['resnet18']; this run asks for ['resnet34']" in bench(
         "--onnx", str(onnx_export), "--model", "resnet34")

@@ -3,6 +3,7 @@ every dtype, and every bad argument. On CPU the kernel runs in Triton's interpre
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -223,6 +224,23 @@ def test_the_stem_runs_on_its_input_padded_once():
     assert launch.args["x_ptr"] is padded_x and launch.args["w_ptr"] is padded_w  # no copy per call
     expected = fused_conv2d_reference(x, weight, bias, stride=2, padding=3, relu=True)
     torch.testing.assert_close(launch.run(), expected, **TOLERANCES[torch.float16])
+
+
+def test_the_package_gives_the_op_as_the_contract_names_it():
+    """``from kernels import fused_conv2d`` is the function, callable as the contract writes it; the
+    module (plan, CONFIGS, ...) stays importable by its name."""
+    import kernels
+    from kernels import fused_conv2d as op
+
+    module = importlib.import_module("kernels.fused_conv2d")
+    assert callable(op) and op is module.fused_conv2d and kernels.fused_conv2d is op
+    assert module is sys.modules["kernels.fused_conv2d"] and module.plan is plan
+    gen = torch.Generator().manual_seed(4)
+    x, weight, bias = make_case(gen, 1, 3, 5, 5, 4, 3, torch.float32)
+    residual = torch.randn(1, 4, 5, 5, generator=gen).to(DEVICE)
+    got = op(x, weight, bias, stride=1, padding=1, residual=residual, relu=True)
+    expected = fused_conv2d_reference(x, weight, bias, stride=1, padding=1, residual=residual, relu=True)
+    torch.testing.assert_close(got, expected, **TOLERANCES[torch.float32])
 
 
 def test_kernel_larger_than_input():

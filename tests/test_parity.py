@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from resnet_perf.parity import TOLERANCES, batches, compare, predict
+from resnet_perf.parity import TOLERANCES, batches, compare, cycled, predict
 
 
 @pytest.fixture
@@ -97,3 +98,12 @@ def test_batches_cycle_when_the_batch_is_larger_than_the_inputs():
     (batch, count), = list(batches(inputs, 7))
     assert count == 3
     assert batch.tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("make", [torch.tensor, np.array])
+def test_cycled_wraps_around_from_start_on_tensors_and_arrays(make):
+    samples = make([[0, 0], [1, 1], [2, 2]])
+    got = cycled(samples, 7, start=2)
+    assert type(got) is type(samples) and got.shape == (7, 2)
+    assert got[:, 0].tolist() == [2, 0, 1, 2, 0, 1, 2]
+    assert cycled(samples, 2).tolist() == [[0, 0], [1, 1]]  # shorter than the samples: the first ones

@@ -18,6 +18,7 @@ from export.quantize import Calibration, layer_names, quantize_onnx
 from resnet_perf import parity_inputs
 from resnet_perf.images import ImageFolderError, load_calibration, load_labelled
 from resnet_perf.parity import compare
+from resnet_perf.precision import PRECISIONS
 from resnet_perf.synthetic import quantization_inputs
 
 SMALL = ["--model", "resnet18", "--image-size", "32"]
@@ -67,7 +68,8 @@ def test_quantized_model_passes_int8_parity(resnet18_32, fp32_onnx, tmp_path, fl
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 40
-    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 in and out
+    # fp32 in and out, as the precision table says an int8 model's inputs and outputs are.
+    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [PRECISIONS["int8"].onnx] * 2
     # onnxruntime's fast kernels take uint8 activations; TensorRT only symmetric int8.
     assert zero_point_types(tmp_path / "int8.onnx") == {zero_point}
 

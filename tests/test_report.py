@@ -7,6 +7,7 @@ import json
 import pytest
 
 import bench.__main__ as cli
+from bench.report import SCHEMA
 
 SWEEP = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "3", "--backend", "eager,onnxruntime",
          "--batch-size", "1,2,4"]
@@ -60,10 +61,15 @@ def test_report_writes_markdown_with_tables_and_plots(capsys, sweep, tmp_path):
     (["report", "/nonexistent.json", "--output", "OUT"], "/nonexistent.json: not a readable JSON file"),
     (["report", "--output", "OUT"], "the following arguments are required: runs"),
     (["report", "BAD", "--output", "OUT"], "not a python -m bench result"),
+    (["report", "NOSTATUS", "--output", "OUT"], "nostatus.json: row 0: missing key 'status'"),
 ])
 def test_report_bad_input(capsys, tmp_path, argv, message):
     (tmp_path / "bad.json").write_text(json.dumps({"schema": "other"}))
-    argv = [str(tmp_path / "bad.json") if a == "BAD" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
-    assert cli.main(argv) == 2
+    row = {"model": "resnet18", "backend": "eager", "device": "cpu", "precision": "fp32", "batch_size": 2,
+           "image_size": 32, "scenario": "offline"}  # no status: defect 2 of issue 15 ended in a KeyError
+    (tmp_path / "nostatus.json").write_text(json.dumps({"schema": SCHEMA, "env": {}, "results": [row]}))
+    files = {"BAD": tmp_path / "bad.json", "NOSTATUS": tmp_path / "nostatus.json", "OUT": tmp_path / "out"}
+    assert cli.main([str(files.get(a, a)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out" / "report.md").exists()

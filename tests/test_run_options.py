@@ -41,7 +41,6 @@ class CountingRunner(EagerRunner):
 @pytest.fixture
 def extra_runners(monkeypatch):
     monkeypatch.setitem(RUNNERS, InterruptedRunner.name, InterruptedRunner)
-    monkeypatch.setattr(cli, "BACKENDS", (*cli.BACKENDS, InterruptedRunner.name))
 
 
 def results(path):
@@ -80,6 +79,19 @@ def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     assert "was measured with cpu Some Other CPU" in capsys.readouterr().err
     assert cli.main([*SMALL, "--backend", "eager", "--resume", str(tmp_path / "none.json")]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_of_a_file_whose_row_lacks_a_key_is_one_line(capsys, tmp_path):
+    """Defect 2 of issue 15, for --resume: a KeyError traceback before."""
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0
+    document = json.loads(path.read_text())
+    del document["results"][0]["scenario"]
+    path.write_text(json.dumps(document))
+    capsys.readouterr()
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--resume", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"python -m bench: error: --resume {path}: row 0: missing key 'scenario'\n"
 
 
 def test_repeat_reports_each_repetition(tmp_path):

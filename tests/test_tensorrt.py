@@ -13,7 +13,7 @@ import torch
 
 import export.__main__ as export_cli
 from bench.runners import RunConfig
-from bench.runners.tensorrt import TensorRTRunner
+from bench.runners.tensorrt import TensorRTOptions, TensorRTRunner
 from export import tensorrt
 from export.manifest import ManifestError, manifest_path
 from export.quantize import Calibration
@@ -75,7 +75,7 @@ def test_runner_builds_caches_and_matches_the_reference(tmp_path, precision, cud
     model = export_cli.resnet_perf.build_model("resnet18", image_size=32)
     calibration = Calibration(quantization_inputs(32, 32)) if precision == "int8" else None
     config = RunConfig(model_id="resnet18-test", device=torch.device("cuda"), precision=precision, batch_size=4,
-                       image_size=32, threads=1, cache_dir=tmp_path, cuda_graph=cuda_graph, calibration=calibration)
+                       image_size=32, threads=1, cache_dir=tmp_path, options=TensorRTOptions(cuda_graph), calibration=calibration)
     x = parity_inputs(8, 32)
     with torch.no_grad():
         reference = model(x)

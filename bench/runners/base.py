@@ -4,36 +4,45 @@ Lifecycle, as in Polygraphy's runners: ``prepare`` (build, compile or load: the 
 setup), ``run`` (the timed call, device work only), ``close``. The public methods keep the
 bookkeeping; subclasses override the ``*_impl`` hooks. ``to_input`` and ``to_logits`` convert
 between the harness's fp32 NCHW CPU tensors and the backend's own form, outside the timed region.
+
+A backend also describes itself to the command line, as Polygraphy's argument groups do: the
+flags it adds (``add_arguments``), their values checked against the run (``resolve_options``,
+whose result reaches the runner as ``config.options``), whether it runs here and in which
+precisions (both may depend on those options), and what must be checked before any row runs
+(``check_ready``). So a new backend is one runner file and one line in ``bench.runners``.
 """
 
 from __future__ import annotations
 
 import abc
+import argparse
 import copy
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from export.quantize import Calibration
-
-# The dtype of each precision's inputs and outputs. An int8 model takes and returns fp32: its
-# Quantize/Dequantize nodes do the int8 inside.
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-                                      "int8": torch.float32}
+from resnet_perf.precision import PRECISIONS
 
 
 @dataclass(frozen=True)
-class ServerOptions:
-    """The triton-server backend's: a running server to measure, or what a local one hosts."""
+class RunShape:
+    """What a backend's options are checked against: the run's models, device, precisions, batch
+    sizes and image size, and the other backends (for one that hosts another)."""
 
-    url: str | None = None  # grpc://HOST:PORT or http://HOST:PORT; None starts a server locally
-    model: str | None = None  # the model's name on that server (a local server names it after the model)
-    served: type[Runner] | None = None  # the backend a local server hosts
-    max_queue_delay_ms: float = DEFAULT_QUEUE_DELAY_MS  # a local server's dynamic batcher
+    models: tuple[str, ...]
+    device: torch.device
+    precisions: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    image_size: int
+    classes: int  # the logits per image
+    max_queue_delay_ms: float  # a dynamic batcher's wait (--max-queue-delay-ms or its default)
+    runners: Mapping[str, type[Runner]] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the options of the backends resolved before
 
 
 @dataclass(frozen=True)
@@ -48,16 +57,14 @@ class RunConfig:
     image_size: int
     threads: int
     cache_dir: Path
-    compile_mode: str = "default"
-    onnx: Path | None = None  # --onnx: an exported file to run instead of exporting one
-    engine: Path | None = None  # --engine: a TensorRT plan to run instead of building one
-    cuda_graph: bool = False  # --cuda-graph: replay the tensorrt backend's launches as one CUDA graph
+    # Exported files to run instead of exporting one, by kind ("onnx": --onnx, "tensorrt": --engine).
+    artifacts: Mapping[str, Path] = field(default_factory=dict)
     calibration: Calibration | None = None  # int8: what quantization is calibrated on
-    server: ServerOptions | None = None  # triton-server: which server, and what it serves
+    options: Any = None  # the backend's own, from its resolve_options
 
     @property
     def dtype(self) -> torch.dtype:
-        return PRECISIONS[self.precision]
+        return PRECISIONS[self.precision].dtype
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -77,16 +84,36 @@ class Runner(abc.ABC):
     # A backend with a queue and batcher of its own (a server) takes LoadGen's queries as they come,
     # through submit(), instead of the harness's batcher calling infer().
     serves_requests: ClassVar[bool] = False
+    # The kind of exported file this backend can run instead of exporting its own ("onnx" for
+    # --onnx, "tensorrt" for --engine), or None.
+    artifact: ClassVar[str | None] = None
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device) -> str | None:
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Add this backend's own flags. Each is named after its ``dest`` (``--cuda-graph`` for
+        cuda_graph) and defaults to a value that means "not given"; backends that share this
+        method (a subclass) share its flags."""
+
+    @classmethod
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> Any:
+        """This backend's flags (by dest) checked against ``run``, as the value its runners get in
+        ``config.options``; raises UsageError on a bad one."""
+        return None
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
         """None when this backend can run on ``device`` here, else the reason it cannot."""
         return None
 
     @classmethod
     @abc.abstractmethod
-    def precisions(cls, device: torch.device) -> tuple[str, ...]:
-        """The precisions this backend runs on ``device``."""
+    def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
+        """The precisions this backend runs on ``device``: only those it executes as labelled."""
+
+    @classmethod
+    def check_ready(cls, options: Any, run: RunShape) -> None:
+        """Checks outside this process that must pass before any row runs (a server's readiness);
+        raises UsageError."""
 
     def __init__(self, model: nn.Module, config: RunConfig):
         # The reference model is shared by every runner: a runner copies before changing it.
@@ -175,7 +202,7 @@ class TorchRunner(Runner):
     (the layout oneDNN and cuDNN convolutions are fastest in), under inference_mode."""
 
     @classmethod
-    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+    def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         # CPU fp16 convolutions exist in PyTorch but run through slow reference kernels, so a
         # figure for them would answer no deployment question.
         return ("fp32", "bf16") if device.type == "cpu" else ("fp32", "fp16", "bf16")

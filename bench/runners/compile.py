@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from bench.runners.base import TorchRunner
+from bench.runners.base import RunShape, TorchRunner
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    mode: str = "default"  # torch.compile's mode
 
 
 class CompileRunner(TorchRunner):
     name = "compile"
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device) -> str | None:
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--compile-mode", choices=COMPILE_MODES, default=None, help="torch.compile's mode; default")
+
+    @classmethod
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> CompileOptions:
+        return CompileOptions(flags["compile_mode"] or "default")
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
         # Inductor compiles its CPU kernels as C++; it looks for $CXX, then g++ (or clang++).
         compilers = (os.environ.get("CXX"), "g++", "clang++", "c++")
         if device.type == "cpu" and not any(c and shutil.which(c) for c in compilers):
@@ -31,7 +47,8 @@ class CompileRunner(TorchRunner):
 
     def _compile(self, module: torch.nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
         """``module`` compiled, and compiled now, on ``example``; returns its output too."""
-        compiled = torch.compile(module, mode=self.config.compile_mode, dynamic=False, fullgraph=True)
+        mode = (self.config.options or CompileOptions()).mode
+        compiled = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
         # Freezing turns the weights into constants, so Inductor folds BatchNorm into the convs and
         # pre-packs weights for oneDNN: on 2 Xeon cores (AVX-512), ResNet-50 fp32 bs8 224 px ran
         # 1.18x eager without it and 1.46x with it. It is read when the graph compiles, which is

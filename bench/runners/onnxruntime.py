@@ -7,15 +7,13 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from bench.runners.base import Runner
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
 from export.quantize import quantize_onnx, weight_bits
-
-_NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.float32}
+from resnet_perf.precision import PRECISIONS
 
 
 def _available_providers() -> list[str]:
@@ -26,9 +24,10 @@ def _available_providers() -> list[str]:
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
+    artifact = "onnx"
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device) -> str | None:
+    def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed (pip install onnxruntime-gpu, or onnxruntime on CPU-only machines)"
         if device.type == "cuda" and "CUDAExecutionProvider" not in _available_providers():
@@ -36,7 +35,7 @@ class OnnxRuntimeRunner(Runner):
         return None
 
     @classmethod
-    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+    def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         # The CPU provider has fp16 kernels for few ops: a fp16 graph on CPU mostly runs casts.
         return ("fp32", "int8") if device.type == "cpu" else ("fp32", "fp16", "int8")
 
@@ -48,10 +47,7 @@ class OnnxRuntimeRunner(Runner):
     def onnx_path(self) -> Path:
         """The file the session loads: the one given with --onnx, else this model's cached export
         (for int8, the fp32 export quantized with this run's calibration)."""
-        c = self.config
-        if c.onnx is not None:
-            return c.onnx
-        return self._export_path(c.precision)
+        return self.config.artifacts.get(self.artifact) or self._export_path(self.config.precision)
 
     def _export_path(self, precision: str) -> Path:
         c = self.config
@@ -93,7 +89,8 @@ class OnnxRuntimeRunner(Runner):
 
     def _bind(self, bind: Any, name: str, tensor: Tensor) -> None:
         device = self.config.device
-        bind(name, device.type, device.index or 0, _NUMPY_DTYPES[self.config.precision], tuple(tensor.shape), tensor.data_ptr())
+        bind(name, device.type, device.index or 0, PRECISIONS[self.config.precision].numpy, tuple(tensor.shape),
+             tensor.data_ptr())
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.config.dtype).contiguous()

@@ -16,7 +16,7 @@ class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
     name = "onnxruntime-trt"
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device) -> str | None:
+    def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
         if device.type != "cuda":
             return "needs --device cuda"
         reason = super().unavailable_reason(device)
@@ -28,7 +28,7 @@ class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
         return tensorrt.missing_reason()
 
     @classmethod
-    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+    def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         # TensorRT's provider builds int8 from QDQ models too, but that path has not run anywhere here.
         return ("fp32", "fp16")
 

@@ -9,24 +9,41 @@ small batches.
 
 from __future__ import annotations
 
+import argparse
 import re
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from bench.runners.base import Runner
+from bench.runners.base import Runner, RunShape
 from export import tensorrt
 from export.manifest import write_manifest
 from export.onnx import BatchRange
 
 
+@dataclass(frozen=True)
+class TensorRTOptions:
+    cuda_graph: bool = False  # replay the engine's launches as one CUDA graph
+
+
 class TensorRTRunner(Runner):
     name = "tensorrt"
+    artifact = "tensorrt"
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device) -> str | None:
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--cuda-graph", action="store_true", help="replay the engine as one CUDA graph")
+
+    @classmethod
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> TensorRTOptions:
+        return TensorRTOptions(flags["cuda_graph"])
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
         missing = tensorrt.missing_reason()
         if missing:
             return missing
@@ -35,13 +52,13 @@ class TensorRTRunner(Runner):
         return None
 
     @classmethod
-    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+    def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         return ("fp32", "fp16", "int8")
 
     def plan_path(self) -> Path:
         c = self.config
-        if c.engine is not None:
-            return c.engine
+        if self.artifact in c.artifacts:
+            return c.artifacts[self.artifact]
         gpu = re.sub(r"[^A-Za-z0-9]+", "_", tensorrt.gpu_target(c.device)["name"])
         return c.cache_dir / "tensorrt" / f"{c.artifact_stem()}-trt{tensorrt.version()}-{gpu}.plan"
 
@@ -57,12 +74,13 @@ class TensorRTRunner(Runner):
                                   "batch": asdict(settings.batch), **fields})
         self.engine = tensorrt.Engine(path, c.device)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.cuda_graph = (c.options or TensorRTOptions()).cuda_graph
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.engine.input_dtype).contiguous()
 
     def run_impl(self, inputs: Tensor) -> Tensor:
-        if self.config.cuda_graph:
+        if self.cuda_graph:
             return self._replay(inputs)
         return self.engine(inputs)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ class TritonRunner(TorchRunner):
     name = "triton"
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device) -> str | None:
+    def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
         if importlib.util.find_spec("triton") is None:
             return "Triton is not installed (pip install triton; Linux only)"
         if device.type == "cpu" and not _interpreting():
@@ -32,7 +33,7 @@ class TritonRunner(TorchRunner):
         return None
 
     @classmethod
-    def precisions(cls, device: torch.device) -> tuple[str, ...]:
+    def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         # The kernels' own dtypes, on CPU too: the interpreter runs all three, if slowly.
         return ("fp32", "fp16", "bf16")
 

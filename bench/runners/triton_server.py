@@ -10,10 +10,12 @@ server the hosted backend's time when called directly, so a row shows what servi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import time
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,24 @@ import torch
 from torch import Tensor
 
 from bench import timing
-from bench.runners.base import PRECISIONS, Runner, ServerOptions
-from bench.serving.client import DATATYPES, Endpoint, ModelInterface, ServerError, TritonClient, first_line
-from bench.serving.local import LocalServer
+from bench.runners.base import Runner, RunShape
+from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
+from bench.serving import local
+from bench.serving.client import Endpoint, ModelInterface, ServerError, TritonClient
+from resnet_perf.cli import UsageError, one_line
+from resnet_perf.parity import cycled
+from resnet_perf.precision import PRECISIONS, by_triton
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """A running server to measure, or what a local one hosts."""
+
+    url: str | None = None  # grpc://HOST:PORT or http://HOST:PORT; None starts a server locally
+    model: str | None = None  # the model's name on that server (a local server names it after the model)
+    served: type[Runner] | None = None  # the backend a local server hosts
+    served_options: Any = None  # and that backend's own options
+    max_queue_delay_ms: float = DEFAULT_QUEUE_DELAY_MS  # a local server's dynamic batcher
 
 
 def check_interface(interface: ModelInterface, model: str, *, batch_size: int, image_size: int, classes: int,
@@ -50,14 +67,15 @@ def check_interface(interface: ModelInterface, model: str, *, batch_size: int, i
     if not fits(interface.output_shape, want_out):
         raise ServerError(f"{where} returns {interface.output_name} of shape {list(interface.output_shape)}; "
                           f"this run's model returns {list(want_out)}")
-    if interface.datatype not in DATATYPES:
+    sent = by_triton(interface.datatype)
+    if sent is None or sent.numpy is None:  # numpy, which the client sends, has no bf16
         raise ServerError(f"{where} takes {interface.datatype} inputs; resnet-perf sends FP32 or FP16")
     if interface.datatype == "FP16" and precision != "fp16":
         raise ServerError(f"{where} takes FP16 inputs: it is a fp16 model, run it with --precision fp16")
 
 
-def check_remote(url: str, model: str, *, batch_sizes: list[int], image_size: int, classes: int,
-                 precisions: list[str]) -> None:
+def check_remote(url: str, model: str, *, batch_sizes: tuple[int, ...], image_size: int, classes: int,
+                 precisions: tuple[str, ...]) -> None:
     """Readiness and the served model's interface, checked before any row runs (ServerError if not)."""
     client = TritonClient(Endpoint.parse(url), model)
     try:
@@ -93,19 +111,66 @@ class TritonServerRunner(Runner):
     serves_requests = True
 
     @classmethod
-    def unavailable_reason(cls, device: torch.device) -> str | None:
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--server-url", default=None, metavar="grpc://HOST:PORT|http://HOST:PORT",
+                           help="measure the Triton Inference Server running there (default: start one locally)")
+        group.add_argument("--server-model", default=None, help="the model's name on --server-url (default: --model)")
+        group.add_argument("--served-backend", default=None,
+                           help="the backend a locally started Triton server hosts (default onnxruntime)")
+
+    @classmethod
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> ServerOptions:
+        url, served = flags["server_url"], flags["served_backend"]
+        if url is None:
+            if flags["server_model"] is not None:
+                raise UsageError("--server-model names a model on the server at --server-url: give --server-url too")
+            served = served or "onnxruntime"
+            hostable = [name for name, runner in run.runners.items() if not runner.serves_requests]
+            if served not in hostable:
+                raise UsageError(f"--served-backend {served!r}: choose from {', '.join(hostable)}")
+            return ServerOptions(served=run.runners[served], served_options=run.options.get(served),
+                                 max_queue_delay_ms=run.max_queue_delay_ms)
+        try:
+            Endpoint.parse(url)
+        except ValueError as exc:
+            raise UsageError(f"--server-url {exc}") from None
+        if served is not None:
+            raise UsageError("--served-backend is what a locally started server hosts; the server at --server-url "
+                             "runs what it was given")
+        if len(run.models) > 1:
+            raise UsageError("--server-url measures one served model: give exactly one --model")
+        return ServerOptions(url=url, model=flags["server_model"] or run.models[0])
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, options: ServerOptions | None = None) -> str | None:
         if importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("aiohttp") is None:
             return "tritonclient is not installed (pip install 'tritonclient[grpc,http]', or -e '.[serve]')"
+        if options is not None and options.url is None:
+            # A server started here also needs PyTriton, and the backend it hosts.
+            hosted = options.served.unavailable_reason(device, options.served_options)
+            return local.missing_reason() or (hosted and f"its hosted backend {options.served.name}: {hosted}")
         return None
 
     @classmethod
-    def precisions(cls, device: torch.device) -> tuple[str, ...]:
-        # A remote server runs whatever it was given; a local one what its hosted backend runs
-        # (the CLI checks that against --served-backend).
+    def precisions(cls, device: torch.device, options: ServerOptions | None = None) -> tuple[str, ...]:
+        # A remote server runs whatever it was given (check_ready compares its datatype with the
+        # run's); a local one what its hosted backend runs.
+        if options is not None and options.url is None:
+            return options.served.precisions(device, options.served_options)
         return tuple(PRECISIONS)
 
+    @classmethod
+    def check_ready(cls, options: ServerOptions, run: RunShape) -> None:
+        if options.url is None:
+            return
+        try:
+            check_remote(options.url, options.model, batch_sizes=run.batch_sizes, image_size=run.image_size,
+                         classes=run.classes, precisions=run.precisions)
+        except ServerError as exc:
+            raise UsageError(str(exc)) from None
+
     def prepare_impl(self) -> None:
-        c, options = self.config, self.config.server
+        c, options = self.config, self.config.options
         self.hosted = self.local = self.client = None
         self.direct_ms = None
         try:
@@ -122,7 +187,7 @@ class TritonServerRunner(Runner):
         except BaseException:
             self.close_impl()
             raise
-        self.dtype = DATATYPES[self.interface.datatype]
+        self.dtype = by_triton(self.interface.datatype).numpy
         self.request_ms: list[float] = []
         self.marked: tuple | None = None
         # The server's count of requests before this runner sent any (others may share the server).
@@ -131,20 +196,19 @@ class TritonServerRunner(Runner):
     def _start_local(self, options: ServerOptions) -> None:
         """The hosted backend prepared and timed on its own (the direct time), then served."""
         c = self.config
-        self.hosted = options.served(self.model, replace(self.config, server=None))
+        self.hosted = options.served(self.model, replace(self.config, options=options.served_options))
         self.hosted.prepare()
         batch = torch.randn(c.input_shape, generator=torch.Generator().manual_seed(0))
         # Host batch to host logits, as the server calls it.
         direct = timing.measure(lambda: self.hosted.infer(batch), torch.device("cpu"), warmup=3, iters=10)
         self.direct_ms = float(np.median(direct.samples_ms))
-        self.local = LocalServer(self.hosted, c.model_id, options.max_queue_delay_ms)
+        self.local = local.LocalServer(self.hosted, c.model_id, options.max_queue_delay_ms)
         self.local.start()
 
     def _padded(self, batch: Tensor) -> np.ndarray:
         # A model the server does not batch takes one shape: a short request is padded by cycling.
-        size = self.config.batch_size
-        if self.interface.max_batch_size == 0 and len(batch) < size:
-            batch = batch[[i % len(batch) for i in range(size)]]
+        if self.interface.max_batch_size == 0:
+            batch = cycled(batch, self.config.batch_size)
         return batch.numpy().astype(self.dtype, copy=False)
 
     def to_input_impl(self, batch: Tensor) -> np.ndarray:
@@ -176,7 +240,7 @@ class TritonServerRunner(Runner):
         try:
             return self.client.statistics()
         except Exception as exc:  # noqa: BLE001 - the row keeps its timing without the server's split
-            return f"statistics unavailable: {first_line(exc)}"
+            return f"statistics unavailable: {one_line(exc, first_line=True)}"
 
     def _settled_statistics(self) -> dict | str:
         """The statistics once the server has counted every request this runner completed: Triton

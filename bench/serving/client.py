@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-# Triton's datatype names for the numpy dtypes a ResNet can take and return.
-DATATYPES = {"FP32": np.float32, "FP16": np.float16}
+from resnet_perf.cli import one_line
+from resnet_perf.precision import by_dtype
+
 # A request that has not come back after this long is failed: a dead server must not hang a run.
 REQUEST_TIMEOUT_S = 60.0
 
@@ -106,13 +107,13 @@ class TritonClient:
         try:
             ready = self.call(self.client.is_server_ready(), timeout=10)
         except Exception as exc:  # noqa: BLE001 - every way of not answering is the same answer
-            raise ServerError(f"{where} does not answer: {first_line(exc)}") from None
+            raise ServerError(f"{where} does not answer: {one_line(exc, first_line=True)}") from None
         if not ready:
             raise ServerError(f"{where} answers but is not ready")
         try:
             model_ready = self.call(self.client.is_model_ready(self.model), timeout=10)
         except Exception as exc:  # noqa: BLE001
-            raise ServerError(f"{where}: model {self.model!r}: {first_line(exc)}") from None
+            raise ServerError(f"{where}: model {self.model!r}: {one_line(exc, first_line=True)}") from None
         if not model_ready:
             raise ServerError(f"{where} has no model {self.model!r} ready (see its /v2/repository/index)")
 
@@ -150,7 +151,10 @@ class TritonClient:
 
     async def _infer(self, interface: ModelInterface, array: np.ndarray) -> np.ndarray:
         # Both protocols send tensors as binary data by default (HTTP's JSON encoding is far slower).
-        tensor = self.protocol.InferInput(interface.input_name, list(array.shape), _datatype(array))
+        precision = by_dtype(array.dtype)
+        if precision is None:
+            raise TypeError(f"no Triton datatype for {array.dtype}")
+        tensor = self.protocol.InferInput(interface.input_name, list(array.shape), precision.triton)
         tensor.set_data_from_numpy(array)
         outputs = [self.protocol.InferRequestedOutput(interface.output_name)]
         result = await self.client.infer(self.model, [tensor], outputs=outputs)
@@ -186,15 +190,3 @@ class TritonClient:
 
         return self.call(now())
 
-
-def _datatype(array: np.ndarray) -> str:
-    for name, dtype in DATATYPES.items():
-        if array.dtype == dtype:
-            return name
-    raise TypeError(f"no Triton datatype for {array.dtype}")
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (servers answer with multi-line tracebacks), or its type."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

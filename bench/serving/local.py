@@ -21,13 +21,18 @@ import socket
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from bench.runners.base import Runner
-from bench.serving.client import Endpoint, first_line
+from bench.serving.client import Endpoint
 from export.onnx import INPUT_NAME, OUTPUT_NAME
+from resnet_perf.cli import one_line
+from resnet_perf.parity import cycled
+
+if TYPE_CHECKING:  # bench.runners imports this module: a runtime import back would be a cycle
+    from bench.runners.base import Runner
 
 
 def missing_reason() -> str | None:
@@ -103,7 +108,7 @@ class LocalServer:
         def run(**inputs: np.ndarray) -> dict[str, np.ndarray]:
             x = torch.from_numpy(inputs[INPUT_NAME])
             n, size = len(x), self.runner.config.batch_size
-            logits = self.runner.infer(x[[i % n for i in range(size)]] if n < size else x)
+            logits = self.runner.infer(cycled(x, size) if n < size else x)
             return {OUTPUT_NAME: logits[:n].numpy()}
 
         return run(requests)
@@ -127,6 +132,7 @@ class LocalServer:
         # client measuring this server reads them, as from a deployment, and they change nothing.
         security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
         self.triton = Triton(config=config, workspace=Path(self.scratch.name) / "workspace", security_config=security)
+        # fp32 whatever the runner's precision: Runner.infer takes fp32 batches and returns fp32 logits.
         self.triton.bind(
             self.name, self._infer,
             inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, image, image))],
@@ -140,7 +146,7 @@ class LocalServer:
         except Exception as exc:  # noqa: BLE001 - PyTriton raises its own and builtin types; all end the start
             log = self.log_tail()
             self.stop()
-            raise RuntimeError(f"the local Triton server did not start: {first_line(exc)}"
+            raise RuntimeError(f"the local Triton server did not start: {one_line(exc, first_line=True)}"
                                + (f" (its log: {log})" if log else "")) from None
 
     def alive(self) -> bool:

@@ -7,6 +7,7 @@ would a deployment. It prints its URLs on one line, then serves.
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import time
@@ -15,11 +16,10 @@ from pathlib import Path
 import torch
 
 import resnet_perf
-from bench.runners import BACKENDS, RUNNERS, RunConfig
+from bench.runners import RUNNERS, RunConfig
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving.local import LocalServer, missing_reason
 from resnet_perf.cli import (
-    Parser,
     UsageError,
     check_directory,
     default_cache_dir,
@@ -30,13 +30,15 @@ from resnet_perf.cli import (
     rng_seed,
 )
 
-HOSTABLE = tuple(name for name in BACKENDS if name != "triton-server")
+
+def hostable() -> list[str]:
+    """The backends a server can host: every one that is not itself a server."""
+    return [name for name, runner in RUNNERS.items() if not runner.serves_requests]
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="python -m bench serve", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet50", help=f"{'|'.join(resnet_perf.MODEL_NAMES)} (default resnet50)")
-    p.add_argument("--backend", default="onnxruntime", help=f"the backend served: {', '.join(HOSTABLE)}")
+    p.add_argument("--backend", default="onnxruntime", help=f"the backend served: {', '.join(hostable())}")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16, as the backend supports")
     p.add_argument("--image-size", type=positive_int, default=224)
@@ -48,7 +50,6 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU intra-op threads (default: torch's)")
     p.add_argument("--name", default=None, help="the model's name on the server (default: --model)")
     p.add_argument("--cache-dir", default=str(default_cache_dir()))
-    return p
 
 
 def _interrupt(*_) -> None:
@@ -56,13 +57,13 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str]) -> int:
+def main(args: argparse.Namespace) -> int:
+    """Serve as the parsed flags ask, until Ctrl-C or SIGTERM; bad input is exit 2."""
     try:
-        args = build_parser().parse_args(argv)
         if args.model not in resnet_perf.MODEL_NAMES:
             raise UsageError(f"--model {args.model!r}: choose from {', '.join(resnet_perf.MODEL_NAMES)}")
-        if args.backend not in HOSTABLE:
-            raise UsageError(f"--backend {args.backend!r}: choose from {', '.join(HOSTABLE)}")
+        if args.backend not in hostable():
+            raise UsageError(f"--backend {args.backend!r}: choose from {', '.join(hostable())}")
         device = resolve_device(args.device)
         runner_cls = RUNNERS[args.backend]
         reason = missing_reason() or runner_cls.unavailable_reason(device)

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout, installed or not
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROVIDERS = ("fused", "eager", "compile")
 
 
@@ -126,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from kernels.fused_conv2d import DTYPES
     from resnet_perf.fused import conv_layers
+    from resnet_perf.precision import by_dtype
 
     # One entry per distinct conv, with every module that has its shape.
     distinct: dict[str, list] = {}
@@ -135,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     layers = list(distinct.values())[: args.layers]
     providers = args.providers.split(",")
     records = []
+    # The kernels' dtypes by precision name, as kernels.aot names them.
+    kernel_dtypes = {by_dtype(dtype).name: dtype for dtype in DTYPES}
     for dtype_name in args.dtype.split(","):
-        dtype = DTYPES[dtype_name]
+        dtype = kernel_dtypes[dtype_name]
         for convs in layers:
             conv = convs[0]
             inputs = layer_inputs(conv, dtype, device)

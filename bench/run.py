@@ -1,0 +1,288 @@
+"""Running a plan: every row in turn, each prepared, timed, checked against the fp32 eager
+reference and closed, one backend's failure never losing another's row.
+
+The reference (the model, the parity inputs and their fp32 logits) is built once per model, on
+the CPU, the first time a row of that model runs. Timing, parity and reporting never see which
+backend they measure: a row's runner comes from the registry it is handed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+import resnet_perf
+from bench import scenarios, timing
+from bench.plan import Loop, Plan, RowSpec
+from bench.report import Row, row_key
+from bench.runners import RunConfig, Runner
+from export import quantize, sensitivity
+from resnet_perf import parity
+from resnet_perf.cli import one_line
+from resnet_perf.synthetic import parity_inputs
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What every row of one model is measured against."""
+
+    model: torch.nn.Module
+    ident: str  # the key of every artifact cached for this model: its name and weights
+    inputs: torch.Tensor  # the parity inputs
+    logits: torch.Tensor  # the fp32 eager model's on them
+    accuracy: dict | None  # --eval-data: the fp32 model's own top-1 and top-5
+
+
+class References:
+    """Each model's Reference, built on first use; a model whose reference fails has every row
+    failed with that error, and the run goes on with the next model."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.built: dict[str, Reference | str] = {}
+        self.calibrations: dict[str, quantize.Calibration] = {}
+
+    def __call__(self, name: str) -> Reference | str:
+        if name not in self.built:
+            try:
+                self.built[name] = self._build(name)
+            except Exception as exc:  # noqa: BLE001 - a failed reference fails its model's rows, not the run
+                self.built[name] = f"the fp32 reference of {name} at {self.plan.image_size} px failed: {one_line(exc)}"
+        return self.built[name]
+
+    def _build(self, name: str) -> Reference:
+        plan = self.plan
+        model = plan.model or resnet_perf.build_model(name, image_size=plan.image_size, seed=plan.seed)
+        inputs = parity_inputs(parity.PARITY_BATCH, plan.image_size, plan.seed, model.fc.out_features)
+        with torch.inference_mode():
+            logits = model(inputs)
+            accuracy = None
+            if plan.evaluation is not None:
+                images, labels = plan.evaluation
+                accuracy = parity.accuracy(parity.predict(model, images, 64), labels)
+        return Reference(model, f"{name}-{resnet_perf.weights_digest(model)[:12]}", inputs, logits, accuracy)
+
+    def calibration(self, name: str) -> quantize.Calibration:
+        """The model's int8 calibration, drawn once and only for an int8 row."""
+        if name not in self.calibrations:
+            classes = self(name).model.fc.out_features
+            self.calibrations[name] = quantize.calibration(self.plan.calibration, self.plan.calibration_inputs,
+                                                           self.plan.image_size, self.plan.seed, classes)
+        return self.calibrations[name]
+
+
+def skip_reason(spec: RowSpec, plan: Plan, runners: Mapping[str, type[Runner]],
+                out_of_memory_at: Mapping[tuple, int]) -> str | None:
+    """Why a row is not run, or None."""
+    if spec.precision not in runners[spec.backend].precisions(plan.device, plan.options.get(spec.backend)):
+        return f"{spec.precision} is not supported by {spec.backend} on {plan.device.type}"
+    failed_at = out_of_memory_at.get((spec.model, spec.precision, spec.backend))
+    if failed_at is not None and spec.batch_size > failed_at:
+        return f"out of memory at batch {failed_at}"
+    return None
+
+
+def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
+             on_row: Callable[[list[Row]], None]) -> tuple[list[Row], bool]:
+    """Every row of the plan; rows it resumes are kept, not run again. ``on_row`` gets the rows so
+    far after each one. Returns the rows and whether Ctrl-C cut the run short (the row it
+    interrupted is dropped; every finished one is kept)."""
+    references = References(plan)
+    rows: list[Row] = []
+    out_of_memory_at: dict[tuple, int] = {}  # (model, precision, backend) -> the batch that ran out
+    stderr = Console(stderr=True)
+    # The progress display is for a person at a terminal; in a log it would only add blank lines.
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
+        task = progress.add_task("starting", total=len(plan.rows))
+        try:
+            for spec in plan.rows:
+                progress.update(task, description=f"{spec.model} {spec.backend} {spec.precision} batch {spec.batch_size}")
+                row = Row(spec.model, spec.backend, plan.device.type, spec.precision, spec.batch_size, plan.image_size,
+                          scenario=plan.scenario.scenario)
+                row = plan.resumed.get(row_key(row)) or run_row(spec, row, plan, runners, references, out_of_memory_at)
+                if row.error == "out of memory":
+                    out_of_memory_at[(spec.model, spec.precision, spec.backend)] = spec.batch_size
+                    if plan.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                rows.append(row)
+                on_row(rows)
+                progress.advance(task)
+            if plan.sensitivity:
+                progress.update(task, description="int8 sensitivity, one layer in fp32 at a time")
+                rank_int8_layers(plan, rows, references)
+                on_row(rows)
+        except KeyboardInterrupt:
+            return rows, True
+    return rows, False
+
+
+def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runner]], references: References,
+            out_of_memory_at: Mapping[tuple, int]) -> Row:
+    """One row: skipped with its reason, failed with its reference's error, or measured."""
+    skipped = skip_reason(spec, plan, runners, out_of_memory_at)
+    if skipped:
+        row.status, row.error = "skipped", skipped
+        return row
+    reference = references(spec.model)
+    if isinstance(reference, str):
+        row.status, row.error = "failed", reference
+        return row
+    config = RunConfig(reference.ident, plan.device, spec.precision, spec.batch_size, plan.image_size, plan.threads,
+                       plan.cache_dir, artifacts=plan.artifacts, options=plan.options.get(spec.backend),
+                       calibration=references.calibration(spec.model) if spec.precision == "int8" else None)
+    return bench_row(runners[spec.backend](reference.model, config), row, reference, plan)
+
+
+def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan) -> Row:
+    """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens."""
+    try:
+        start = time.perf_counter()
+        runner.prepare()
+        row.setup_s = time.perf_counter() - start
+
+        if row.scenario == "offline":
+            # The timed batch is the parity inputs' first batch_size (cycled where it is larger).
+            batch = parity.cycled(reference.inputs, row.batch_size)
+            loop_row(runner, row, batch, plan.loop)
+            if plan.loop.profile:
+                profile_row(runner, row, batch, plan.loop)
+        else:
+            loadgen_row(runner, row, reference.inputs, plan)
+
+        row.parity = parity.compare(reference.logits, parity.predict(runner.infer, reference.inputs, row.batch_size),
+                                    row.precision)
+        if plan.evaluation is not None:
+            images, labels = plan.evaluation
+            measured = parity.accuracy(parity.predict(runner.infer, images, row.batch_size), labels)
+            row.accuracy = {"images": len(labels), **measured, "reference_top1": reference.accuracy["top1"],
+                            "reference_top5": reference.accuracy["top5"]}
+        row.note = runner.timing_note
+    except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
+        row.status, row.error = "failed", one_line(exc)
+    finally:
+        runner.close()
+    return row
+
+
+def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[], object]:
+    """The call the clock brackets. Normally the backend's own call on an input already in place.
+    With host_io, also the copies a serving process makes around it: the batch from pinned host
+    memory into the input, and the logits back into pinned host memory (both blocking, since some
+    backends run on streams of their own)."""
+    x = runner.to_input(batch)
+    if not host_io:
+        return lambda: runner.run(x)
+    host_in = x.cpu().pin_memory()
+    host_out = torch.empty_like(runner.run(x), device="cpu").pin_memory()
+
+    def call():
+        x.copy_(host_in)
+        return host_out.copy_(runner.run(x))
+
+    return call
+
+
+def loop_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop) -> None:
+    """The offline scenario: the fixed-batch loop, timed call by call, ``loop.repeat`` times over.
+    The backend's own report (a server's statistics) covers the last repetition's timed calls."""
+    call = timed_call(runner, batch, loop.host_io)
+    runs = [timing.measure(call, runner.config.device, warmup=loop.warmup, iters=loop.iters, min_time=loop.min_time,
+                           before_timed=runner.mark)
+            for _ in range(loop.repeat)]
+    row.serving = runner.window()
+    row.first_run_ms = runs[0].first_run_ms
+    row.samples_ms = [sample for run in runs for sample in run.samples_ms]
+    row.iters = len(row.samples_ms)
+    if loop.repeat > 1:
+        row.repeats = [timing.summarize(run.samples_ms, row.batch_size)["throughput_ips"] for run in runs]
+    stats = timing.summarize(row.samples_ms, row.batch_size)
+    row.throughput_ips, row.latency_ms = stats["throughput_ips"], stats["latency_ms"]
+    row.host_io = loop.host_io
+    row.cv = stats["latency_ms"]["std"] / stats["latency_ms"]["mean"]
+    row.noisy = row.cv > loop.noise_threshold
+
+
+def profile_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop) -> None:
+    """The median time of each stage of the model (stem, layer1..4, head) on the backend, each fed
+    the previous stage's real output. Backends that run the model whole have no stages."""
+    stages = runner.stages()
+    if stages is None:
+        return
+    x, row.profile = runner.to_input(batch), {}
+    for name, stage in stages:
+        def call(stage=stage, x=x):
+            with torch.inference_mode():
+                return stage(x)
+
+        measured = timing.measure(call, runner.config.device, warmup=loop.warmup, iters=loop.iters)
+        row.profile[name] = float(np.median(measured.samples_ms))
+        x = call()
+
+
+def loadgen_row(runner: Runner, row: Row, inputs: torch.Tensor, plan: Plan) -> None:
+    """A LoadGen scenario: LoadGen issues the queries; every call goes from host memory to host logits."""
+    # One batch's time sizes LoadGen's query counts and the top of a rate search.
+    batch = parity.cycled(inputs, row.batch_size)
+    probe = timing.measure(lambda: runner.infer(batch), runner.config.device, warmup=plan.loop.warmup, iters=5)
+    row.first_run_ms = probe.first_run_ms
+    expected_s = float(np.median(probe.samples_ms)) / 1e3
+    settings = plan.scenario
+    if settings.log_dir is not None:
+        settings = replace(settings, log_dir=Path(settings.log_dir) / "-".join(
+            map(str, (row.model, row.backend, row.precision, f"b{row.batch_size}", row.scenario))))
+    search = None
+    submit = runner.submit if runner.serves_requests else None
+    if plan.find_max_qps:
+        # The backend's own report (a server's statistics) covers the last, confirming run.
+        result, target, search = scenarios.find_max_qps(runner.infer, inputs, row.batch_size, settings,
+                                                        runner.config.device, expected_s, submit,
+                                                        before_run=runner.mark)
+    else:
+        runner.mark()
+        result = scenarios.run(runner.infer, inputs, row.batch_size, settings, runner.config.device, expected_s,
+                               submit)
+        target = settings.target_qps
+    row.serving = runner.window()
+    row.throughput_ips = result.completed_samples_per_s
+    row.latency_ms = result.latency_ms
+    row.samples_ms = result.samples_ms
+    row.iters = result.details["query_count"] or len(result.samples_ms)
+    if row.scenario == "server":
+        row.achieved_qps = result.completed_samples_per_s  # one sample per query
+    row.loadgen = {
+        "result": "VALID" if result.valid else "INVALID",
+        "reasons": result.reasons,
+        "early_stopping_p99_ms": result.early_stopping_ms.get(99.0),
+        "early_stopping_estimates_ms": {f"p{p:g}": v for p, v in result.early_stopping_ms.items()},
+        "target_qps": target,
+        # LoadGen draws Poisson arrivals: in a short run the rate it scheduled differs from the target.
+        "scheduled_qps": result.scheduled_samples_per_s,
+        "p99_bound_ms": settings.p99_ms,
+        "duration_s": None if settings.mlperf_rules else settings.duration_s,
+        "version": result.details["loadgen_version"],
+        "log_dir": result.log_dir,
+        "search": search,
+    }
+
+
+def rank_int8_layers(plan: Plan, rows: list[Row], references: References) -> None:
+    """--sensitivity: each model's layers ranked by how much INT8 costs them, attached to its
+    successful onnxruntime int8 rows."""
+    for name in plan.models:
+        measured = [r for r in rows if (r.model, r.backend, r.precision, r.status) == (name, "onnxruntime", "int8", "ok")]
+        reference = references(name)
+        if not measured or isinstance(reference, str):
+            continue
+        analysis = sensitivity.analyse(reference.model, references.calibration(name), reference.inputs,
+                                       reference.logits, image_size=plan.image_size, batch=plan.batch_sizes[0],
+                                       cache_dir=plan.cache_dir / "calibration")
+        for row in measured:
+            row.sensitivity = analysis
