@@ -23,7 +23,7 @@ import resnet_perf
 from bench import compare, plot, report, run
 from bench import env as bench_env
 from bench.plan import Loop, Outputs, Plan
-from bench.runners import RUNNERS, Runner, RunShape
+from bench.runners import RUNNERS, Runner, RunContext
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
 from bench.serving import serve
 from export import quantize
@@ -37,6 +37,7 @@ from resnet_perf.cli import (
     default_cache_dir,
     list_of,
     non_negative_int,
+    one_line,
     positive_float,
     positive_int,
     resolve_device,
@@ -133,9 +134,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = {
     "run": "time and check backends, print the table (the default: python -m bench --model resnet50 runs it)",
-    "compare": compare.__doc__.split("\n\n")[0].split(": ", 1)[1],
+    "compare": "did anything get slower between two --json runs, beyond the noise? (exit 1 if so)",
     "report": "a Markdown report (tables and plots) of one or more --json runs",
-    "serve": serve.__doc__.split("\n\n")[0].split(": ", 1)[1],
+    "serve": "one of our backends behind a local Triton Inference Server, until Ctrl-C",
 }
 
 
@@ -155,7 +156,7 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
     """The manifests of --onnx and --engine by artifact kind, checked against their files, and what
     the artifacts fix about the run (model, image size, precision, seed), each checked against the
     flag where it was given too: an artifact computes one thing. Batch sizes default to the size it
-    was tuned for, and must lie in the range it accepts."""
+    was tuned for."""
     manifests, fixed = {}, {}
     paths = artifact_paths(args)
     for kind, path in paths.items():
@@ -180,24 +181,28 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
             fixed[option] = value
         fixed.setdefault("--batch-size", [manifest["batch"]["opt"]])
         manifests[kind] = manifest
-    for kind, manifest in manifests.items():
-        accepted = BatchRange(**manifest["batch"])
-        for size in args.batch_size or fixed["--batch-size"]:
-            if size not in accepted:
-                raise UsageError(f"--batch-size {size}: {ARTIFACT_FLAGS[kind]} {paths[kind]} accepts batches of "
-                                 f"{accepted.min} to {accepted.max}")
     if len({m["weights_digest"] for m in manifests.values()}) > 1:
         raise UsageError("--onnx and --engine were exported from different weights")
     return manifests, fixed
 
 
-def resolve_options(args: argparse.Namespace, shape: RunShape) -> dict[str, Any]:
-    """Every backend's own options from its flags. Backends that host another (servers) come last,
-    so that they see the options of the one they host."""
+def check_artifact_batches(args: argparse.Namespace, manifests: Mapping[str, dict], batch_sizes: list[int]) -> None:
+    """Every batch size of the run lies in the range each given artifact accepts."""
+    for kind, manifest in manifests.items():
+        accepted = BatchRange(**manifest["batch"])
+        for size in batch_sizes:
+            if size not in accepted:
+                raise UsageError(f"--batch-size {size}: {ARTIFACT_FLAGS[kind]} {artifact_paths(args)[kind]} accepts "
+                                 f"batches of {accepted.min} to {accepted.max}")
+
+
+def resolve_options(args: argparse.Namespace, context: RunContext) -> dict[str, Any]:
+    """Every backend's own options from its flags. Servers come last, so that a server started
+    here sees the options of the backend it hosts."""
     options: dict[str, Any] = {}
     for name, runner in sorted(RUNNERS.items(), key=lambda item: item[1].serves_requests):
         flags = {dest: getattr(args, dest) for dest in backend_flags(runner)}
-        options[name] = runner.resolve_options(flags, replace(shape, options=dict(options)))
+        options[name] = runner.resolve_options(flags, replace(context, options=dict(options)))
     return options
 
 
@@ -230,9 +235,12 @@ def resolve_backends(args: argparse.Namespace, device: torch.device, precisions:
     return backends, not_run
 
 
-def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: Mapping[str, str]) -> None:
-    """A backend's own flag, or an artifact, given to a run without a backend that reads it."""
+def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: Mapping[str, str],
+                        options: Mapping[str, Any]) -> None:
+    """A backend's own flag, or an artifact, given to a run without a backend that reads it (run,
+    or hosted by a server that is run)."""
     explicit = args.backend != ["all"]
+    reading = {*backends, *(RUNNERS[name].hosted(options[name]) for name in backends)}
     applies: list[tuple[str, bool, list[str]]] = []
     for runner, names in flag_groups():
         for dest, default in backend_flags(runner).items():
@@ -241,7 +249,7 @@ def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: 
         names = [name for name, runner in RUNNERS.items() if runner.artifact == kind]
         applies.append((flag, kind in artifact_paths(args), names))
     for flag, given, names in applies:
-        if given and not set(names) & set(backends):
+        if given and not set(names) & reading:
             why = "add it to --backend" if explicit else f"it cannot run here ({not_run[names[0]]})"
             raise UsageError(f"{flag} applies to the {' or '.join(names)} backend: {why}")
 
@@ -286,7 +294,12 @@ def fixed_model(args: argparse.Namespace, models: list[str], image_size: int, se
         raise UsageError("--weights holds one model's weights: give exactly one --model with it")
     if args.weights is None and not manifests:
         return None
-    model = resnet_perf.build_model(models[0], weights=args.weights, image_size=image_size, seed=seed)
+    try:
+        model = resnet_perf.build_model(models[0], weights=args.weights, image_size=image_size, seed=seed)
+    except resnet_perf.WeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model cannot be built at all: nothing can run
+        raise UsageError(f"{models[0]} at {image_size} px: {one_line(exc)}") from None
     for kind, manifest in manifests.items():
         if resnet_perf.weights_digest(model) != manifest["weights_digest"]:
             raise UsageError(f"{artifact_paths(args)[kind]} was exported from other weights than this run's {models[0]} "
@@ -296,8 +309,6 @@ def fixed_model(args: argparse.Namespace, models: list[str], image_size: int, se
 
 def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
     """The rows an earlier, interrupted run recorded, by key; refused if it ran somewhere else."""
-    if not Path(path).is_file():
-        raise UsageError(f"--resume {path}: no such file")
     document = report.load(path, "--resume")
     for key in ("cpu", "gpu", "torch", "onnxruntime", "tensorrt", "threads"):
         if document["env"].get(key) != env[key]:
@@ -324,20 +335,24 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.host_io and device.type != "cuda":
         raise UsageError("--host-io times host-device copies, so it needs --device cuda")
     check_scenario(args)
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise UsageError(f"--resume {args.resume}: no such file")
     if args.scenario == "single-stream":
         batch_sizes = [1]
     elif args.max_batch is not None:
         batch_sizes = [args.max_batch]
     else:
         batch_sizes = args.batch_size or fixed.get("--batch-size", [8])
+    check_artifact_batches(args, manifests, batch_sizes)
     model = fixed_model(args, models, image_size, seed, manifests)
 
-    shape = RunShape(tuple(models), device, tuple(precisions), tuple(batch_sizes), image_size,
-                     model.fc.out_features if model else resnet_perf.IMAGENET_CLASSES,
-                     args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, runners=dict(RUNNERS))
-    options = resolve_options(args, shape)
+    artifacts = {kind: Path(path) for kind, path in artifact_paths(args).items()}
+    context = RunContext(tuple(models), device, tuple(precisions), tuple(batch_sizes), image_size,
+                         model.fc.out_features if model else resnet_perf.IMAGENET_CLASSES,
+                         args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, artifacts, runners=dict(RUNNERS))
+    options = resolve_options(args, context)
     backends, not_run = resolve_backends(args, device, precisions, options)
-    check_backend_flags(args, backends, not_run)
+    check_backend_flags(args, backends, not_run, options)
     if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends):
         raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime: use it with --precision int8 and the "
                          "onnxruntime backend")
@@ -354,17 +369,17 @@ def resolve(args: argparse.Namespace) -> Plan:
         evaluation = None if args.eval_data is None else load_labelled(args.eval_data, image_size, args.eval_samples)
     except ImageFolderError as exc:
         raise UsageError(str(exc)) from None
-    if evaluation is not None and int(evaluation[1].max()) >= shape.classes:
+    if evaluation is not None and int(evaluation[1].max()) >= context.classes:
         raise UsageError(f"--eval-data has {int(evaluation[1].max()) + 1} class folders; the model has "
-                         f"{shape.classes} classes")
+                         f"{context.classes} classes")
     for name in backends:
-        RUNNERS[name].check_ready(options[name], shape)
+        RUNNERS[name].check_ready(options[name], context)
     threads = args.threads or torch.get_num_threads()
     env = bench_env.collect(device, threads)
     return Plan(
         tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,
         Path(args.cache_dir), env, options={name: options[name] for name in backends},
-        artifacts={kind: Path(path) for kind, path in artifact_paths(args).items()}, not_run=not_run,
+        artifacts=artifacts, not_run=not_run,
         loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile),
         scenario=ScenarioSettings(args.scenario, args.duration, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
@@ -377,9 +392,9 @@ def resolve(args: argparse.Namespace) -> Plan:
 def list_backends(args: argparse.Namespace) -> int:
     """--list-backends: every backend, and whether it runs here (with the backend flags given)."""
     device = resolve_device(args.device)
-    shape = RunShape(tuple(args.model or ["resnet50"]), device, ("fp32",), (8,), 224, resnet_perf.IMAGENET_CLASSES,
-                     args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, runners=dict(RUNNERS))
-    options = resolve_options(args, shape)
+    context = RunContext(tuple(args.model or ["resnet50"]), device, ("fp32",), (8,), 224, resnet_perf.IMAGENET_CLASSES,
+                         args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, runners=dict(RUNNERS))
+    options = resolve_options(args, context)
     console = report.console()
     for name, runner in RUNNERS.items():
         reason = runner.unavailable_reason(device, options[name])
@@ -396,7 +411,10 @@ def other_command(args: argparse.Namespace) -> int:
     if args.command == "report":
         print(f"wrote {report.write_report(args.runs, args.output)}")
         return 0
-    return serve.main(args)
+    return serve.serve(model=args.model, backend=args.backend, device=args.device, precision=args.precision,
+                       image_size=args.image_size, max_batch=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms,
+                       weights=args.weights, seed=args.seed, threads=args.threads, name=args.name,
+                       cache_dir=args.cache_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

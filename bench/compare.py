@@ -93,7 +93,8 @@ def load_run(path: str) -> dict[tuple, Row]:
 
 def reference(run: dict[tuple, Row], key: tuple, backend: str) -> Row | None:
     """The successful row of ``backend`` matching ``key`` in everything but the backend."""
-    row = run.get((key[0], backend, *key[2:]))
+    fields = dict(zip(report.KEY, key), backend=backend)
+    row = run.get(tuple(fields[name] for name in report.KEY))
     return row if row is not None and row.status == "ok" else None
 
 
@@ -122,7 +123,7 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
         if missing:
             raise UsageError(f"--relative-to {relative_to}: no successful {relative_to} row for "
                              f"{' '.join(map(str, missing[0]))} in both runs")
-        common = [key for key in common if key[1] != relative_to]
+        common = [key for key in common if base[key].backend != relative_to]
 
     against = "" if relative_to is None else f", each relative to {relative_to}"
     grid = Table(title=f"{new_path} against {base_path} (threshold {threshold:.0%}{against})", title_justify="left")
@@ -136,7 +137,6 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
             "base_ref": reference(base, key, relative_to), "new_ref": reference(new, key, relative_to)}
         change = judge(b, n, threshold, resamples=resamples, **refs)
         regressions += change.verdict in ("regression", "failed")
-        model, backend, device, precision, batch, _, scenario = key
         if change.verdict == "failed":
             why = n.error if n.status != "ok" else "parity failed"
             cells = ["-", "-", "-", "-", f"[red]failed[/red]: {escape(str(why))}"]
@@ -144,7 +144,7 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
             cells = [f"{np.mean(b.samples_ms):.2f}", f"{np.mean(n.samples_ms):.2f}", f"{change.ratio - 1:+.1%}",
                      f"{change.low - 1:+.1%} .. {change.high - 1:+.1%}",
                      f"[{colours[change.verdict]}]{change.verdict}[/{colours[change.verdict]}]"]
-        grid.add_row(model, backend, device, precision, str(batch), scenario, *cells)
+        grid.add_row(n.model, n.backend, n.device, n.precision, str(n.batch_size), n.scenario, *cells)
     out = report.console()
     out.print(grid)
     for label, path, only in (("only in", base_path, [k for k in base if k not in new]),

@@ -51,6 +51,9 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Plan:
+    """Everything a run needs, decided up front: no field changes once ``resolve`` returns it, and
+    the run reads it only (its mappings and the model included)."""
+
     models: tuple[str, ...]
     backends: tuple[str, ...]
     precisions: tuple[str, ...]

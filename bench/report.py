@@ -294,16 +294,24 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
             out.print(f"[dim]{row.model} {row.backend}: {escape(row.serving['server'])}[/dim]", highlight=False)
     for row in rows:
         if row.sensitivity and row.batch_size == plan.batch_sizes[0]:
-            out.print(sensitivity_table(row))
+            if "error" in row.sensitivity:
+                out.print(f"[yellow]{row.model} int8 sensitivity failed[/yellow]: {escape(row.sensitivity['error'])}",
+                          highlight=False)
+            else:
+                out.print(sensitivity_table(row))
     for backend, reason in plan.not_run.items():
         out.print(f"[dim]not run: {backend}: {escape(reason)}[/dim]", highlight=False)
 
 
-# The keys every row of a --json file has, and those a row that ran adds: a file without them is
-# from another version, or was edited by hand.
+# The keys every row of a --json file has, those a row that ran adds, and the figures inside them
+# that the table, the report and compare read: a file without them is from another version, or was
+# edited by hand. A figure may be null: JSON has no NaN, so a non-finite one is written as null.
+_FIGURE = (int, float, type(None))
 _ROW_KEYS = {"model": str, "backend": str, "device": str, "precision": str, "batch_size": int, "image_size": int,
              "status": str, "scenario": str}
-_OK_ROW_KEYS = {"throughput_ips": (int, float), "latency_ms": dict, "samples_ms": list, "parity": (dict, type(None))}
+_OK_ROW_KEYS = {"throughput_ips": (int, float), "latency_ms": dict, "samples_ms": list, "parity": dict}
+_OK_ROW_FIGURES = {"latency_ms": ("mean", "p50", "p99"),
+                   "parity": ("cosine", "rel_l2", "top1_agreement", "distinct_top1")}
 STATUSES = ("ok", "failed", "skipped")
 
 
@@ -338,6 +346,18 @@ def _row_problem(record) -> str | None:
             return f"{key} is {record[key]!r}"
     if record["status"] not in STATUSES:
         return f"status is {record['status']!r}, not one of {', '.join(STATUSES)}"
+    if record["status"] != "ok":
+        return None
+    for key, figures in _OK_ROW_FIGURES.items():
+        for figure in figures:
+            if figure not in record[key]:
+                return f"missing key {key}.{figure!r}"
+            if not isinstance(record[key][figure], _FIGURE) or isinstance(record[key][figure], bool):
+                return f"{key}.{figure} is {record[key][figure]!r}"
+    if not isinstance(record["parity"].get("passed"), bool):
+        return "parity.passed is not true or false"
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in record["samples_ms"]):
+        return "samples_ms holds something other than numbers"
     return None
 
 
@@ -370,7 +390,7 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
             f": {'; '.join(r.loadgen['reasons'])}" if r.loadgen["reasons"] else "")
         lines.append(f"{head} {_throughput(r)} | {speedup} | {_fmt(r.latency_ms['p50'], '.2f')} | "
                      f"{_fmt(r.latency_ms['p99'], '.2f')} | {_fmt(r.cv, '.2f')}{' noisy' if r.noisy else ''} | "
-                     f"{r.parity['cosine']:.6f} | {r.parity['top1_agreement']:.3f} | "
+                     f"{_fmt(r.parity['cosine'], '.6f')} | {_fmt(r.parity['top1_agreement'], '.3f')} | "
                      f"{_fmt(r.parity.get('top5_agreement'), '.3f')} | {parity} | {loadgen} |")
     if plot:
         lines += ["", f"![throughput and latency against batch size]({plot})"]

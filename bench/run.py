@@ -40,22 +40,30 @@ class Reference:
     accuracy: dict | None  # --eval-data: the fp32 model's own top-1 and top-5
 
 
+class ReferenceFailed(RuntimeError):
+    """A model's reference (or its int8 calibration) could not be built: its rows fail with this."""
+
+
 class References:
-    """Each model's Reference, built on first use; a model whose reference fails has every row
-    failed with that error, and the run goes on with the next model."""
+    """Each model's Reference, built on first use. One that fails is remembered as failed, so that
+    every row of its model fails with the same one line and the run goes on with the next model."""
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self.built: dict[str, Reference | str] = {}
+        self.built: dict[str, Reference | ReferenceFailed] = {}
         self.calibrations: dict[str, quantize.Calibration] = {}
 
-    def __call__(self, name: str) -> Reference | str:
+    def __call__(self, name: str) -> Reference:
         if name not in self.built:
             try:
                 self.built[name] = self._build(name)
             except Exception as exc:  # noqa: BLE001 - a failed reference fails its model's rows, not the run
-                self.built[name] = f"the fp32 reference of {name} at {self.plan.image_size} px failed: {one_line(exc)}"
-        return self.built[name]
+                self.built[name] = ReferenceFailed(
+                    f"the fp32 reference of {name} at {self.plan.image_size} px failed: {one_line(exc)}")
+        built = self.built[name]
+        if isinstance(built, ReferenceFailed):
+            raise built
+        return built
 
     def _build(self, name: str) -> Reference:
         plan = self.plan
@@ -73,8 +81,11 @@ class References:
         """The model's int8 calibration, drawn once and only for an int8 row."""
         if name not in self.calibrations:
             classes = self(name).model.fc.out_features
-            self.calibrations[name] = quantize.calibration(self.plan.calibration, self.plan.calibration_inputs,
-                                                           self.plan.image_size, self.plan.seed, classes)
+            try:
+                self.calibrations[name] = quantize.calibration(self.plan.calibration, self.plan.calibration_inputs,
+                                                               self.plan.image_size, self.plan.seed, classes)
+            except Exception as exc:  # noqa: BLE001 - as for the reference: its int8 rows fail
+                raise ReferenceFailed(f"the int8 calibration inputs of {name}: {one_line(exc)}") from None
         return self.calibrations[name]
 
 
@@ -131,13 +142,15 @@ def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runn
     if skipped:
         row.status, row.error = "skipped", skipped
         return row
-    reference = references(spec.model)
-    if isinstance(reference, str):
-        row.status, row.error = "failed", reference
+    try:
+        reference = references(spec.model)
+        calibration = references.calibration(spec.model) if spec.precision == "int8" else None
+    except ReferenceFailed as exc:
+        row.status, row.error = "failed", str(exc)
         return row
     config = RunConfig(reference.ident, plan.device, spec.precision, spec.batch_size, plan.image_size, plan.threads,
                        plan.cache_dir, artifacts=plan.artifacts, options=plan.options.get(spec.backend),
-                       calibration=references.calibration(spec.model) if spec.precision == "int8" else None)
+                       calibration=calibration)
     return bench_row(runners[spec.backend](reference.model, config), row, reference, plan)
 
 
@@ -275,14 +288,19 @@ def loadgen_row(runner: Runner, row: Row, inputs: torch.Tensor, plan: Plan) -> N
 
 def rank_int8_layers(plan: Plan, rows: list[Row], references: References) -> None:
     """--sensitivity: each model's layers ranked by how much INT8 costs them, attached to its
-    successful onnxruntime int8 rows."""
+    successful onnxruntime int8 rows (those --resume kept have theirs already). A ranking that
+    fails is recorded as its one-line error."""
     for name in plan.models:
-        measured = [r for r in rows if (r.model, r.backend, r.precision, r.status) == (name, "onnxruntime", "int8", "ok")]
-        reference = references(name)
-        if not measured or isinstance(reference, str):
+        measured = [r for r in rows if (r.model, r.backend, r.precision, r.status) == (name, "onnxruntime", "int8", "ok")
+                    and r.sensitivity is None]
+        if not measured:
             continue
-        analysis = sensitivity.analyse(reference.model, references.calibration(name), reference.inputs,
-                                       reference.logits, image_size=plan.image_size, batch=plan.batch_sizes[0],
-                                       cache_dir=plan.cache_dir / "calibration")
+        try:
+            reference = references(name)
+            analysis = sensitivity.analyse(reference.model, references.calibration(name), reference.inputs,
+                                           reference.logits, image_size=plan.image_size, batch=plan.batch_sizes[0],
+                                           cache_dir=plan.cache_dir / "calibration")
+        except Exception as exc:  # noqa: BLE001 - the rows keep their figures without the ranking
+            analysis = {"error": one_line(exc)}
         for row in measured:
             row.sensitivity = analysis

@@ -343,6 +343,14 @@ def _peaks(report_path: str, arch: int):
     return select
 
 
+def kernel_dtypes() -> dict[str, torch.dtype]:
+    """The dtypes the kernels take, by the names of the precisions that compute in them (the
+    command lines' names; int8, which the kernels do not run, has none)."""
+    from resnet_perf.precision import by_dtype  # above this package: only command lines reach up for it
+
+    return {by_dtype(dtype).name: dtype for dtype in DTYPES}
+
+
 def main(argv: list[str] | None = None) -> int:
     # The conv list comes from the model's own definition; the model package sits above this one,
     # so only the command line reaches up for it.
@@ -350,10 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     from resnet_perf.cli import Parser, UsageError, list_of, positive_int
     from resnet_perf.fused import conv_layers
     from resnet_perf.models.resnet import MODEL_NAMES
-    from resnet_perf.precision import by_dtype
 
-    # The dtypes the kernels take, by the names of the precisions computing in them.
-    kernel_dtypes = {by_dtype(dtype).name: dtype for dtype in DTYPES}
+    named_dtypes = kernel_dtypes()
 
     parser = Parser(prog="python -m kernels.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet50", choices=MODEL_NAMES)
@@ -372,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         for name in args.dtype:
-            if name not in kernel_dtypes:
-                raise UsageError(f"--dtype {name!r}: choose from {', '.join(kernel_dtypes)}")
+            if name not in named_dtypes:
+                raise UsageError(f"--dtype {name!r}: choose from {', '.join(named_dtypes)}")
         for path in args.path or []:
             if path not in CONFIGS:
                 raise UsageError(f"--path {path!r}: choose from {', '.join(CONFIGS)}")
@@ -388,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     arch = TARGETS[args.target]
-    dtypes = {name: kernel_dtypes[name] for name in args.dtype}
+    dtypes = {name: named_dtypes[name] for name in args.dtype}
     convs = [conv for batch in args.batch_size for conv in conv_layers(args.model, args.image_size, batch)]
     select = _peaks(args.peaks_of, arch) if args.peaks_of else None
     if args.path:

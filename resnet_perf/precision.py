@@ -1,5 +1,6 @@
 """What each precision means, in one table: the element type of a model's inputs and outputs as
-PyTorch, numpy, ONNX and Triton Inference Server name it, and its parity tolerance.
+PyTorch, numpy, ONNX and Triton Inference Server name it; its name is the key of its parity
+tolerance (resnet_perf.parity.TOLERANCES).
 
 Every layer that turns a precision's name into a type (runners, export, the kernels' command line,
 the serving client) reads it here: when each kept its own map, a runner could label fp32 as int8.
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from resnet_perf.parity import TOLERANCES, Tolerance
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,6 @@ class Precision:
     def dtype_name(self) -> str:
         """The element type's name as torch, numpy, onnx and our manifests all write it ("float32")."""
         return str(self.dtype).removeprefix("torch.")
-
-    @property
-    def tolerance(self) -> Tolerance:
-        return TOLERANCES[self.name]
 
 
 # Integers rather than onnx.TensorProto's names: importing resnet_perf must not need onnx.

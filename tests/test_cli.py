@@ -13,6 +13,7 @@ import torch
 
 import bench.__main__ as cli
 from bench.runners import RUNNERS
+from bench.runners.compile import CompileOptions
 from bench.runners.eager import EagerRunner
 
 SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3"]
@@ -269,6 +270,23 @@ def test_help_lists_the_subcommands_and_run_is_the_default(capsys):
     code, _, err = run_cli(capsys, "run", "--model", "resnet51")
     assert code == 2 and err == "python -m bench: error: --model 'resnet51': unknown model; choose from resnet18, " \
         "resnet34, resnet50, resnet101, resnet152\n"
+
+
+def test_a_hosted_backend_takes_its_own_flags(monkeypatch):
+    """--compile-mode reaches the compile backend a local Triton server hosts, and is refused where
+    no backend reads it."""
+    args = cli.build_parser().parse_args(["run", "--backend", "triton-server", "--served-backend", "compile",
+                                          "--compile-mode", "max-autotune", "--model", "resnet18", "--image-size",
+                                          "32", "--device", "cpu"])
+    context = cli.RunContext(("resnet18",), torch.device("cpu"), ("fp32",), (8,), 32, 1000, 1.0,
+                             runners=dict(RUNNERS))
+    options = cli.resolve_options(args, context)
+    assert options["triton-server"].served is RUNNERS["compile"]
+    assert options["triton-server"].served_options == CompileOptions("max-autotune")
+    cli.check_backend_flags(args, ["triton-server"], {}, options)
+    args.served_backend = "onnxruntime"
+    with pytest.raises(cli.UsageError, match="--compile-mode applies to the compile backend: add it to --backend"):
+        cli.check_backend_flags(args, ["triton-server"], {}, cli.resolve_options(args, context))
 
 
 class OwnFlagRunner(EagerRunner):

@@ -21,9 +21,10 @@ def samples(mean_ms: float, noise: float, n: int = 50, seed: int = 0) -> list[fl
 
 def row(backend: str, latencies: list[float], status: str = "ok", passed: bool = True, batch: int = 8) -> dict:
     """A row as --json writes it."""
+    parity = {"passed": passed, "cosine": 1.0, "rel_l2": 0.0, "top1_agreement": 1.0, "distinct_top1": 1.0}
     record = {"model": "resnet18", "backend": backend, "device": "cpu", "precision": "fp32", "batch_size": batch,
               "image_size": 32, "scenario": "offline", "status": status, "error": None if status == "ok" else "boom",
-              "samples_ms": latencies if status == "ok" else [], "parity": {"passed": passed} if status == "ok" else None}
+              "samples_ms": latencies if status == "ok" else [], "parity": parity if status == "ok" else None}
     return {**record, **summarize(latencies, batch)} if status == "ok" else record
 
 
@@ -117,6 +118,12 @@ def test_a_row_missing_a_key_is_one_line_naming_file_row_and_key(capsys, tmp_pat
      "row 0: status is 'fine', not one of ok, failed, skipped"),
     ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "batch_size": "8"}]},
      "row 0: batch_size is '8'"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "latency_ms": {"mean": 1.5}}]},
+     "row 0: missing key latency_ms.'p50'"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "parity": None}]},
+     "row 0: parity is None"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "samples_ms": ["x", "y"]}]},
+     "row 0: samples_ms holds something other than numbers"),
 ])
 def test_a_document_that_is_not_a_run_is_one_line(capsys, tmp_path, document, message):
     path = tmp_path / "odd.json"

@@ -77,8 +77,9 @@ def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     capsys.readouterr()
     assert cli.main([*SMALL, "--backend", "eager", "--resume", str(path)]) == 2
     assert "was measured with cpu Some Other CPU" in capsys.readouterr().err
-    assert cli.main([*SMALL, "--backend", "eager", "--resume", str(tmp_path / "none.json")]) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert cli.main([*SMALL, "--backend", "eager", "--resume", str(tmp_path / "no" / "none.json")]) == 2
+    assert f"--resume {tmp_path / 'no' / 'none.json'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()  # refused before any output folder is made
 
 
 def test_resume_of_a_file_whose_row_lacks_a_key_is_one_line(capsys, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.runners import RUNNERS, RunConfig
+from bench.runners import RUNNERS, RunConfig, RunContext
 from bench.runners.base import TorchRunner
 from bench.serving.local import missing_reason
 from bench.runners.compile import CompileRunner
@@ -135,3 +135,25 @@ def test_no_module_runner_claims_int8(device):
 def test_triton_rows_on_cpu_are_marked_as_interpreter_timings(resnet18_32, tmp_path):
     assert TritonRunner(resnet18_32, config(tmp_path)).timing_note == "interpreter timing"
     assert EagerRunner(resnet18_32, config(tmp_path)).timing_note is None
+
+
+def test_an_engine_for_another_tensorrt_is_refused_before_any_row(tmp_path, monkeypatch):
+    """check_ready reads the --engine's manifest up front: a plan built with another TensorRT or for
+    another GPU would otherwise fail every row it is in, one at a time."""
+    from bench.runners.tensorrt import TensorRTOptions, TensorRTRunner
+    from export import tensorrt
+    from export.manifest import write_manifest
+    from resnet_perf.cli import UsageError
+
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"a serialized engine")
+    h100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    write_manifest(engine, {"format": "tensorrt", "versions": {"tensorrt": "10.9.0"}, "gpu": h100})
+    monkeypatch.setattr(tensorrt, "gpu_target", lambda device: h100)
+    context = RunContext(("resnet18",), torch.device("cuda"), ("fp16",), (8,), 32, 1000, 1.0,
+                         artifacts={"tensorrt": engine})
+    monkeypatch.setattr(tensorrt, "version", lambda: "11.4.0")
+    with pytest.raises(UsageError, match="--engine m.plan was built with TensorRT 10.9.0, this is TensorRT 11.4.0"):
+        TensorRTRunner.check_ready(TensorRTOptions(), context)
+    monkeypatch.setattr(tensorrt, "version", lambda: "10.9.0")
+    TensorRTRunner.check_ready(TensorRTOptions(), context)

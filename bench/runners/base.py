@@ -30,9 +30,10 @@ from resnet_perf.precision import PRECISIONS
 
 
 @dataclass(frozen=True)
-class RunShape:
-    """What a backend's options are checked against: the run's models, device, precisions, batch
-    sizes and image size, and the other backends (for one that hosts another)."""
+class RunContext:
+    """What a backend's options and readiness are checked against: the run's models, device,
+    precisions, batch sizes, image size and given artifacts, and, for a backend that hosts
+    another (a server), the other backends and their options."""
 
     models: tuple[str, ...]
     device: torch.device
@@ -41,8 +42,9 @@ class RunShape:
     image_size: int
     classes: int  # the logits per image
     max_queue_delay_ms: float  # a dynamic batcher's wait (--max-queue-delay-ms or its default)
+    artifacts: Mapping[str, Path] = field(default_factory=dict)  # as RunConfig.artifacts
     runners: Mapping[str, type[Runner]] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)  # the options of the backends resolved before
+    options: Mapping[str, Any] = field(default_factory=dict)  # of every backend that hosts none
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,12 @@ class Runner(abc.ABC):
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         """Add this backend's own flags. Each is named after its ``dest`` (``--cuda-graph`` for
-        cuda_graph) and defaults to a value that means "not given"; backends that share this
-        method (a subclass) share its flags."""
+        cuda_graph), and a value other than its default means it was given. A subclass that does
+        not override this shares its parent's flags; one that does adds only its own (argparse
+        refuses a flag added twice, so it must not call super)."""
 
     @classmethod
-    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> Any:
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> Any:
         """This backend's flags (by dest) checked against ``run``, as the value its runners get in
         ``config.options``; raises UsageError on a bad one."""
         return None
@@ -111,9 +114,15 @@ class Runner(abc.ABC):
         """The precisions this backend runs on ``device``: only those it executes as labelled."""
 
     @classmethod
-    def check_ready(cls, options: Any, run: RunShape) -> None:
-        """Checks outside this process that must pass before any row runs (a server's readiness);
-        raises UsageError."""
+    def check_ready(cls, options: Any, run: RunContext) -> None:
+        """What must hold before any row runs and needs this backend's runtime to tell (a server's
+        readiness, an engine's target); raises UsageError."""
+
+    @classmethod
+    def hosted(cls, options: Any) -> str | None:
+        """The backend this one hosts with these options (a local server's), whose flags then
+        apply to the run too; None for a backend that runs the model itself."""
+        return None
 
     def __init__(self, model: nn.Module, config: RunConfig):
         # The reference model is shared by every runner: a runner copies before changing it.

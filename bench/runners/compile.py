@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.runners.base import RunShape, TorchRunner
+from bench.runners.base import RunContext, TorchRunner
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -27,11 +27,12 @@ class CompileRunner(TorchRunner):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--compile-mode", choices=COMPILE_MODES, default=None, help="torch.compile's mode; default")
+        group.add_argument("--compile-mode", choices=COMPILE_MODES, default=CompileOptions.mode,
+                           help=f"torch.compile's mode (default {CompileOptions.mode})")
 
     @classmethod
-    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> CompileOptions:
-        return CompileOptions(flags["compile_mode"] or "default")
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> CompileOptions:
+        return CompileOptions(flags["compile_mode"])
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.runners.base import Runner, RunShape
+from bench.runners.base import Runner, RunContext
 from export import tensorrt
-from export.manifest import write_manifest
+from export.manifest import ManifestError, check_engine_target, load_manifest, write_manifest
 from export.onnx import BatchRange
+from resnet_perf.cli import UsageError
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class TensorRTRunner(Runner):
         group.add_argument("--cuda-graph", action="store_true", help="replay the engine as one CUDA graph")
 
     @classmethod
-    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> TensorRTOptions:
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> TensorRTOptions:
         return TensorRTOptions(flags["cuda_graph"])
 
     @classmethod
@@ -54,6 +55,16 @@ class TensorRTRunner(Runner):
     @classmethod
     def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         return ("fp32", "fp16", "int8")
+
+    @classmethod
+    def check_ready(cls, options: TensorRTOptions, run: RunContext) -> None:
+        # An --engine built with another TensorRT or for another GPU would fail every row it is in.
+        if cls.artifact in run.artifacts:
+            manifest = load_manifest(run.artifacts[cls.artifact])
+            try:
+                check_engine_target(manifest, tensorrt_version=tensorrt.version(), gpu=tensorrt.gpu_target(run.device))
+            except ManifestError as exc:
+                raise UsageError(f"--engine {exc}") from None
 
     def plan_path(self) -> Path:
         c = self.config

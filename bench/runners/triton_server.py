@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from bench import timing
-from bench.runners.base import Runner, RunShape
+from bench.runners.base import Runner, RunContext
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving import local
 from bench.serving.client import Endpoint, ModelInterface, ServerError, TritonClient
@@ -41,6 +41,11 @@ class ServerOptions:
     served: type[Runner] | None = None  # the backend a local server hosts
     served_options: Any = None  # and that backend's own options
     max_queue_delay_ms: float = DEFAULT_QUEUE_DELAY_MS  # a local server's dynamic batcher
+
+
+def hostable(runners: Mapping[str, type[Runner]]) -> list[str]:
+    """The backends a server can host: every one that is not itself a server."""
+    return [name for name, runner in runners.items() if not runner.serves_requests]
 
 
 def check_interface(interface: ModelInterface, model: str, *, batch_size: int, image_size: int, classes: int,
@@ -119,15 +124,14 @@ class TritonServerRunner(Runner):
                            help="the backend a locally started Triton server hosts (default onnxruntime)")
 
     @classmethod
-    def resolve_options(cls, flags: Mapping[str, Any], run: RunShape) -> ServerOptions:
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> ServerOptions:
         url, served = flags["server_url"], flags["served_backend"]
         if url is None:
             if flags["server_model"] is not None:
                 raise UsageError("--server-model names a model on the server at --server-url: give --server-url too")
             served = served or "onnxruntime"
-            hostable = [name for name, runner in run.runners.items() if not runner.serves_requests]
-            if served not in hostable:
-                raise UsageError(f"--served-backend {served!r}: choose from {', '.join(hostable)}")
+            if served not in hostable(run.runners):
+                raise UsageError(f"--served-backend {served!r}: choose from {', '.join(hostable(run.runners))}")
             return ServerOptions(served=run.runners[served], served_options=run.options.get(served),
                                  max_queue_delay_ms=run.max_queue_delay_ms)
         try:
@@ -160,7 +164,11 @@ class TritonServerRunner(Runner):
         return tuple(PRECISIONS)
 
     @classmethod
-    def check_ready(cls, options: ServerOptions, run: RunShape) -> None:
+    def hosted(cls, options: ServerOptions) -> str | None:
+        return options.served.name if options.url is None else None
+
+    @classmethod
+    def check_ready(cls, options: ServerOptions, run: RunContext) -> None:
         if options.url is None:
             return
         try:
@@ -207,7 +215,7 @@ class TritonServerRunner(Runner):
 
     def _padded(self, batch: Tensor) -> np.ndarray:
         # A model the server does not batch takes one shape: a short request is padded by cycling.
-        if self.interface.max_batch_size == 0:
+        if self.interface.max_batch_size == 0 and len(batch) < self.config.batch_size:
             batch = cycled(batch, self.config.batch_size)
         return batch.numpy().astype(self.dtype, copy=False)
 

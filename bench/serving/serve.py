@@ -17,6 +17,7 @@ import torch
 
 import resnet_perf
 from bench.runners import RUNNERS, RunConfig
+from bench.runners.triton_server import hostable
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving.local import LocalServer, missing_reason
 from resnet_perf.cli import (
@@ -31,14 +32,9 @@ from resnet_perf.cli import (
 )
 
 
-def hostable() -> list[str]:
-    """The backends a server can host: every one that is not itself a server."""
-    return [name for name, runner in RUNNERS.items() if not runner.serves_requests]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet50", help=f"{'|'.join(resnet_perf.MODEL_NAMES)} (default resnet50)")
-    p.add_argument("--backend", default="onnxruntime", help=f"the backend served: {', '.join(hostable())}")
+    p.add_argument("--backend", default="onnxruntime", help=f"the backend served: {', '.join(hostable(RUNNERS))}")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16, as the backend supports")
     p.add_argument("--image-size", type=positive_int, default=224)
@@ -57,38 +53,37 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def main(args: argparse.Namespace) -> int:
-    """Serve as the parsed flags ask, until Ctrl-C or SIGTERM; bad input is exit 2."""
-    try:
-        if args.model not in resnet_perf.MODEL_NAMES:
-            raise UsageError(f"--model {args.model!r}: choose from {', '.join(resnet_perf.MODEL_NAMES)}")
-        if args.backend not in hostable():
-            raise UsageError(f"--backend {args.backend!r}: choose from {', '.join(hostable())}")
-        device = resolve_device(args.device)
-        runner_cls = RUNNERS[args.backend]
-        reason = missing_reason() or runner_cls.unavailable_reason(device)
-        if reason:
-            raise UsageError(f"cannot serve {args.backend} on {device}: {reason}")
-        precisions = [p for p in runner_cls.precisions(device) if p != "int8"]
-        if args.precision not in precisions:
-            raise UsageError(f"--precision {args.precision}: {args.backend} on {device.type} serves {', '.join(precisions)}")
-        check_directory("--cache-dir", args.cache_dir)
-        model = resnet_perf.build_model(args.model, weights=args.weights, image_size=args.image_size, seed=args.seed)
-    except (UsageError, resnet_perf.WeightsError) as exc:
-        print(f"python -m bench serve: error: {exc}", file=sys.stderr)
-        return 2
+def serve(*, model: str, backend: str, device: str, precision: str, image_size: int, max_batch: int,
+          max_queue_delay_ms: float, weights: str | None, seed: int, threads: int | None, name: str | None,
+          cache_dir: str) -> int:
+    """Serve ``backend`` until Ctrl-C or SIGTERM (exit 0), or until the server dies (exit 1). Bad
+    input raises UsageError (or WeightsError) before anything starts."""
+    if model not in resnet_perf.MODEL_NAMES:
+        raise UsageError(f"--model {model!r}: choose from {', '.join(resnet_perf.MODEL_NAMES)}")
+    if backend not in hostable(RUNNERS):
+        raise UsageError(f"--backend {backend!r}: choose from {', '.join(hostable(RUNNERS))}")
+    where = resolve_device(device)
+    runner_cls = RUNNERS[backend]
+    reason = missing_reason() or runner_cls.unavailable_reason(where)
+    if reason:
+        raise UsageError(f"cannot serve {backend} on {where}: {reason}")
+    precisions = [p for p in runner_cls.precisions(where) if p != "int8"]
+    if precision not in precisions:
+        raise UsageError(f"--precision {precision}: {backend} on {where.type} serves {', '.join(precisions)}")
+    check_directory("--cache-dir", cache_dir)
+    reference = resnet_perf.build_model(model, weights=weights, image_size=image_size, seed=seed)
 
-    threads = args.threads or torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    config = RunConfig(f"{args.model}-{resnet_perf.weights_digest(model)[:12]}", device, args.precision, args.max_batch,
-                       args.image_size, threads, Path(args.cache_dir))
+    config = RunConfig(f"{model}-{resnet_perf.weights_digest(reference)[:12]}", where, precision, max_batch,
+                       image_size, threads, Path(cache_dir))
     signal.signal(signal.SIGTERM, _interrupt)
-    runner = runner_cls(model, config)
-    server = LocalServer(runner, args.name or args.model, args.max_queue_delay_ms)
+    runner = runner_cls(reference, config)
+    server = LocalServer(runner, name or model, max_queue_delay_ms)
     try:
         runner.prepare()
         server.start()
-        print(f"serving {server.name} ({args.backend}, {args.precision}, {device}, max batch {args.max_batch}) at "
+        print(f"serving {server.name} ({backend}, {precision}, {where}, max batch {max_batch}) at "
               f"{server.grpc.url} and {server.http.url}; Ctrl-C stops it", flush=True)
         while server.alive():
             time.sleep(0.5)

@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kernels.fused_conv2d import DTYPES
+    from kernels import aot
     from resnet_perf.fused import conv_layers
-    from resnet_perf.precision import by_dtype
 
     # One entry per distinct conv, with every module that has its shape.
     distinct: dict[str, list] = {}
@@ -136,10 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     layers = list(distinct.values())[: args.layers]
     providers = args.providers.split(",")
     records = []
-    # The kernels' dtypes by precision name, as kernels.aot names them.
-    kernel_dtypes = {by_dtype(dtype).name: dtype for dtype in DTYPES}
+    dtypes = aot.kernel_dtypes()
     for dtype_name in args.dtype.split(","):
-        dtype = kernel_dtypes[dtype_name]
+        dtype = dtypes[dtype_name]
         for convs in layers:
             conv = convs[0]
             inputs = layer_inputs(conv, dtype, device)
