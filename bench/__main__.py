@@ -357,8 +357,13 @@ def resolve(args: argparse.Namespace) -> Plan:
         raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime: use it with --precision int8 and the "
                          "onnxruntime backend")
     outputs = Outputs(*(Path(p) if p else None for p in (args.json_path or args.resume, args.csv_path, args.plot_path)))
+    written: dict[Path, str] = {}
     for flag, path in (("--json", outputs.json), ("--csv", outputs.csv), ("--plot", outputs.plot)):
         check_writable(flag, path)
+        if path is not None and path.resolve() in written:
+            raise UsageError(f"{flag} {path} is also {written[path.resolve()]}'s file: give each output its own")
+        if path is not None:
+            written[path.resolve()] = flag
     check_directory("--cache-dir", args.cache_dir)
     calibration = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
                                             tuple(args.keep_fp or ()))

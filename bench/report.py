@@ -274,7 +274,10 @@ def console() -> Console:
 
 def save(rows: list[Row], plan: Plan) -> None:
     """The run's JSON and CSV, each written atomically: called after every row, so that a crash or
-    Ctrl-C loses no finished one."""
+    Ctrl-C loses no finished one. The rows of a --resume file that are not (yet) among ``rows`` are
+    written after them: a rerun with a narrower plan never drops a measured row."""
+    named = {row_key(r) for r in rows}
+    rows = rows + [r for key, r in plan.resumed.items() if key not in named]
     if plan.outputs.json:
         write_text(plan.outputs.json, to_json(rows, plan.env))
     if plan.outputs.csv:
@@ -356,8 +359,9 @@ def _row_problem(record) -> str | None:
                 return f"{key}.{figure} is {record[key][figure]!r}"
     if not isinstance(record["parity"].get("passed"), bool):
         return "parity.passed is not true or false"
-    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in record["samples_ms"]):
-        return "samples_ms holds something other than numbers"
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
+               for s in record["samples_ms"]):
+        return "samples_ms holds something other than finite numbers"
     return None
 
 

@@ -123,7 +123,9 @@ def test_a_row_missing_a_key_is_one_line_naming_file_row_and_key(capsys, tmp_pat
     ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "parity": None}]},
      "row 0: parity is None"),
     ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "samples_ms": ["x", "y"]}]},
-     "row 0: samples_ms holds something other than numbers"),
+     "row 0: samples_ms holds something other than finite numbers"),
+    ({"schema": SCHEMA, "env": {}, "results": [row("eager", [1.0, float("nan")])]},
+     "row 0: samples_ms holds something other than finite numbers"),
 ])
 def test_a_document_that_is_not_a_run_is_one_line(capsys, tmp_path, document, message):
     path = tmp_path / "odd.json"

@@ -82,6 +82,16 @@ def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     assert not (tmp_path / "no").exists()  # refused before any output folder is made
 
 
+def test_resume_with_a_narrower_plan_keeps_the_files_other_rows(tmp_path):
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1,2", "--json", str(path)]) == 0
+    measured = json.loads(path.read_text())["results"]
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "4", "--resume", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [(r["batch_size"], r["status"]) for r in rows] == [(4, "ok"), (1, "ok"), (2, "ok")]
+    assert rows[1:] == measured  # kept as they were measured
+
+
 def test_resume_of_a_file_whose_row_lacks_a_key_is_one_line(capsys, tmp_path):
     """Defect 2 of issue 15, for --resume: a KeyError traceback before."""
     path = tmp_path / "run.json"
