@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, replace
@@ -23,7 +24,7 @@ import resnet_perf
 from bench import compare, plot, report, run
 from bench import env as bench_env
 from bench.plan import Loop, Outputs, Plan
-from bench.runners import RUNNERS, Runner, RunContext
+from bench.runners import RUNNERS, RunContext, Runner
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
 from bench.serving import serve
 from export import quantize
@@ -45,6 +46,10 @@ from resnet_perf.cli import (
 )
 from resnet_perf.images import ImageFolderError, load_labelled
 from resnet_perf.precision import PRECISIONS
+
+# More intra-op threads than this many per usable core only oversubscribe the cores: OpenMP runtimes
+# hang or crash long before a useful figure (issue 16 saw --threads 1000 hang, 100000 segfault, on 2 cores).
+THREADS_PER_CORE = 4
 
 # The flag that gives each kind of exported file a backend can run (Runner.artifact).
 ARTIFACT_FLAGS = {"onnx": "--onnx", "tensorrt": "--engine"}
@@ -380,6 +385,10 @@ def resolve(args: argparse.Namespace) -> Plan:
     for name in backends:
         RUNNERS[name].check_ready(options[name], context)
     threads = args.threads or torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads > THREADS_PER_CORE * cores:
+        raise UsageError(f"--threads {threads}: this process may use {cores} core(s); more than "
+                         f"{THREADS_PER_CORE * cores} threads ({THREADS_PER_CORE} per core) only oversubscribe them")
     env = bench_env.collect(device, threads)
     return Plan(
         tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,

@@ -23,10 +23,10 @@ from rich.table import Table
 
 import resnet_perf
 from export import quantize, tensorrt, triton_repo
-from resnet_perf.atomic import publish, staging_dir, write_text
 from export.manifest import sha256_file, versions, write_manifest
 from export.onnx import DEFAULT_OPSET, ONNX_PRECISIONS, BatchRange, cpu_session, export_onnx, graph_io
 from resnet_perf import parity
+from resnet_perf.atomic import publish, staging_dir, write_text
 from resnet_perf.cli import (
     Parser,
     UsageError,

@@ -17,18 +17,17 @@ import hashlib
 import io
 import json
 import os
+import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import platform
-
 from torch import Tensor
 
-from resnet_perf.atomic import atomic_path
-from resnet_perf.parity import cycled
 from export.manifest import sha256_file
 from export.onnx import INPUT_NAME
+from resnet_perf.atomic import atomic_path
+from resnet_perf.parity import cycled
 
 METHODS = ("minmax", "entropy", "percentile")
 FLAVOURS = {

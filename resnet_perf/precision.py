@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass(frozen=True)
 class Precision:
     name: str  # fp32 | fp16 | bf16 | int8: the contract's --precision, and the key of parity.TOLERANCES

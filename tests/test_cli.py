@@ -57,6 +57,7 @@ def run_cli(capsys, *argv):
         (["--weights", "w.pth", "--model", "resnet18,resnet50"], "give exactly one --model"),
         (["--host-io", "--device", "cpu"], "--host-io times host-device copies, so it needs --device cuda"),
         (["--cuda-graph", "--backend", "eager"], "--cuda-graph applies to the tensorrt backend"),
+        (["--threads", "100000"], "--threads 100000: this process may use"),
         (["--json", "/tmp/rp-same.out", "--csv", "/tmp/rp-same.out"],
          "--csv /tmp/rp-same.out is also --json's file: give each output its own"),
         (["--onnx", "/nonexistent.onnx"], "--onnx /nonexistent.onnx: no such file"),

@@ -14,8 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels.aot import plan as aot_plan
-from kernels.fused_conv2d import (CONFIGS, FEW_CHANNELS_PAD, fused_conv2d, fused_conv2d_reference, pack_weight,
-                                    pad_channels, plan)
+from kernels.fused_conv2d import (
+    CONFIGS,
+    FEW_CHANNELS_PAD,
+    fused_conv2d,
+    fused_conv2d_reference,
+    pack_weight,
+    pad_channels,
+    plan,
+)
 from resnet_perf.fused import conv_layers
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

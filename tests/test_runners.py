@@ -7,12 +7,12 @@ import torch
 
 from bench.runners import RUNNERS, RunConfig, RunContext
 from bench.runners.base import TorchRunner
-from bench.serving.local import missing_reason
 from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
 from bench.runners.triton import TritonRunner
 from bench.runners.triton_server import ServerOptions, TritonServerRunner
+from bench.serving.local import missing_reason
 from resnet_perf import parity_inputs
 from resnet_perf.parity import compare, predict
 

@@ -5,7 +5,7 @@ A backend is one runner class (bench/runners/base.py says what it implements) an
 
 from __future__ import annotations
 
-from bench.runners.base import RunConfig, Runner, RunContext
+from bench.runners.base import RunConfig, RunContext, Runner
 from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner

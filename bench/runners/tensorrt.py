@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.runners.base import Runner, RunContext
+from bench.runners.base import RunContext, Runner
 from export import tensorrt
 from export.manifest import ManifestError, check_engine_target, load_manifest, write_manifest
 from export.onnx import BatchRange

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from bench import timing
-from bench.runners.base import Runner, RunContext
+from bench.runners.base import RunContext, Runner
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving import local
 from bench.serving.client import Endpoint, ModelInterface, ServerError, TritonClient
