@@ -8,10 +8,18 @@ rows (bench/run.py), print and write what they measured (bench/report.py).
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+if __name__ == "__main__":
+    # Importing torch takes seconds. A stop signal meanwhile ends the process as one during the run
+    # would (exit 128 + signal), without the traceback of an interrupted import; main() takes over.
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_signum, lambda signum, frame: os._exit(128 + signum))
+
 import argparse
 import importlib.util
-import os
-import sys
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,28 +36,35 @@ from bench.runners import RUNNERS, RunContext, Runner
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
 from bench.serving import serve
 from export import quantize
-from export.manifest import ManifestError, load_manifest
+from export.manifest import ManifestError, load_manifest, manifest_path
 from export.onnx import BatchRange
 from resnet_perf.cli import (
     Parser,
+    Stopped,
     UsageError,
     check_directory,
-    check_writable,
     default_cache_dir,
     list_of,
     non_negative_int,
     one_line,
+    output_file,
     positive_float,
     positive_int,
     resolve_device,
     rng_seed,
+    stop_on_signals,
 )
 from resnet_perf.images import ImageFolderError, load_labelled
+from resnet_perf.parity import PARITY_BATCH
 from resnet_perf.precision import PRECISIONS
 
 # More intra-op threads than this many per usable core only oversubscribe the cores: OpenMP runtimes
 # hang or crash long before a useful figure (issue 16 saw --threads 1000 hang, 100000 segfault, on 2 cores).
 THREADS_PER_CORE = 4
+
+# A lower bound of the fp32 memory one image takes: its input (3 channels) and the stem's output (64
+# channels at half the resolution) alone, 4 bytes a value, before any layer after the stem.
+STEM_BYTES_PER_PIXEL = 4 * (3 + 64 / 4)
 
 # The flag that gives each kind of exported file a backend can run (Runner.artifact).
 ARTIFACT_FLAGS = {"onnx": "--onnx", "tensorrt": "--engine"}
@@ -157,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _listed(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
     """The manifests of --onnx and --engine by artifact kind, checked against their files, and what
     the artifacts fix about the run (model, image size, precision, seed), each checked against the
@@ -182,7 +201,8 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
         for option, value in exported.items():
             given = fixed.get(option, getattr(args, option[2:].replace("-", "_")))
             if given is not None and given != value:
-                raise UsageError(f"{flag} {path} was exported with {option} {value}; this run asks for {given}")
+                raise UsageError(f"{flag} {path} was exported with {option} {_listed(value)}; this run asks for "
+                                 f"{_listed(given)}")
             fixed[option] = value
         fixed.setdefault("--batch-size", [manifest["batch"]["opt"]])
         manifests[kind] = manifest
@@ -226,7 +246,7 @@ def resolve_backends(args: argparse.Namespace, device: torch.device, precisions:
             for precision in precisions:
                 if precision not in supported:
                     raise UsageError(f"--precision {precision}: {name} on {device.type} supports {', '.join(supported)}")
-        return list(dict.fromkeys(args.backend)), {}
+        return args.backend, {}
     backends, not_run = [], {}
     for name, runner in RUNNERS.items():
         reason = runner.unavailable_reason(device, options[name])
@@ -305,11 +325,50 @@ def fixed_model(args: argparse.Namespace, models: list[str], image_size: int, se
         raise
     except Exception as exc:  # noqa: BLE001 - the model cannot be built at all: nothing can run
         raise UsageError(f"{models[0]} at {image_size} px: {one_line(exc)}") from None
+    digest = resnet_perf.weights_digest(model)
+    run_weights = f"from {args.weights}" if args.weights else f"synthetic, seed {seed}"
     for kind, manifest in manifests.items():
-        if resnet_perf.weights_digest(model) != manifest["weights_digest"]:
-            raise UsageError(f"{artifact_paths(args)[kind]} was exported from other weights than this run's {models[0]} "
-                             "(pass the --weights it was exported from)")
+        if digest != manifest["weights_digest"]:
+            weights = manifest["weights"]
+            exported = f"from {weights['path']}" if weights["source"] == "file" else f"synthetic, seed {weights['seed']}"
+            raise UsageError(
+                f"{ARTIFACT_FLAGS[kind]} {artifact_paths(args)[kind]} was exported from {manifest['model']} at "
+                f"{manifest['image_size']} px with weights {exported} (digest {manifest['weights_digest'][:12]}); "
+                f"this run's {models[0]} at {image_size} px, weights {run_weights}, has digest {digest[:12]}: "
+                "pass the --weights it was exported from")
     return model
+
+
+def check_memory(image_size: int, batch_sizes: list[int], device: torch.device) -> None:
+    """A run whose images cannot fit is refused before it starts: the fp32 reference computes
+    PARITY_BATCH images at once on the CPU (and a row on the CPU its largest batch), and the
+    input and first activation of those images alone must fit in the machine's memory."""
+    images = max(PARITY_BATCH, *(batch_sizes if device.type == "cpu" else ()))
+    needed = images * STEM_BYTES_PER_PIXEL * image_size**2
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise UsageError(f"--image-size {image_size}: {images} images at once (the fp32 reference's parity batch, or "
+                         f"the largest --batch-size) need at least {needed / 2**30:,.0f} GiB for their input and "
+                         f"first activation alone; this machine has {memory / 2**30:.1f} GiB")
+
+
+def resolve_outputs(args: argparse.Namespace) -> Outputs:
+    """The files the run writes, each a regular file (or none yet) with its symlinks followed, none
+    the same file as another output or as an input of the run."""
+    inputs = {"--weights": args.weights, "--onnx": args.onnx, "--engine": args.engine}
+    for kind, path in artifact_paths(args).items():
+        inputs[f"{ARTIFACT_FLAGS[kind]}'s manifest"] = str(manifest_path(path))
+    taken = {Path(os.path.realpath(path)): flag for flag, path in inputs.items() if path}
+    json_flag, json_path = ("--json", args.json_path) if args.json_path is not None else ("--resume", args.resume)
+    outputs = []
+    for flag, path in ((json_flag, json_path), ("--csv", args.csv_path), ("--plot", args.plot_path)):
+        target = output_file(flag, path)
+        if target in taken:
+            raise UsageError(f"{flag} {path} is also {taken[target]}'s file: give each output its own")
+        if target is not None:
+            taken[target] = flag
+        outputs.append(target)
+    return Outputs(*outputs)
 
 
 def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
@@ -349,6 +408,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     else:
         batch_sizes = args.batch_size or fixed.get("--batch-size", [8])
     check_artifact_batches(args, manifests, batch_sizes)
+    check_memory(image_size, batch_sizes, device)
     model = fixed_model(args, models, image_size, seed, manifests)
 
     artifacts = {kind: Path(path) for kind, path in artifact_paths(args).items()}
@@ -361,14 +421,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends):
         raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime: use it with --precision int8 and the "
                          "onnxruntime backend")
-    outputs = Outputs(*(Path(p) if p else None for p in (args.json_path or args.resume, args.csv_path, args.plot_path)))
-    written: dict[Path, str] = {}
-    for flag, path in (("--json", outputs.json), ("--csv", outputs.csv), ("--plot", outputs.plot)):
-        check_writable(flag, path)
-        if path is not None and path.resolve() in written:
-            raise UsageError(f"{flag} {path} is also {written[path.resolve()]}'s file: give each output its own")
-        if path is not None:
-            written[path.resolve()] = flag
+    outputs = resolve_outputs(args)
     check_directory("--cache-dir", args.cache_dir)
     calibration = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
                                             tuple(args.keep_fp or ()))
@@ -423,7 +476,12 @@ def other_command(args: argparse.Namespace) -> int:
         return compare.compare(args.base, args.new, threshold=args.threshold, resamples=args.resamples,
                                relative_to=args.relative_to)
     if args.command == "report":
-        print(f"wrote {report.write_report(args.runs, args.output)}")
+        try:
+            print(f"wrote {report.write_report(args.runs, args.output)}")
+        except OSError as exc:
+            print(f"python -m bench report: could not write to {args.output} ({exc.strerror or one_line(exc)}); "
+                  "nothing was written", file=sys.stderr)
+            return 1
         return 0
     return serve.serve(model=args.model, backend=args.backend, device=args.device, precision=args.precision,
                        image_size=args.image_size, max_batch=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms,
@@ -431,39 +489,58 @@ def other_command(args: argparse.Namespace) -> int:
                        cache_dir=args.cache_dir)
 
 
+def run_plan(plan: Plan) -> int:
+    """The plan's rows, saved after each; then the table, the plot, and why the run ended early."""
+    torch.set_num_threads(plan.threads)
+    if plan.device.type == "cuda":
+        # Synchronize and CUDA events act on the current device: make it the one measured.
+        torch.cuda.set_device(plan.device)
+    saver = report.Saver(plan)
+    rows, stopped = run.run_rows(plan, RUNNERS, on_row=saver)
+
+    report.print_run(rows, plan, report.console())
+    plotted = True
+    if plan.outputs.plot and any(r.status == "ok" for r in rows):
+        where = plan.env["gpu"] or plan.env["cpu"]
+        title = f"{', '.join(plan.models)} on {plan.device.type} ({where}), {plan.image_size} px"
+        try:
+            plot.write_plot([asdict(r) for r in rows], plan.outputs.plot, title)
+        except OSError as exc:
+            print(f"python -m bench: could not write {plan.outputs.plot} ({exc.strerror or one_line(exc)})",
+                  file=sys.stderr)
+            plotted = False
+    saver.report_failures()
+    if stopped:
+        json_path = plan.outputs.json
+        kept = json_path is not None and json_path not in saver.failed and (json_path in saver.saved or plan.resumed)
+        where = f"; {json_path} holds them (--resume {json_path} runs the rest)" if kept else ""
+        print(f"python -m bench: interrupted by {stopped} after {len(rows)} row(s){where}", file=sys.stderr)
+        return stopped.exit_status
+    return 0 if all(r.ok for r in rows) and plotted and not saver.failed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["run", *argv]
     prog = "python -m bench" if argv[0] == "run" else f"python -m bench {argv[0]}"
-    try:
-        args = build_parser().parse_args(argv)
-        if args.command != "run":
-            return other_command(args)
-        if args.list_backends:
-            return list_backends(args)
-        plan = resolve(args)
-    except (UsageError, resnet_perf.WeightsError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-
-    torch.set_num_threads(plan.threads)
-    if plan.device.type == "cuda":
-        # Synchronize and CUDA events act on the current device: make it the one measured.
-        torch.cuda.set_device(plan.device)
-    rows, interrupted = run.run_rows(plan, RUNNERS, on_row=lambda rows: report.save(rows, plan))
-
-    report.print_run(rows, plan, report.console())
-    if plan.outputs.plot and any(r.status == "ok" for r in rows):
-        where = plan.env["gpu"] or plan.env["cpu"]
-        title = f"{', '.join(plan.models)} on {plan.device.type} ({where}), {plan.image_size} px"
-        plot.write_plot([asdict(r) for r in rows], plan.outputs.plot, title)
-    if interrupted:
-        json_path = plan.outputs.json
-        where = f"; {json_path} holds them (--resume {json_path} runs the rest)" if json_path else ""
-        print(f"python -m bench: interrupted after {len(rows)} row(s){where}", file=sys.stderr)
-        return 130
-    return 0 if all(r.ok for r in rows) else 1
+    with stop_on_signals():
+        try:
+            try:
+                args = build_parser().parse_args(argv)
+                if args.command != "run":
+                    return other_command(args)
+                if args.list_backends:
+                    return list_backends(args)
+                plan = resolve(args)
+            except (UsageError, resnet_perf.WeightsError) as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+                return 2
+            return run_plan(plan)
+        except KeyboardInterrupt as exc:  # before the first row started, or after the last one ended
+            stopped = Stopped.of(exc)
+            print(f"{prog}: interrupted by {stopped}", file=sys.stderr)
+            return stopped.exit_status
 
 
 if __name__ == "__main__":

@@ -7,17 +7,19 @@ import csv
 import io
 import json
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from resnet_perf.atomic import write_text
-from resnet_perf.cli import UsageError, check_directory
+from resnet_perf.atomic import publish, staging_dir, write_text
+from resnet_perf.cli import UsageError, check_directory, one_line, output_file
 
 if TYPE_CHECKING:
     from bench.plan import Plan
@@ -272,16 +274,47 @@ def console() -> Console:
     return out if out.is_terminal and out.width >= 200 else Console(width=max(out.width, 200))
 
 
-def save(rows: list[Row], plan: Plan) -> None:
-    """The run's JSON and CSV, each written atomically: called after every row, so that a crash or
-    Ctrl-C loses no finished one. The rows of a --resume file that are not (yet) among ``rows`` are
-    written after them: a rerun with a narrower plan never drops a measured row."""
-    named = {row_key(r) for r in rows}
-    rows = rows + [r for key, r in plan.resumed.items() if key not in named]
-    if plan.outputs.json:
-        write_text(plan.outputs.json, to_json(rows, plan.env))
-    if plan.outputs.csv:
-        write_text(plan.outputs.csv, to_csv(rows))
+class Saver:
+    """Writes the run's JSON and CSV, each atomically, after every row, so that a crash or Ctrl-C
+    loses no finished one. The rows of a --resume file that are not (yet) among the run's are
+    written after them: a rerun with a narrower plan never drops a measured row.
+
+    A file that cannot be written (a full disk, an I/O error) is reported in one line, once per
+    cause; the run goes on, the file keeps its last complete version (the rename never happened),
+    and ``failed`` tells main to end with exit 1."""
+
+    def __init__(self, plan: Plan, err: TextIO | None = None):
+        self.plan = plan
+        self.err = err or sys.stderr
+        self.saved: dict[Path, int] = {}  # rows in each file's last complete version of this run
+        self.failed: dict[Path, str] = {}  # why each file's latest write failed
+
+    def __call__(self, rows: list[Row]) -> None:
+        named = {row_key(r) for r in rows}
+        rows = rows + [r for key, r in self.plan.resumed.items() if key not in named]
+        views = ((self.plan.outputs.json, lambda: to_json(rows, self.plan.env)), (self.plan.outputs.csv, lambda: to_csv(rows)))
+        for path, render in views:
+            if path is None:
+                continue
+            try:
+                write_text(path, render())
+            except OSError as exc:
+                cause = exc.strerror or one_line(exc)
+                if self.failed.get(path) != cause:
+                    print(f"python -m bench: could not write {path} ({cause}); the run goes on", file=self.err)
+                self.failed[path] = cause
+            else:
+                self.saved[path] = len(rows)
+                self.failed.pop(path, None)
+
+    def report_failures(self) -> None:
+        """What each file that could not be written last holds."""
+        for path, cause in self.failed.items():
+            if path in self.saved:
+                held = f"it holds the {self.saved[path]} row(s) of its last complete write"
+            else:
+                held = "it was not written in this run" + (", and holds what it held before" if path.exists() else "")
+            print(f"python -m bench: the last write of {path} failed ({cause}): {held}", file=self.err)
 
 
 def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
@@ -376,10 +409,10 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
     baseline = _eager_throughputs(rows)
     gpu = f", {env['gpu']} (driver {env.get('driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""
     lines = [f"## {title}", "",
-             f"{env.get('cpu')}, {env.get('threads')} threads{gpu}; torch {env.get('torch')}, "
-             f"onnxruntime {env.get('onnxruntime')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}.", "",
-             "| model | backend | device | precision | batch | scenario | img/s | vs eager | p50 ms | p99 ms | cv "
-             "| cosine | top-1 | top-5 | parity | LoadGen |",
+             (f"{env.get('cpu')}, {env.get('threads')} threads{gpu}; torch {env.get('torch')}, "
+              f"onnxruntime {env.get('onnxruntime')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}."), "",
+             ("| model | backend | device | precision | batch | scenario | img/s | vs eager | p50 ms | p99 ms | cv "
+              "| cosine | top-1 | top-5 | parity | LoadGen |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r.model} | {r.backend} | {r.device} | {r.precision} | {r.batch_size} | {r.scenario} |"
@@ -409,17 +442,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def write_report(runs: list[str], output: str) -> Path:
     """``python -m bench report``: a Markdown report of the runs in ``runs`` (their tables, and a
     plot of each) written to ``output``/report.md; returns its path. Every file is read and checked
-    before anything is written (UsageError)."""
+    before anything is written (UsageError), and the report and its plots are built in a staging
+    folder and moved in together, so a failure leaves no half-built report."""
     from bench.plot import write_plot
 
     documents = [(Path(path), load(path)) for path in runs]
-    check_directory("--output", output)
+    folder = check_directory("--output", output)
+    # Runs of the same name from different folders (a/run.json, b/run.json) get numbered plots.
+    stems = [path.stem for path, _ in documents]
+    names = [stem if stems.count(stem) == 1 else f"{stem}-{i + 1}" for i, stem in enumerate(stems)]
+    plots = [f"{name}.png" if any(r["status"] == "ok" for r in document["results"]) else None
+             for name, (_, document) in zip(names, documents)]
+    for name in ("report.md", *filter(None, plots)):
+        output_file("--output", os.path.join(output, name))
     sections = ["# resnet-perf report", ""]
-    for path, document in documents:
-        plot = None
-        if any(r["status"] == "ok" for r in document["results"]):
-            plot = f"{path.stem}.png"
-            write_plot(document["results"], Path(output) / plot, path.stem)
-        sections.append(to_markdown(rows_from_json(document), document["env"], path.name, plot))
-    write_text(Path(output) / "report.md", "\n".join(sections))
+    with staging_dir(folder) as stage:
+        for (path, document), name, plot in zip(documents, names, plots):
+            if plot:
+                write_plot(document["results"], stage / plot, name)
+            title = path.name if name == path.stem else str(path)
+            sections.append(to_markdown(rows_from_json(document), document["env"], title, plot))
+        write_text(stage / "report.md", "\n".join(sections))
+        publish(stage, folder)
     return Path(output) / "report.md"

@@ -25,7 +25,7 @@ from bench.report import Row, row_key
 from bench.runners import RunConfig, Runner
 from export import quantize, sensitivity
 from resnet_perf import parity
-from resnet_perf.cli import one_line
+from resnet_perf.cli import Stopped, one_line
 from resnet_perf.synthetic import parity_inputs
 
 
@@ -101,10 +101,11 @@ def skip_reason(spec: RowSpec, plan: Plan, runners: Mapping[str, type[Runner]],
 
 
 def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
-             on_row: Callable[[list[Row]], None]) -> tuple[list[Row], bool]:
+             on_row: Callable[[list[Row]], None]) -> tuple[list[Row], Stopped | None]:
     """Every row of the plan; rows it resumes are kept, not run again. ``on_row`` gets the rows so
-    far after each one. Returns the rows and whether Ctrl-C cut the run short (the row it
-    interrupted is dropped; every finished one is kept)."""
+    far after each one. Returns the rows and, where a stop signal (Ctrl-C, SIGTERM, SIGHUP under
+    ``stop_on_signals``) cut the run short, that signal: the row it interrupted is dropped, every
+    finished one kept."""
     references = References(plan)
     rows: list[Row] = []
     out_of_memory_at: dict[tuple, int] = {}  # (model, precision, backend) -> the batch that ran out
@@ -130,9 +131,9 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
                 progress.update(task, description="int8 sensitivity, one layer in fp32 at a time")
                 rank_int8_layers(plan, rows, references)
                 on_row(rows)
-        except KeyboardInterrupt:
-            return rows, True
-    return rows, False
+        except KeyboardInterrupt as exc:
+            return rows, Stopped.of(exc)
+    return rows, None
 
 
 def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runner]], references: References,

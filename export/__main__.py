@@ -9,9 +9,17 @@ batch it accepts, and published with its manifest only if it passes. A failure l
 
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
+
+if __name__ == "__main__":
+    # Importing torch takes seconds. A stop signal meanwhile ends the process as one later would
+    # (exit 128 + signal, nothing written), without the traceback of an interrupted import.
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_signum, lambda signum, frame: os._exit(128 + signum))
+
+import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,15 +37,17 @@ from resnet_perf import parity
 from resnet_perf.atomic import publish, staging_dir, write_text
 from resnet_perf.cli import (
     Parser,
+    Stopped,
     UsageError,
     check_directory,
-    check_writable,
     default_cache_dir,
     one_line,
+    output_file,
     positive_float,
     positive_int,
     resolve_device,
     rng_seed,
+    stop_on_signals,
 )
 
 FORMATS = ("onnx", "tensorrt", "triton-repo")
@@ -130,7 +140,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         if args.precision == "int8" and not tensorrt.has_int8(capability):
             raise UsageError(f"--precision int8: {torch.cuda.get_device_name(device)} (compute capability "
                              f"{capability}) has no int8 instructions; build fp32")
-        check_writable("--timing-cache", args.timing_cache)
+        output_file("--timing-cache", args.timing_cache)
     flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
     calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, args.precision == "int8")
     check_directory("--output", args.output)  # last: a refused export creates nothing
@@ -248,6 +258,16 @@ def report(published: list[Path], manifest: dict, seconds: float, console: Conso
 
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
+    with stop_on_signals():
+        try:
+            return export_command(argv, start)
+        except KeyboardInterrupt as exc:  # the staging folder is gone: nothing half-built is left
+            stopped = Stopped.of(exc)
+            print(f"python -m export: interrupted by {stopped}; nothing was written", file=sys.stderr)
+            return stopped.exit_status
+
+
+def export_command(argv: list[str] | None, start: float) -> int:
     try:
         args = build_parser().parse_args(argv)
         plan = resolve(args)
@@ -261,9 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     except ExportFailed as exc:
         print(f"python -m export: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("python -m export: interrupted; nothing was written", file=sys.stderr)
-        return 130
     except Exception as exc:  # noqa: BLE001 - an exporter, parser or builder failure, in one line
         print(f"python -m export: failed: {one_line(exc)}", file=sys.stderr)
         return 1

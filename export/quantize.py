@@ -24,9 +24,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from export.manifest import sha256_file
+from export.manifest import rebuilding, sha256_file
 from export.onnx import INPUT_NAME
 from resnet_perf.atomic import atomic_path
+from resnet_perf.cli import one_line
 from resnet_perf.parity import cycled
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -125,8 +126,10 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
     digest = hashlib.sha256(f"{sha256_file(source)}|{method}".encode())
     digest.update(inputs.contiguous().numpy().tobytes())
     cache = None if cache_dir is None else cache_dir / f"calibration-{digest.hexdigest()[:20]}.json"
+    ort_method = getattr(q.CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[method])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
+        _drop_unreadable_cache(cache, ort_method)
     batch = _static_batch(source) or min(len(inputs), 8)
 
     class Reader(q.CalibrationDataReader):
@@ -142,7 +145,6 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
 
     spec = FLAVOURS[flavour]
     bits = weight_bits(flavour)
-    ort_method = getattr(q.CalibrationMethod, {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[method])
     with tempfile.TemporaryDirectory(prefix="resnet-perf-quant-") as tmp, atomic_path(target) as out:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and graph cleanup first, as onnxruntime recommends before quantizing.
@@ -167,6 +169,26 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
         "keep_fp": list(keep_fp),
         "quantized_layers": len(layers) - len(keep_fp),
     }
+
+
+def _drop_unreadable_cache(cache: Path, ort_method) -> None:
+    """Delete a calibration cache that onnxruntime could not use, so that it is computed again:
+    quantize_static reads a cache it finds and raises on a damaged one, on every later run."""
+    from onnxruntime.quantization import load_tensors_data
+
+    if not cache.exists():
+        return
+    try:
+        ranges = load_tensors_data(cache)
+        # What quantize_static takes from it: ranges of its method, and a low and high per tensor.
+        if ranges.calibration_method != ort_method:
+            raise ValueError(f"ranges by {ranges.calibration_method}, not {ort_method}")
+        incomplete = [name for name, data in ranges.items() if not hasattr(data, "lowest") or not hasattr(data, "highest")]
+        if not ranges.data or incomplete:
+            raise ValueError(f"no range for {incomplete[0] if incomplete else 'any tensor'}")
+    except Exception as exc:  # noqa: BLE001 - whatever the parse raises, the file is no calibration
+        rebuilding(f"{cache}: not a readable calibration cache ({one_line(exc)})")
+        cache.unlink(missing_ok=True)
 
 
 def export_quantized(model, path: Path, *, batch, image_size: int, opset: int, calibration: Calibration,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 
 import torch
 from torch import nn
@@ -53,11 +55,23 @@ def build_model(
 def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model") -> None:
     """Load a state_dict from ``path`` into ``model`` strictly, turning every failure into WeightsError."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise WeightsError(f"weights file {path}: is a directory; give the state_dict file in it")
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path}")
     try:
         # weights_only: a checkpoint is data; unpickling arbitrary objects from it would run code.
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the first class the file would have to instantiate; its advice (load with
+        # weights_only=False) is the code execution this refuses, so it is not passed on.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise WeightsError(f"weights file {path} is not a readable PyTorch state_dict "
+                               f"({one_line(exc, first_line=True)})") from None
+        raise WeightsError(f"weights file {path} holds pickled Python objects ({found[1]}), e.g. a whole model "
+                           "or a training checkpoint; only a state_dict of tensors is loaded, since unpickling "
+                           "objects would run code from the file: save model.state_dict() instead") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt pickle fails in many ways (seen: IndexError)
         raise WeightsError(f"weights file {path} is not a readable PyTorch state_dict "
                            f"({one_line(exc, first_line=True)})") from None

@@ -8,8 +8,13 @@ here raises UsageError with a message naming the flag, the value and what is all
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import re
+import signal
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,11 +36,13 @@ def default_cache_dir() -> Path:
 
 
 def list_of(kind):
+    """A comma-separated list. A value given twice counts once, for every list flag alike: a
+    repeated batch size or model would only measure the same row twice."""
     def parse(text: str) -> list:
         items = [item.strip() for item in text.split(",") if item.strip()]
         if not items:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        return [kind(item) for item in items]
+        return list(dict.fromkeys(kind(item) for item in items))
 
     return parse
 
@@ -51,7 +58,13 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of 0 or more")
+    return value
 
 
 def rng_seed(text: str) -> int:
@@ -88,36 +101,106 @@ def resolve_device(text: str) -> torch.device:
     return device
 
 
-def check_writable(flag: str, path: str | None) -> None:
-    """``path`` can be written as a file: not a folder, its folder creatable and writable."""
+# What a path can be besides a regular file or a folder, for messages.
+_FILE_KINDS = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a FIFO",
+               stat.S_ISSOCK: "a socket"}
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    return next((kind for test, kind in _FILE_KINDS.items() if test(mode)), "not a regular file")
+
+
+def output_file(flag: str, path: str | None) -> Path | None:
+    """Where ``flag``'s file is written: ``path`` with its symlinks followed, so that the file a link
+    points to is the one replaced, checked to be writable. Results are written atomically, by
+    renaming a new file over the path: a device, FIFO or socket there is refused, since the rename
+    would replace the node, and writing into it instead would hand a reader one whole document per
+    row (and block the run on a FIFO nobody reads)."""
     if path is None:
-        return
-    target = Path(path)
+        return None
+    if not path.strip():
+        raise UsageError(f"{flag} {path!r}: give a file path")
+    target = Path(os.path.realpath(path))
+    where = path if target == Path(path).absolute() else f"{path} (-> {target})"
     if target.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory, expected a file path")
+        raise UsageError(f"{flag} {where}: is a directory, expected a file path")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"{flag} {where}: is {_kind(target)}; results are written by renaming a new file "
+                         "over the path, which would replace it: give a regular file's path")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot create its folder ({exc.strerror})") from None
+        raise UsageError(f"{flag} {where}: cannot create its folder ({exc.strerror})") from None
     if not os.access(target.parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: folder {target.parent} is not writable")
+        raise UsageError(f"{flag} {where}: folder {target.parent} is not writable")
+    return target
 
 
-def check_directory(flag: str, path: str) -> None:
-    """``path`` is, or can be made, a writable folder."""
+def check_directory(flag: str, path: str) -> Path:
+    """``path`` is, or can be made, a writable folder; returned with its symlinks followed, so that a
+    link to a folder not made yet makes that folder."""
+    if not path.strip():
+        raise UsageError(f"{flag} {path!r}: give a folder")
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_dir():
+        kind = "a file" if target.is_file() else _kind(target)
+        raise UsageError(f"{flag} {path}: is {kind}, not a folder")
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{flag} {path}: cannot create it ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK):
+    if not os.access(target, os.W_OK):
         raise UsageError(f"{flag} {path}: not writable")
+    return target
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP: the command stops as Ctrl-C stops it, and exits with
+    128 + the signal's number, as a shell reports a process the signal killed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    @classmethod
+    def of(cls, exc: KeyboardInterrupt) -> Stopped:
+        """``exc`` as a Stopped: a KeyboardInterrupt raised by code rather than by a signal handler
+        of ours (a library's own SIGINT handling) is taken for Ctrl-C."""
+        return exc if isinstance(exc, Stopped) else cls(signal.SIGINT)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, the stop signals raise Stopped, so that a scheduler's SIGTERM or a closed
+    terminal's SIGHUP unwind the work (runners closed, servers stopped) like Ctrl-C does."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# Terminal colour codes: some libraries (torch.load) put them in their messages.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def one_line(exc: BaseException, *, first_line: bool = False) -> str:
     """A runtime error as one line for a table cell or stderr; exhausted memory as "out of memory".
     ``first_line`` keeps only the message's first line, for errors that carry a traceback or log
     after it (a server's answer, torch.load's on a bad file), where the rest would crowd out what happened."""
-    text = str(exc).strip()
+    text = _ANSI.sub("", str(exc)).strip()
     text = " ".join((text.splitlines()[0] if first_line and text else text).split())
     # CPU allocators and onnxruntime report exhaustion as plain errors with these words.
     allocator = ("out of memory", "failed to allocate memory", "defaultcpuallocator")

@@ -58,6 +58,14 @@ def run_cli(capsys, *argv):
         (["--host-io", "--device", "cpu"], "--host-io times host-device copies, so it needs --device cuda"),
         (["--cuda-graph", "--backend", "eager"], "--cuda-graph applies to the tensorrt backend"),
         (["--threads", "100000"], "--threads 100000: this process may use"),
+        (["--warmup", "-1"], "argument --warmup: '-1' is not an integer of 0 or more"),
+        (["--warmup", "x"], "argument --warmup: 'x' is not an integer of 0 or more"),
+        (["--weights", "/", "--model", "resnet18"], "weights file /: is a directory; give the state_dict file in it"),
+        (["--image-size", "100000", "--backend", "eager"],
+         ("--image-size 100000: 64 images at once (the fp32 reference's parity batch, or the largest --batch-size) "
+          "need at least 45,300 GiB for their input and first activation alone; this machine has")),
+        (["--image-size", "224", "--batch-size", "10000000", "--backend", "eager", "--device", "cpu"],
+         "--image-size 224: 10000000 images at once"),
         (["--json", "/tmp/rp-same.out", "--csv", "/tmp/rp-same.out"],
          "--csv /tmp/rp-same.out is also --json's file: give each output its own"),
         (["--onnx", "/nonexistent.onnx"], "--onnx /nonexistent.onnx: no such file"),
@@ -231,15 +239,14 @@ def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path,
     ]
 
 
-def test_an_image_size_too_large_for_memory_fails_its_rows_in_one_line(capsys, tmp_path):
+def test_a_value_given_twice_in_any_list_is_measured_once(capsys, tmp_path):
     json_path = tmp_path / "run.json"
-    code, out, err = run_cli(capsys, "--model", "resnet18", "--image-size", "100000", "--backend", "eager",
-                             "--json", str(json_path))
-    assert code == 1 and err == ""
-    [row] = json.loads(json_path.read_text())["results"]
-    assert row["status"] == "failed"
-    assert row["error"] == "the fp32 reference of resnet18 at 100000 px failed: out of memory"
-    assert "failed" in out
+    code, _, _ = run_cli(capsys, "--model", "resnet18,resnet18", "--batch-size", "2,1,2", "--backend",
+                         "eager,eager", "--precision", "fp32,fp32", "--iters", "1", "--warmup", "0", "--image-size",
+                         "32", "--json", str(json_path))
+    assert code == 0
+    assert [(r["model"], r["batch_size"]) for r in json.loads(json_path.read_text())["results"]] == [
+        ("resnet18", 2), ("resnet18", 1)]
 
 
 def test_a_reference_failing_on_the_second_model_fails_its_rows_and_keeps_the_first(capsys, tmp_path, monkeypatch):

@@ -235,10 +235,11 @@ def test_bench_refuses_an_artifact_that_does_not_fit(capsys, onnx_export, tmp_pa
                                                  "--target-qps", "10")
     assert "--onnx applies to the onnxruntime or onnxruntime-trt backend: add it to --backend" in bench(
         "--onnx", str(onnx_export), "--backend", "eager")
-    assert "was exported with --model ['resnet18']; this run asks for ['resnet34']" in bench(
+    assert "was exported with --model resnet18; this run asks for resnet34" in bench(
         "--onnx", str(onnx_export), "--model", "resnet34")
     # Weights other than the ones it was exported from: the reference would not be its reference.
     other = tmp_path / "other.pth"
     torch.save(resnet_perf.build_model("resnet18", image_size=32, seed=1).state_dict(), other)
-    assert "was exported from other weights than this run's resnet18" in bench(
-        "--onnx", str(onnx_export), "--weights", str(other), "--backend", "onnxruntime")
+    assert (f"--onnx {onnx_export} was exported from resnet18 at 32 px with weights synthetic, seed 0 (digest "
+            in (err := bench("--onnx", str(onnx_export), "--weights", str(other), "--backend", "onnxruntime")))
+    assert f"this run's resnet18 at 32 px, weights from {other}, has digest " in err

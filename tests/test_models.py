@@ -140,8 +140,25 @@ def test_weights_file_holding_code_is_refused(tmp_path):
     """weights_only=True: a pickle that would construct arbitrary objects is not loaded."""
     path = tmp_path / "object.pth"
     torch.save({"conv1.weight": torch.zeros(1), "extra": object.__new__(_Arbitrary)}, path)
-    with pytest.raises(WeightsError, match="not a readable PyTorch state_dict"):
+    with pytest.raises(WeightsError, match=r"holds pickled Python objects \(tests.test_models._Arbitrary\)"):
         build_model("resnet18", weights=path)
+
+
+def test_a_whole_model_saved_is_refused_in_one_exact_sentence(tmp_path):
+    """torch.save(model) rather than its state_dict: the message names the class, says why it is
+    refused and what to save instead, with none of torch's colour codes or advice to unpickle."""
+    path = tmp_path / "model.pth"
+    torch.save(build_model("resnet18", image_size=32), path)
+    with pytest.raises(WeightsError) as caught:
+        build_model("resnet18", weights=path)
+    message = str(caught.value)
+    assert "(resnet_perf.models.resnet.ResNet)" in message and message.endswith("save model.state_dict() instead")
+    assert "\x1b" not in message and "weights_only=False" not in message and "\n" not in message
+
+
+def test_a_directory_given_as_weights_is_named_as_one(tmp_path):
+    with pytest.raises(WeightsError, match="is a directory; give the state_dict file in it"):
+        build_model("resnet18", weights=tmp_path)
 
 
 class _Arbitrary:

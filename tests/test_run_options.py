@@ -4,6 +4,7 @@ the noisy flag. resnet18 at 32 px, eager and onnxruntime on CPU."""
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -20,12 +21,14 @@ def _no_interpreted_triton(monkeypatch):
 
 
 class InterruptedRunner(EagerRunner):
-    """Ctrl-C while this backend runs."""
+    """Ctrl-C (a real SIGINT, through the run's own handler) while this backend runs."""
 
     name = "interrupted"
+    signum = signal.SIGINT
 
     def run_impl(self, inputs):
-        raise KeyboardInterrupt
+        signal.raise_signal(self.signum)
+        return super().run_impl(inputs)
 
 
 class CountingRunner(EagerRunner):
@@ -52,7 +55,8 @@ def test_ctrl_c_keeps_every_finished_row_and_resume_runs_the_rest(capsys, tmp_pa
     code = cli.main([*SMALL, "--backend", "eager,interrupted", "--batch-size", "1,2", "--json", str(json_path),
                      "--csv", str(csv_path)])
     assert code == 130
-    assert "interrupted after 1 row(s)" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"python -m bench: interrupted by SIGINT after 1 row(s); {json_path} holds them "
+                                       f"(--resume {json_path} runs the rest)\n")
     assert results(json_path) == [("eager", 1, "ok")]
     assert len(csv_path.read_text().splitlines()) == 2  # header and the finished row
 

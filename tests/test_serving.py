@@ -6,6 +6,7 @@ killed mid-run (a failed row, the others kept), Ctrl-C, and no server process le
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import os
@@ -200,6 +201,42 @@ def test_unreachable_server_is_a_usage_error(capsys, protocol):
     assert code == 2 and f"Triton server at {url} does not answer" in err and err.count("\n") == 1, err
 
 
+class _NotTriton(http.server.BaseHTTPRequestHandler):
+    """A web server that answers every request with 200 and a body that is not Triton's."""
+
+    body = b"<html>hello</html>"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+class _JsonNotTriton(_NotTriton):
+    body = b'{"status": "ok"}'
+
+
+@pytest.mark.parametrize("handler", [_NotTriton, _JsonNotTriton])
+def test_a_server_that_is_not_triton_is_a_usage_error(capsys, handler):
+    """Readiness is only an HTTP 200, which any web server answers: the server's metadata tells."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        code = cli.main([*SMALL, "--backend", "triton-server", "--server-url", url])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{url} answers, but not in Triton's (KServe v2) protocol" in err
+
+
 def test_wrong_model_name_and_wrong_shape_are_usage_errors(capsys, served):
     code = cli.main([*SMALL, "--backend", "triton-server", "--server-url", served["grpc"], "--server-model", "r50"])
     err = capsys.readouterr().err
@@ -262,5 +299,5 @@ def test_ctrl_c_stops_the_local_server(tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "interrupted by SIGINT" in err and "Traceback" not in err
     assert not leftovers(servers)

@@ -4,6 +4,7 @@ optimisation on; the CPU execution provider on cpu, the CUDA provider on cuda.""
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 from bench.runners.base import Runner
+from export.manifest import cached
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
 from export.quantize import quantize_onnx, weight_bits
 from resnet_perf.precision import PRECISIONS
@@ -56,18 +58,33 @@ class OnnxRuntimeRunner(Runner):
         weights = f"-w{weight_bits('onnxruntime')}" if precision == "int8" else ""
         return c.cache_dir / "onnx" / f"{c.artifact_stem(precision)}{weights}-opset{DEFAULT_OPSET}-torch{torch.__version__}.onnx"
 
+    def _cached_export(self, precision: str) -> Path:
+        """This model's export at ``precision`` in the cache, built unless it is there and checks out.
+        int8 is quantized from the cached fp32 export, which is checked (or built) only then."""
+        c = self.config
+        batch = BatchRange.static(c.batch_size)
+        fields = {"format": "onnx", "model": c.model_id, "precision": precision, "image_size": c.image_size,
+                  "batch": asdict(batch)}
+        if precision == "int8":
+            fields["calibration"] = c.calibration.key()
+
+        def build(target: Path) -> dict:
+            if precision != "int8":
+                export_onnx(self.model, target, batch=batch, image_size=c.image_size, precision=precision)
+                return {}
+            source = self._cached_export("fp32")
+            return {"quantization": quantize_onnx(source, target, c.calibration, flavour="onnxruntime",
+                                                  cache_dir=c.cache_dir / "calibration")}
+
+        path = self._export_path(precision)
+        cached(path, fields, build)
+        return path
+
     def prepare_impl(self) -> None:
         import onnxruntime as ort
 
-        c = self.config
-        path = self.onnx_path()
-        if not path.exists():
-            source = self._export_path("fp32" if c.precision == "int8" else c.precision)
-            if not source.exists():
-                export_onnx(self.model, source, batch=BatchRange.static(c.batch_size), image_size=c.image_size,
-                            precision="fp32" if c.precision == "int8" else c.precision)
-            if c.precision == "int8":
-                quantize_onnx(source, path, c.calibration, flavour="onnxruntime", cache_dir=c.cache_dir / "calibration")
+        # A given --onnx was checked against its manifest when the run was resolved.
+        path = self.config.artifacts.get(self.artifact) or self._cached_export(self.config.precision)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.config.threads

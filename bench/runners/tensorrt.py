@@ -21,7 +21,7 @@ from torch import Tensor
 
 from bench.runners.base import RunContext, Runner
 from export import tensorrt
-from export.manifest import ManifestError, check_engine_target, load_manifest, write_manifest
+from export.manifest import ManifestError, cached, check_engine_target, load_manifest
 from export.onnx import BatchRange
 from resnet_perf.cli import UsageError
 
@@ -76,13 +76,16 @@ class TensorRTRunner(Runner):
     def prepare_impl(self) -> None:
         c = self.config
         path = self.plan_path()
-        if not path.exists():
+        if self.artifact not in c.artifacts:  # a given --engine was checked by check_ready already
             settings = tensorrt.BuildSettings(c.precision, BatchRange.static(c.batch_size), c.image_size,
                                               timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
-            fields = tensorrt.export_engine(self.model, path, settings, c.device, calibration=c.calibration,
-                                            calibration_cache=c.cache_dir / "calibration")
-            write_manifest(path, {"model": c.model_id, "precision": c.precision, "image_size": c.image_size,
-                                  "batch": asdict(settings.batch), **fields})
+            fields = {"format": "tensorrt", "model": c.model_id, "precision": c.precision, "image_size": c.image_size,
+                      "batch": asdict(settings.batch)}
+            if c.precision == "int8":
+                fields["calibration"] = c.calibration.key()
+            cached(path, fields, lambda plan: tensorrt.export_engine(
+                self.model, plan, settings, c.device, calibration=c.calibration,
+                calibration_cache=c.cache_dir / "calibration"))
         self.engine = tensorrt.Engine(path, c.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.cuda_graph = (c.options or TensorRTOptions()).cuda_graph

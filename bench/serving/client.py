@@ -110,6 +110,16 @@ class TritonClient:
             raise ServerError(f"{where} does not answer: {one_line(exc, first_line=True)}") from None
         if not ready:
             raise ServerError(f"{where} answers but is not ready")
+        # Readiness is an HTTP status only, which any web server gives: the server's metadata is the
+        # first answer that only a server speaking Triton's (KServe v2) protocol gives.
+        try:
+            metadata = self._json(self.client.get_server_metadata)
+        except Exception as exc:  # noqa: BLE001 - whatever it answered, it was not the protocol
+            raise ServerError(f"{self.endpoint.url} answers, but not in Triton's (KServe v2) protocol: "
+                              f"{one_line(exc, first_line=True)}") from None
+        if not (isinstance(metadata, dict) and {"name", "version"} <= metadata.keys()):
+            raise ServerError(f"{self.endpoint.url} answers, but not in Triton's (KServe v2) protocol: its server "
+                              f"metadata is {str(metadata)[:80]!r}")
         try:
             model_ready = self.call(self.client.is_model_ready(self.model), timeout=10)
         except Exception as exc:  # noqa: BLE001
@@ -119,6 +129,15 @@ class TritonClient:
 
     def interface(self) -> ModelInterface:
         """The served model's inputs, outputs and batching, from its metadata and config."""
+        try:
+            return self._interface()
+        except ServerError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a reply without the fields the protocol promises
+            raise ServerError(f"model {self.model!r} on {self.endpoint.url}: its metadata or config is not what Triton "
+                              f"sends: {one_line(exc, first_line=True)}") from None
+
+    def _interface(self) -> ModelInterface:
         metadata = self._json(lambda **kw: self.client.get_model_metadata(self.model, **kw))
         config = self._json(lambda **kw: self.client.get_model_config(self.model, **kw))
         config = config.get("config", config)  # gRPC wraps the config in a response message

@@ -8,7 +8,6 @@ would a deployment. It prints its URLs on one line, then serves.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -48,11 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=str(default_cache_dir()))
 
 
-def _interrupt(*_) -> None:
-    """SIGTERM (a supervisor, a test harness) stops the server as Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def serve(*, model: str, backend: str, device: str, precision: str, image_size: int, max_batch: int,
           max_queue_delay_ms: float, weights: str | None, seed: int, threads: int | None, name: str | None,
           cache_dir: str) -> int:
@@ -77,7 +71,6 @@ def serve(*, model: str, backend: str, device: str, precision: str, image_size: 
     torch.set_num_threads(threads)
     config = RunConfig(f"{model}-{resnet_perf.weights_digest(reference)[:12]}", where, precision, max_batch,
                        image_size, threads, Path(cache_dir))
-    signal.signal(signal.SIGTERM, _interrupt)
     runner = runner_cls(reference, config)
     server = LocalServer(runner, name or model, max_queue_delay_ms)
     try:
