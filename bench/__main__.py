@@ -245,7 +245,9 @@ def resolve_backends(args: argparse.Namespace, device: torch.device, precisions:
             supported = runner.precisions(device, options[name])
             for precision in precisions:
                 if precision not in supported:
-                    raise UsageError(f"--precision {precision}: {name} on {device.type} supports {', '.join(supported)}")
+                    why = runner.why_unsupported(precision, device, options[name])
+                    raise UsageError(f"--precision {precision}: {name} on {device.type} supports {', '.join(supported)}"
+                                     + (f": {why}" if why else ""))
         return args.backend, {}
     backends, not_run = [], {}
     for name, runner in RUNNERS.items():
@@ -374,7 +376,7 @@ def resolve_outputs(args: argparse.Namespace) -> Outputs:
 def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
     """The rows an earlier, interrupted run recorded, by key; refused if it ran somewhere else."""
     document = report.load(path, "--resume")
-    for key in ("cpu", "gpu", "torch", "onnxruntime", "tensorrt", "threads"):
+    for key in ("cpu", "gpu", "torch", "onnxruntime", "openvino", "tensorrt", "threads"):
         if document["env"].get(key) != env[key]:
             raise UsageError(f"--resume {path} was measured with {key} {document['env'].get(key)}, "
                              f"this run has {env[key]}: its rows would not compare")
@@ -414,7 +416,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     artifacts = {kind: Path(path) for kind, path in artifact_paths(args).items()}
     context = RunContext(tuple(models), device, tuple(precisions), tuple(batch_sizes), image_size,
                          model.fc.out_features if model else resnet_perf.IMAGENET_CLASSES,
-                         args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, artifacts, runners=dict(RUNNERS))
+                         args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, args.scenario, artifacts,
+                         runners=dict(RUNNERS))
     options = resolve_options(args, context)
     backends, not_run = resolve_backends(args, device, precisions, options)
     check_backend_flags(args, backends, not_run, options)

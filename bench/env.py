@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from resnet_perf.cpu import speed_features
 from resnet_perf.versions import installed_version
 
 
@@ -77,11 +78,14 @@ def collect(device: torch.device, threads: int) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": _cpu_name(),
+        # What decides which precision is fast on this CPU (AMX: bf16 and int8; VNNI: int8).
+        "cpu_features": speed_features(),
         "threads": threads,
         "torch": torch.__version__,
         "triton": installed_version("triton"),
         "onnx": installed_version("onnx"),
         "onnxruntime": installed_version("onnxruntime-gpu", "onnxruntime"),
+        "openvino": installed_version("openvino"),
         "tensorrt": installed_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
         "gpu": gpu["gpu"],
         "cuda": torch.version.cuda if device.type == "cuda" else None,

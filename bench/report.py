@@ -20,6 +20,7 @@ from rich.table import Table
 
 from resnet_perf.atomic import publish, staging_dir, write_text
 from resnet_perf.cli import UsageError, check_directory, one_line, output_file
+from resnet_perf.cpu import describe
 
 if TYPE_CHECKING:
     from bench.plan import Plan
@@ -58,6 +59,7 @@ class Row:
     accuracy: dict | None = None  # with --eval-data: top-1/top-5 on labelled images, and the fp32 model's
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
     serving: dict | None = None  # triton-server: the server's own split of the time, the client's, direct
+    runtime: dict | None = None  # what the runtime chose or reports (openvino: its precision, streams, kernels)
 
     @property
     def ok(self) -> bool:
@@ -317,9 +319,16 @@ class Saver:
             print(f"python -m bench: the last write of {path} failed ({cause}): {held}", file=self.err)
 
 
+def machine_line(env: dict) -> str:
+    """Where a run ran, in one line: the CPU and what it offers, the threads, the GPU."""
+    gpu = f"; {env['gpu']} (driver {env.get('driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""
+    return f"{env.get('cpu')}, {describe(env.get('cpu_features'))}; {env.get('threads')} threads{gpu}"
+
+
 def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
     """The run's sections on ``out``: the table, then where the rows have them the stage profile,
     the serving split, INT8 sensitivity, and the backends that could not run here."""
+    out.print(f"[dim]{escape(machine_line(plan.env))}[/dim]", highlight=False)
     out.print(table(rows))
     if any(r.profile for r in rows):
         out.print(profile_table(rows))
@@ -407,10 +416,9 @@ def rows_from_json(document: dict) -> list[Row]:
 def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str:
     """One run as Markdown: where it ran, the table (speed, parity, LoadGen's verdict), the plot."""
     baseline = _eager_throughputs(rows)
-    gpu = f", {env['gpu']} (driver {env.get('driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""
     lines = [f"## {title}", "",
-             (f"{env.get('cpu')}, {env.get('threads')} threads{gpu}; torch {env.get('torch')}, "
-              f"onnxruntime {env.get('onnxruntime')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}."), "",
+             (f"{machine_line(env)}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
+              f"OpenVINO {env.get('openvino')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}."), "",
              ("| model | backend | device | precision | batch | scenario | img/s | vs eager | p50 ms | p99 ms | cv "
               "| cosine | top-1 | top-5 | parity | LoadGen |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

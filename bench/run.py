@@ -92,8 +92,10 @@ class References:
 def skip_reason(spec: RowSpec, plan: Plan, runners: Mapping[str, type[Runner]],
                 out_of_memory_at: Mapping[tuple, int]) -> str | None:
     """Why a row is not run, or None."""
-    if spec.precision not in runners[spec.backend].precisions(plan.device, plan.options.get(spec.backend)):
-        return f"{spec.precision} is not supported by {spec.backend} on {plan.device.type}"
+    runner, options = runners[spec.backend], plan.options.get(spec.backend)
+    if spec.precision not in runner.precisions(plan.device, options):
+        why = runner.why_unsupported(spec.precision, plan.device, options)
+        return f"{spec.precision} is not supported by {spec.backend} on {plan.device.type}" + (f": {why}" if why else "")
     failed_at = out_of_memory_at.get((spec.model, spec.precision, spec.backend))
     if failed_at is not None and spec.batch_size > failed_at:
         return f"out of memory at batch {failed_at}"
@@ -161,6 +163,7 @@ def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan) -> Row
         start = time.perf_counter()
         runner.prepare()
         row.setup_s = time.perf_counter() - start
+        row.runtime = runner.run_facts()
 
         if row.scenario == "offline":
             # The timed batch is the parity inputs' first batch_size (cycled where it is larger).
@@ -215,9 +218,10 @@ def loop_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop) -> None:
     row.first_run_ms = runs[0].first_run_ms
     row.samples_ms = [sample for run in runs for sample in run.samples_ms]
     row.iters = len(row.samples_ms)
+    images = runner.images_per_call
     if loop.repeat > 1:
-        row.repeats = [timing.summarize(run.samples_ms, row.batch_size)["throughput_ips"] for run in runs]
-    stats = timing.summarize(row.samples_ms, row.batch_size)
+        row.repeats = [timing.summarize(run.samples_ms, images)["throughput_ips"] for run in runs]
+    stats = timing.summarize(row.samples_ms, images)
     row.throughput_ips, row.latency_ms = stats["throughput_ips"], stats["latency_ms"]
     row.host_io = loop.host_io
     row.cv = stats["latency_ms"]["std"] / stats["latency_ms"]["mean"]

@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from export.manifest import rebuilding, sha256_file
 from export.onnx import INPUT_NAME
 from resnet_perf.atomic import atomic_path
 from resnet_perf.cli import one_line
+from resnet_perf.cpu import speed_features
 from resnet_perf.parity import cycled
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -45,14 +45,8 @@ def saturating_int8_cpu() -> bool:
     Measured on an AVX2-only AMD EPYC (2026-12-01): resnet18's 8-bit-weight model fell to cosine
     0.973 against fp32 and failed parity (tests/test_quantize.py), a test that passes on Xeons with
     VNNI. onnxruntime's remedy is 7-bit weights (reduce_range), whose pair sums cannot saturate."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+    features = speed_features()
+    return features is not None and not (features["avx512_vnni"] or features["avx_vnni"] or features["amx_int8"])
 
 
 def weight_bits(flavour: str) -> int:

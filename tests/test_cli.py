@@ -123,7 +123,7 @@ def test_list_backends(capsys):
     assert code == 0
     lines = out.strip().splitlines()
     assert [line.split()[0] for line in lines] == [
-        "eager", "compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "triton", "triton-server"
+        "eager", "compile", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt", "triton", "triton-server"
     ]
     assert lines[0].split()[1] == "available"
     assert "onnxruntime-trt  unavailable: needs --device cuda" in out
@@ -140,7 +140,8 @@ def test_json_and_csv_of_a_real_run(capsys, tmp_path):
     assert doc["schema"] == "resnet-perf/bench/1"
     assert set(doc["env"]) == {"python", "platform", "cpu", "threads", "torch", "triton", "onnx", "onnxruntime",
                                "tensorrt", "gpu", "cuda", "driver",  # the contract's, then the state figures depend on
-                               "cpu_governor", "cpu_cores_usable", "interop_threads", "thread_env", "gpu_state"}
+                               "cpu_governor", "cpu_cores_usable", "interop_threads", "thread_env", "gpu_state",
+                               "cpu_features", "openvino"}
     assert doc["env"]["torch"] == torch.__version__
     assert [r["backend"] for r in doc["results"]] == ["eager", "onnxruntime"]
     for r in doc["results"]:

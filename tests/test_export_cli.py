@@ -233,7 +233,7 @@ def test_bench_refuses_an_artifact_that_does_not_fit(capsys, onnx_export, tmp_pa
     if importlib.util.find_spec("mlperf_loadgen") is not None:  # the server scenario's batch is --max-batch
         assert "--batch-size 8: --onnx" in bench("--onnx", str(onnx_export), "--scenario", "server", "--max-batch", "8",
                                                  "--target-qps", "10")
-    assert "--onnx applies to the onnxruntime or onnxruntime-trt backend: add it to --backend" in bench(
+    assert "--onnx applies to the onnxruntime or openvino or onnxruntime-trt backend: add it to --backend" in bench(
         "--onnx", str(onnx_export), "--backend", "eager")
     assert "was exported with --model resnet18; this run asks for resnet34" in bench(
         "--onnx", str(onnx_export), "--model", "resnet34")

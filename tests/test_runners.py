@@ -88,7 +88,8 @@ def test_onnx_export_is_cached(resnet18_32, tmp_path):
 
 
 def test_every_contract_backend_is_listed():
-    assert tuple(RUNNERS) == ("eager", "compile", "onnxruntime", "onnxruntime-trt", "tensorrt", "triton", "triton-server")
+    assert tuple(RUNNERS) == ("eager", "compile", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt", "triton",
+                              "triton-server")
     assert all(name == runner.name for name, runner in RUNNERS.items())
 
 

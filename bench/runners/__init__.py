@@ -10,6 +10,7 @@ from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
 from bench.runners.onnxruntime_trt import OnnxRuntimeTrtRunner
+from bench.runners.openvino import OpenVINORunner
 from bench.runners.tensorrt import TensorRTRunner
 from bench.runners.triton import TritonRunner
 from bench.runners.triton_server import TritonServerRunner
@@ -20,6 +21,7 @@ RUNNERS: dict[str, type[Runner]] = {
         EagerRunner,
         CompileRunner,
         OnnxRuntimeRunner,
+        OpenVINORunner,
         OnnxRuntimeTrtRunner,
         TensorRTRunner,
         TritonRunner,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from export.quantize import Calibration
+from resnet_perf.cpu import native_bf16
 from resnet_perf.precision import PRECISIONS
 
 
@@ -42,6 +43,7 @@ class RunContext:
     image_size: int
     classes: int  # the logits per image
     max_queue_delay_ms: float  # a dynamic batcher's wait (--max-queue-delay-ms or its default)
+    scenario: str = "offline"  # the fixed-batch loop, or the LoadGen scenario that issues the queries
     artifacts: Mapping[str, Path] = field(default_factory=dict)  # as RunConfig.artifacts
     runners: Mapping[str, type[Runner]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # of every backend that hosts none
@@ -114,6 +116,13 @@ class Runner(abc.ABC):
         """The precisions this backend runs on ``device``: only those it executes as labelled."""
 
     @classmethod
+    def why_unsupported(cls, precision: str, device: torch.device, options: Any = None) -> str | None:
+        """Why ``precision`` is not among ``precisions`` where the reason depends on the machine (a
+        CPU without native bf16), for the skipped row's or the refused flag's message; None where
+        the backend simply does not run it."""
+        return None
+
+    @classmethod
     def check_ready(cls, options: Any, run: RunContext) -> None:
         """What must hold before any row runs and needs this backend's runtime to tell (a server's
         readiness, an engine's target); raises UsageError."""
@@ -137,7 +146,19 @@ class Runner(abc.ABC):
 
     @property
     def timing_note(self) -> str | None:
-        """Set where this runner's timings are not performance figures (an interpreter)."""
+        """What a reader of the row's figures must know: timings that are not performance figures
+        (an interpreter), or what one timed call holds where it is not one batch."""
+        return None
+
+    @property
+    def images_per_call(self) -> int:
+        """The images one timed call processes, which throughput counts: one batch, unless the
+        backend keeps several requests in flight per call."""
+        return self.config.batch_size
+
+    def run_facts(self) -> dict | None:
+        """What the runtime chose or reports for this row, after prepare (the precision it compiled
+        for, its streams), for the row's ``runtime``; None where there is nothing beyond the row's own fields."""
         return None
 
     def prepare(self) -> None:
@@ -222,6 +243,14 @@ class TorchRunner(Runner):
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.config.dtype).contiguous(memory_format=torch.channels_last)
+
+    @property
+    def timing_note(self) -> str | None:
+        # oneDNN runs CPU bf16 on AMX or AVX-512 bf16; without them it converts around every op
+        # (measured 2026-12-02 on an AVX2-only EPYC: resnet50 eager bf16 at 0.15x fp32).
+        if self.config.device.type == "cpu" and self.config.precision == "bf16" and not native_bf16():
+            return "emulated bf16: no avx512_bf16 or amx_bf16 on this CPU"
+        return None
 
     def stages(self) -> list[tuple[str, Any]] | None:
         return self.module.stages()

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.runners.base import Runner
+from bench.runners.base import RunConfig, Runner
 from export.manifest import cached
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
 from export.quantize import quantize_onnx, weight_bits
@@ -22,6 +22,47 @@ def _available_providers() -> list[str]:
     import onnxruntime as ort
 
     return ort.get_available_providers()
+
+
+def export_path(config: RunConfig, precision: str) -> Path:
+    """Where the cache keeps the model's ONNX export at ``precision`` for ``config``."""
+    # int8 weights are 7-bit on CPUs whose int8 products saturate: a cache shared by machines
+    # must not hand one machine's file to the other.
+    weights = f"-w{weight_bits('onnxruntime')}" if precision == "int8" else ""
+    stem = f"{config.artifact_stem(precision)}{weights}-opset{DEFAULT_OPSET}-torch{torch.__version__}"
+    return config.cache_dir / "onnx" / f"{stem}.onnx"
+
+
+def onnx_file(config: RunConfig) -> Path:
+    """The ONNX file a row runs: the one given with --onnx, else the model's cached export (for
+    int8, the fp32 export quantized with the row's calibration, uint8 activations)."""
+    return config.artifacts.get("onnx") or export_path(config, config.precision)
+
+
+def cached_onnx(model: torch.nn.Module, config: RunConfig, precision: str | None = None) -> Path:
+    """``onnx_file``, built unless it is there and checks out against its manifest. int8 is
+    quantized from the cached fp32 export, which is checked (or built) only then. A given --onnx
+    was checked when the run was resolved, and is returned as it is."""
+    precision = precision or config.precision
+    if "onnx" in config.artifacts:
+        return config.artifacts["onnx"]
+    batch = BatchRange.static(config.batch_size)
+    fields = {"format": "onnx", "model": config.model_id, "precision": precision, "image_size": config.image_size,
+              "batch": asdict(batch)}
+    if precision == "int8":
+        fields["calibration"] = config.calibration.key()
+
+    def build(target: Path) -> dict:
+        if precision != "int8":
+            export_onnx(model, target, batch=batch, image_size=config.image_size, precision=precision)
+            return {}
+        source = cached_onnx(model, config, "fp32")
+        return {"quantization": quantize_onnx(source, target, config.calibration, flavour="onnxruntime",
+                                              cache_dir=config.cache_dir / "calibration")}
+
+    path = export_path(config, precision)
+    cached(path, fields, build)
+    return path
 
 
 class OnnxRuntimeRunner(Runner):
@@ -47,44 +88,13 @@ class OnnxRuntimeRunner(Runner):
         return ["CPUExecutionProvider"]
 
     def onnx_path(self) -> Path:
-        """The file the session loads: the one given with --onnx, else this model's cached export
-        (for int8, the fp32 export quantized with this run's calibration)."""
-        return self.config.artifacts.get(self.artifact) or self._export_path(self.config.precision)
-
-    def _export_path(self, precision: str) -> Path:
-        c = self.config
-        # int8 weights are 7-bit on CPUs whose int8 products saturate: a cache shared by machines
-        # must not hand one machine's file to the other.
-        weights = f"-w{weight_bits('onnxruntime')}" if precision == "int8" else ""
-        return c.cache_dir / "onnx" / f"{c.artifact_stem(precision)}{weights}-opset{DEFAULT_OPSET}-torch{torch.__version__}.onnx"
-
-    def _cached_export(self, precision: str) -> Path:
-        """This model's export at ``precision`` in the cache, built unless it is there and checks out.
-        int8 is quantized from the cached fp32 export, which is checked (or built) only then."""
-        c = self.config
-        batch = BatchRange.static(c.batch_size)
-        fields = {"format": "onnx", "model": c.model_id, "precision": precision, "image_size": c.image_size,
-                  "batch": asdict(batch)}
-        if precision == "int8":
-            fields["calibration"] = c.calibration.key()
-
-        def build(target: Path) -> dict:
-            if precision != "int8":
-                export_onnx(self.model, target, batch=batch, image_size=c.image_size, precision=precision)
-                return {}
-            source = self._cached_export("fp32")
-            return {"quantization": quantize_onnx(source, target, c.calibration, flavour="onnxruntime",
-                                                  cache_dir=c.cache_dir / "calibration")}
-
-        path = self._export_path(precision)
-        cached(path, fields, build)
-        return path
+        """The file the session loads (see ``onnx_file``)."""
+        return onnx_file(self.config)
 
     def prepare_impl(self) -> None:
         import onnxruntime as ort
 
-        # A given --onnx was checked against its manifest when the run was resolved.
-        path = self.config.artifacts.get(self.artifact) or self._cached_export(self.config.precision)
+        path = cached_onnx(self.model, self.config)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.config.threads

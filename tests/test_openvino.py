@@ -1,0 +1,143 @@
+"""The openvino backend on resnet18 at 32 px: fp32 pinned to f32 and read back from the compiled
+model, int8 from the QDQ export with its convolutions on 8-bit integers, bf16 where the CPU has it
+(else refused with the reason), the throughput mode's waves, --onnx, and the message where
+openvino is not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import bench.__main__ as cli
+import resnet_perf
+from bench.runners import RUNNERS, RunConfig
+from bench.runners.openvino import OpenVINOOptions, OpenVINORunner, cpu_capabilities
+from resnet_perf import parity
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+
+RUN = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "2", "--device", "cpu"]
+NATIVE_BF16 = importlib.util.find_spec("openvino") is not None and "BF16" in cpu_capabilities()
+
+
+def bench(capsys, tmp_path, *argv) -> tuple[int, list[dict], str]:
+    json_path = tmp_path / "run.json"
+    code = cli.main([*RUN, "--cache-dir", str(tmp_path / "cache"), "--json", str(json_path), *argv])
+    err = capsys.readouterr().err
+    rows = json.loads(json_path.read_text())["results"] if json_path.exists() else []
+    return code, rows, err
+
+
+def runner(model, tmp_path, precision: str, **options) -> OpenVINORunner:
+    config = RunConfig("resnet18-test", torch.device("cpu"), precision, 2, 32, 2, tmp_path,
+                       options=OpenVINOOptions(**options))
+    return OpenVINORunner(model, config)
+
+
+def test_fp32_is_pinned_and_read_back_as_f32(resnet18_32, tmp_path):
+    x = resnet_perf.parity_inputs(2, 32)
+    with runner(resnet18_32, tmp_path, "fp32") as ov:
+        logits = ov.infer(x)
+        facts = ov.run_facts()
+    with torch.inference_mode():
+        expected = resnet18_32(x)
+    assert parity.compare(expected, logits, "fp32")["passed"]
+    assert facts["inference_precision"] == "f32" and set(facts["convolutions"]) == {"f32"}
+    assert facts["hint"] == "LATENCY" and facts["requests"] == 1 and facts["threads"] == 2
+    assert sum(facts["convolutions"].values()) == 20  # resnet18: 17 convs and 3 projection shortcuts
+
+
+def test_a_bf16_row_is_bf16_or_refused_where_the_cpu_would_lower_it(resnet18_32, tmp_path):
+    """Asked for bf16 on a CPU without it, OpenVINO compiles f32 without a word: the read-back
+    catches it. Where the CPU has bf16, the row runs its convolutions in bf16."""
+    ov = runner(resnet18_32, tmp_path, "bf16")
+    if not NATIVE_BF16:
+        with pytest.raises(RuntimeError, match="OpenVINO compiled the model for f32, not the bf16 asked for"):
+            ov.prepare()
+        assert "bf16" not in OpenVINORunner.precisions(torch.device("cpu"))
+        return
+    with ov:
+        assert set(ov.run_facts()["convolutions"]) == {"bf16"}
+
+
+def test_bf16_through_the_cli(capsys, tmp_path):
+    code, rows, err = bench(capsys, tmp_path, "--backend", "openvino", "--precision", "bf16", "--batch-size", "2")
+    if NATIVE_BF16:
+        assert code == 0 and rows[0]["parity"]["passed"] and rows[0]["runtime"]["inference_precision"] == "bf16"
+    else:
+        assert code == 2 and err.count("\n") == 1
+        assert ("--precision bf16: openvino on cpu supports fp32, int8: this CPU has no native bf16 (OpenVINO's CPU "
+                "plugin computes FP32, INT8 here), and asked for bf16 it would compile f32 instead") in err
+
+
+def test_fp32_and_int8_rows_pass_parity_and_say_what_ran(capsys, tmp_path):
+    code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino,onnxruntime", "--precision", "fp32,int8",
+                          "--batch-size", "2")
+    assert code == 0, rows
+    by = {(r["backend"], r["precision"]): r for r in rows}
+    assert all(r["status"] == "ok" and r["parity"]["passed"] for r in rows)
+    fp32, int8 = by["openvino", "fp32"]["runtime"], by["openvino", "int8"]["runtime"]
+    assert set(fp32["convolutions"]) == {"f32"}
+    assert set(int8["convolutions"]) <= {"u8", "i8"} and int8["inference_precision"] == "f32"
+    assert int8["int8_model"].startswith("uint8 activations") and by["openvino", "int8"]["note"] == "uint8 QDQ model"
+    # One cached QDQ model serves both int8 backends.
+    assert len(list((tmp_path / "cache" / "onnx").glob("*int8*.onnx"))) == 1
+
+
+def test_throughput_mode_counts_every_image_of_a_wave(capsys, tmp_path):
+    code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino", "--batch-size", "2", "--ov-hint", "throughput",
+                          "--ov-streams", "2", "--ov-requests", "3", "--iters", "4")
+    assert code == 0
+    [row] = rows
+    assert row["runtime"]["hint"] == "THROUGHPUT" and row["runtime"]["streams"] == 2 and row["runtime"]["requests"] == 3
+    assert row["note"] == "3 requests on 2 streams per call; latency is the wave's"
+    mean_s = sum(row["samples_ms"]) / len(row["samples_ms"]) / 1e3
+    assert row["throughput_ips"] == pytest.approx(2 * 3 / mean_s, rel=1e-6)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--backend", "openvino", "--ov-streams", "2"],
+     "--ov-streams sets OpenVINO's throughput mode: add --ov-hint throughput"),
+    (["--backend", "openvino", "--ov-hint", "throughput", "--ov-requests", "0"], "--ov-requests 0: give 1 to 1024"),
+    (["--backend", "eager", "--ov-hint", "throughput"], "--ov-hint applies to the openvino backend"),
+    (["--backend", "openvino", "--ov-hint", "throughput", "--scenario", "single-stream"],
+     "--ov-hint throughput runs waves of requests in the offline loop; --scenario single-stream issues its own"),
+])
+def test_bad_openvino_flags(capsys, argv, message):
+    code = cli.main([*RUN, *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_an_exported_onnx_file_runs_in_openvino(capsys, tmp_path):
+    import export.__main__ as export_cli
+
+    assert export_cli.main(["--model", "resnet18", "--image-size", "32", "--format", "onnx", "--batch-size", "2",
+                            "--output", str(tmp_path / "engines")]) == 0
+    capsys.readouterr()
+    onnx_file = tmp_path / "engines" / "resnet18-fp32.onnx"
+    code, rows, _ = bench(capsys, tmp_path, "--onnx", str(onnx_file), "--backend", "openvino")
+    assert code == 0 and rows[0]["backend"] == "openvino" and rows[0]["parity"]["passed"]
+
+
+def test_the_backend_says_why_it_cannot_run(capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a))
+    assert RUNNERS["openvino"].unavailable_reason(torch.device("cpu")) == "openvino is not installed (pip install openvino)"
+    code = cli.main([*RUN, "--backend", "openvino"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--backend openvino: not available on cpu: openvino is not installed" in err
+    monkeypatch.undo()
+    assert RUNNERS["openvino"].unavailable_reason(torch.device("cuda")) == (
+        "runs on OpenVINO's CPU plugin: use --device cpu")
+
+
+def test_a_loadgen_scenario_runs_openvino_like_any_backend(capsys, tmp_path):
+    code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino", "--scenario", "single-stream", "--duration", "1")
+    assert code == 0
+    [row] = rows
+    assert row["scenario"] == "single-stream" and row["loadgen"]["result"] in ("VALID", "INVALID")
+    assert row["parity"]["passed"] and row["runtime"]["requests"] == 1
