@@ -12,7 +12,8 @@ int8 runs the QDQ model the onnxruntime backend quantizes (the same cached file)
 int8 weights per channel. OpenVINO runs QDQ models as int8. uint8 activations are the operand x86's
 int8 instructions (VPMADDUBSW, VNNI's VPDPBUSD, AMX's TDPBUSD) multiply natively; measured on an
 AVX2-only AMD EPYC (2026-12-02), the symmetric int8 flavour was slower and failed parity (cosine
-0.966 on resnet18 at 64 px, where uint8 reached 0.993).
+0.966 on resnet18 at 64 px, where the uint8 model, with the 7-bit weights onnxruntime needs on
+that CPU, reached 0.993).
 
 ``--ov-hint latency`` (the default) times one synchronous request per call, as every other backend
 is timed. ``--ov-hint throughput`` is benchmark_app's throughput mode: OpenVINO's streams (each a
@@ -135,6 +136,7 @@ class OpenVINORunner(Runner):
         count = (self.options.requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
         self.queue = ov.AsyncInferQueue(self.compiled, count)
         self.runtime["requests"] = count
+        self.shared_tensor = ov.Tensor  # wraps the caller's memory: bound in the first timed call, not copied
         self.bound_input: Tensor | None = None
 
     def _what_ran(self) -> dict:
@@ -180,11 +182,9 @@ class OpenVINORunner(Runner):
         return batch.to(torch.float32).contiguous()
 
     def run_impl(self, inputs: Tensor) -> Any:
-        import openvino as ov
-
         if inputs is not self.bound_input:
             # Every request reads the caller's tensor in place: no copy inside the timed call.
-            shared = ov.Tensor(inputs.numpy(), shared_memory=True)
+            shared = self.shared_tensor(inputs.numpy(), shared_memory=True)
             for index in range(len(self.queue)):
                 self.queue[index].set_input_tensor(shared)
             self.bound_input = inputs
