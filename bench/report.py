@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -285,16 +285,16 @@ class Saver:
     cause; the run goes on, the file keeps its last complete version (the rename never happened),
     and ``failed`` tells main to end with exit 1."""
 
-    def __init__(self, plan: Plan, err: TextIO | None = None):
+    def __init__(self, plan: Plan):
         self.plan = plan
-        self.err = err or sys.stderr
         self.saved: dict[Path, int] = {}  # rows in each file's last complete version of this run
         self.failed: dict[Path, str] = {}  # why each file's latest write failed
 
     def __call__(self, rows: list[Row]) -> None:
         named = {row_key(r) for r in rows}
         rows = rows + [r for key, r in self.plan.resumed.items() if key not in named]
-        views = ((self.plan.outputs.json, lambda: to_json(rows, self.plan.env)), (self.plan.outputs.csv, lambda: to_csv(rows)))
+        views = ((self.plan.outputs.json, lambda: to_json(rows, self.plan.env)),
+                 (self.plan.outputs.csv, lambda: to_csv(rows)))
         for path, render in views:
             if path is None:
                 continue
@@ -303,7 +303,7 @@ class Saver:
             except OSError as exc:
                 cause = exc.strerror or one_line(exc)
                 if self.failed.get(path) != cause:
-                    print(f"python -m bench: could not write {path} ({cause}); the run goes on", file=self.err)
+                    print(f"python -m bench: could not write {path} ({cause}); the run goes on", file=sys.stderr)
                 self.failed[path] = cause
             else:
                 self.saved[path] = len(rows)
@@ -316,7 +316,7 @@ class Saver:
                 held = f"it holds the {self.saved[path]} row(s) of its last complete write"
             else:
                 held = "it was not written in this run" + (", and holds what it held before" if path.exists() else "")
-            print(f"python -m bench: the last write of {path} failed ({cause}): {held}", file=self.err)
+            print(f"python -m bench: the last write of {path} failed ({cause}): {held}", file=sys.stderr)
 
 
 def machine_line(env: dict) -> str:

@@ -37,10 +37,11 @@ def describe(features: dict[str, bool] | None) -> str:
     """One line for a table's header: what the CPU has, and what it lacks."""
     if features is None:
         return "ISA features unknown (no /proc/cpuinfo flags, or not x86)"
-    has = " ".join(f for f, present in features.items() if present) or "none of " + ", ".join(SPEED_FEATURES)
-    lacks = ", ".join(f for f, present in features.items() if not present)
-    return f"ISA: {has}" + (f"; lacks {lacks}" if lacks and len(lacks) < len(", ".join(SPEED_FEATURES)) else "")
-
+    present = [f for f, has in features.items() if has]
+    if not present:
+        return f"ISA: none of {', '.join(SPEED_FEATURES)}"
+    absent = [f for f, has in features.items() if not has]
+    return f"ISA: {' '.join(present)}" + (f"; lacks {', '.join(absent)}" if absent else "")
 
 def native_bf16(features: dict[str, bool] | None = None) -> bool:
     """Whether the CPU computes bf16 itself (AVX-512 bf16 or AMX) rather than through fp32."""
