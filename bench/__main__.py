@@ -477,7 +477,8 @@ def other_command(args: argparse.Namespace) -> int:
     """compare, report and serve: each its own small program."""
     if args.command == "compare":
         return compare.compare(args.base, args.new, threshold=args.threshold, resamples=args.resamples,
-                               relative_to=args.relative_to)
+                               relative_to=args.relative_to, mem_threshold=args.mem_threshold,
+                               energy_threshold=args.energy_threshold)
     if args.command == "report":
         try:
             print(f"wrote {report.write_report(args.runs, args.output)}")

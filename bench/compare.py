@@ -8,6 +8,13 @@ runs' ``samples_ms``. A regression is flagged only when the whole interval lies 
 is reported, not flagged. A row that ran in BASE but failed, or failed parity, in NEW is a
 regression too: a backend that stopped working is the worst slowdown there is.
 
+Costs are compared too, each with a threshold of its own: a row whose running peak memory grew by
+more than ``--mem-threshold`` (10% by default, and by more than MEMORY_FLOOR_MB, below which
+resident sets move with the allocator's chunks; the whole peak where a file has no running one:
+setup's depends on what the cache held), or whose energy per image grew by more than
+``--energy-threshold``, is a regression like a slowdown. Each is one figure per row, with no
+samples to bootstrap: the threshold is the whole judgement. A file without costs compares speed only.
+
 The interval covers the noise within each run, not a machine that is slower as a whole on another
 day (on our shared 2-core VMs whole runs differ by up to 25%). ``--relative-to eager`` compares
 each row's latency as a ratio to the same run's row of that backend (same model, precision, batch
@@ -79,6 +86,26 @@ def judge(base: Row, new: Row, threshold: float, *, base_ref: Row | None = None,
     return Change(ratio, low, high, "unchanged")
 
 
+MEMORY_FLOOR_MB = 4.0
+
+# The costs compare judges: (figures, first that both rows have wins; the column that shows them;
+# its flag's dest; the smallest rise that counts).
+COSTS = ((("run_peak_mem_mb", "peak_mem_mb"), "peak MB", "mem_threshold", MEMORY_FLOOR_MB),
+         (("energy_j_per_img",), "J/img", "energy_threshold", 0.0))
+
+
+def cost_change(base: Row, new: Row, figures: tuple[str, ...], threshold: float, floor: float) -> tuple[str, bool]:
+    """The change of one cost between two rows, as a cell, and whether it is a regression."""
+    pairs = [tuple((row.costs or {}).get(figure) for row in (base, new)) for figure in figures]
+    before, after = next((pair for pair in pairs if None not in pair), (None, None))
+    if before is None or after is None:
+        return "-", False
+    rise = after / before - 1 if before > 0 else float("inf") if after > 0 else 0.0
+    regressed = rise > threshold and after - before > floor
+    cell = f"{before:.3g}→{after:.3g}" + (f" ({rise:+.0%})" if before > 0 else "")
+    return (f"[red]{cell}[/red]" if regressed else cell), regressed
+
+
 def load_run(path: str) -> dict[tuple, Row]:
     """The rows of a ``python -m bench --json`` file that have samples to compare, by their key."""
     rows = {}
@@ -104,12 +131,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=positive_float, default=0.05,
                    help="flag a slowdown only when the whole 95%% interval is beyond this fraction (default 0.05)")
     p.add_argument("--resamples", type=positive_int, default=4000, help="bootstrap resamples (default 4000)")
+    p.add_argument("--mem-threshold", type=positive_float, default=0.10,
+                   help="flag a row whose peak memory grew by more than this fraction (default 0.10)")
+    p.add_argument("--energy-threshold", type=positive_float, default=0.10,
+                   help="flag a row whose energy per image grew by more than this fraction (default 0.10)")
     p.add_argument("--relative-to", default=None, metavar="BACKEND",
                    help="compare each row as a ratio to this backend's row of the same run (cancels machine drift)")
 
 
 def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples: int = 4000,
-            relative_to: str | None = None) -> int:
+            relative_to: str | None = None, mem_threshold: float = 0.10, energy_threshold: float = 0.10) -> int:
     """Print the comparison of two runs; returns the exit status (1 on a regression). Raises
     UsageError, before printing anything, when a file cannot be read or the runs share no row."""
     if threshold >= 1:
@@ -127,8 +158,11 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
 
     against = "" if relative_to is None else f", each relative to {relative_to}"
     grid = Table(title=f"{new_path} against {base_path} (threshold {threshold:.0%}{against})", title_justify="left")
-    for name in ("model", "backend", "device", "prec", "batch", "scenario", "base ms", "new ms", "change", "95% CI", ""):
-        grid.add_column(name, justify="right" if name in ("batch", "base ms", "new ms", "change", "95% CI") else "left")
+    numbers = ("batch", "base ms", "new ms", "change", "95% CI", "peak MB", "J/img")
+    for name in ("model", "backend", "device", "prec", "batch", "scenario", "base ms", "new ms", "change", "95% CI",
+                 "peak MB", "J/img", ""):
+        grid.add_column(name, justify="right" if name in numbers else "left")
+    cost_thresholds = {"mem_threshold": mem_threshold, "energy_threshold": energy_threshold}
     colours = {"regression": "red", "failed": "red", "improvement": "green", "unchanged": "dim"}
     regressions = 0
     for key in common:
@@ -136,14 +170,19 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
         refs = {} if relative_to is None else {
             "base_ref": reference(base, key, relative_to), "new_ref": reference(new, key, relative_to)}
         change = judge(b, n, threshold, resamples=resamples, **refs)
-        regressions += change.verdict in ("regression", "failed")
         if change.verdict == "failed":
             why = n.error if n.status != "ok" else "parity failed"
-            cells = ["-", "-", "-", "-", f"[red]failed[/red]: {escape(str(why))}"]
+            regressions += 1
+            cells = ["-", "-", "-", "-", "-", "-", f"[red]failed[/red]: {escape(str(why))}"]
         else:
+            costs = {label: cost_change(b, n, figure, cost_thresholds[flag], floor)
+                     for figure, label, flag, floor in COSTS}
+            verdicts = [f"[{colours[change.verdict]}]{change.verdict}[/{colours[change.verdict]}]"]
+            verdicts += [f"[red]{label} regression[/red]" for label, (_, regressed) in costs.items() if regressed]
+            regressions += change.verdict == "regression" or any(regressed for _, regressed in costs.values())
             cells = [f"{np.mean(b.samples_ms):.2f}", f"{np.mean(n.samples_ms):.2f}", f"{change.ratio - 1:+.1%}",
-                     f"{change.low - 1:+.1%} .. {change.high - 1:+.1%}",
-                     f"[{colours[change.verdict]}]{change.verdict}[/{colours[change.verdict]}]"]
+                     f"{change.low - 1:+.1%} .. {change.high - 1:+.1%}", *(cell for cell, _ in costs.values()),
+                     ", ".join(verdicts)]
         grid.add_row(n.model, n.backend, n.device, n.precision, str(n.batch_size), n.scenario, *cells)
     out = report.console()
     out.print(grid)

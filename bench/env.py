@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from bench.costs.meter import Gauges
 from resnet_perf.cpu import speed_features
 from resnet_perf.versions import installed_version
 
@@ -92,4 +93,14 @@ def collect(device: torch.device, threads: int) -> dict:
         "driver": gpu["driver"],
         **_cpu_state(),
         "gpu_state": gpu["gpu_state"],
+        "costs": _costs(device),
     }
+
+
+def _costs(device: torch.device) -> dict:
+    """Where this machine's energy and clock figures come from, or why there are none."""
+    gauges = Gauges.open(device)
+    try:
+        return gauges.describe()
+    finally:
+        gauges.close()

@@ -60,6 +60,7 @@ class Row:
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
     serving: dict | None = None  # triton-server: the server's own split of the time, the client's, direct
     runtime: dict | None = None  # what the runtime chose or reports (openvino: its precision, streams, kernels)
+    costs: dict | None = None  # peak memory, energy, clocks and % of the GEMM peak (bench.costs)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +93,8 @@ def to_json(rows: list[Row], env: dict) -> str:
 
 _CSV_LATENCY = ("mean", "p50", "p90", "p95", "p99", "min", "max", "std")
 _CSV_PARITY = ("max_abs", "rel_l2", "cosine", "top1_agreement", "top5_agreement", "distinct_top1", "passed")
+_CSV_COSTS = ("peak_mem_mb", "setup_peak_mem_mb", "run_peak_mem_mb", "mem_source", "host_peak_mem_mb", "energy_j_per_img", "mean_power_w", "energy_reason",
+              "achieved_gflops", "pct_of_peak", "peak_probe_gflops", "clock_min_mhz", "clock_mean_mhz", "throttled")
 
 
 def to_csv(rows: list[Row]) -> str:
@@ -101,15 +104,17 @@ def to_csv(rows: list[Row]) -> str:
     scalar = ["model", "backend", "device", "precision", "batch_size", "image_size", "status", "error",
               "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
     writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY),
-                     "loadgen_result", "loadgen_reasons", "loadgen_target_qps"])
+                     *(f"costs_{k}" for k in _CSV_COSTS), "loadgen_result", "loadgen_reasons", "loadgen_target_qps"])
     for row in rows:
         record = _finite(asdict(row))
         latency = record["latency_ms"] or {}
         parity = record["parity"] or {}
+        costs = record.get("costs") or {}
         writer.writerow([
             *(record[k] for k in scalar),
             *(latency.get(k) for k in _CSV_LATENCY),
             *(parity.get(k) for k in _CSV_PARITY),
+            *(costs.get(k) for k in _CSV_COSTS),
             *((lg["result"], "; ".join(lg["reasons"]), lg["target_qps"]) if (lg := record["loadgen"]) else (None,) * 3),
         ])
     return buffer.getvalue()
@@ -139,6 +144,29 @@ def _baseline(eager: dict, r: Row) -> float | None:
     return eager.get((r.model, r.device, precision, r.batch_size, r.scenario))
 
 
+ABOVE_PEAK = 110.0  # % of the GEMM probe beyond which a count, the probe, or Winograd explains it
+
+
+def _notes(r: Row) -> list[str]:
+    """What a reader of a row's figures must know: the runner's note, copies in the timed call,
+    the clocks during it, and costs that need explaining."""
+    c = r.costs or {}
+    notes = [n for n in (r.note, "incl. host-device copies" if r.host_io else None) if n]
+    if c.get("clock_min_mhz") is not None:
+        notes.append(f"clock min/mean {c['clock_min_mhz']:.0f}/{c['clock_mean_mhz']:.0f} MHz")
+    if c.get("throttled"):
+        notes.append(f"throttled: {'; '.join(c['throttle_reasons'])}")
+    if (c.get("pct_of_peak") or 0) > ABOVE_PEAK:
+        notes.append("above the GEMM probe: Winograd, or a low probe")
+    return notes
+
+
+def _cost_cells(r: Row) -> list[str]:
+    c = r.costs or {}
+    memory = f"{_fmt(c.get('peak_mem_mb'), '.0f')}/{_fmt(c.get('run_peak_mem_mb'), '.0f')}" if c else "-"
+    return [memory, _fmt(c.get("energy_j_per_img"), ".3f"), _fmt(c.get("pct_of_peak"), ".0f")]
+
+
 def _accuracy_cell(r: Row) -> str:
     a = r.accuracy
     return "-" if a is None else f"{a['top1']:.3f} ({a['reference_top1']:.3f})"
@@ -164,7 +192,8 @@ def table(rows: list[Row]) -> Table:
     if with_loadgen:
         columns += [("scenario", "left"), ("qps target/got", "right")]
     columns += [("img/s", "right"), ("vs eager", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
-                ("cv", "right"), ("setup s", "right"), ("cosine", "right"), ("rel_l2", "right"), ("top1", "right"),
+                ("cv", "right"), ("setup s", "right"), ("peak/run MB", "right"), ("J/img", "right"), ("% peak", "right"),
+                ("cosine", "right"), ("rel_l2", "right"), ("top1", "right"),
                 ("top5", "right"), ("distinct", "right"), ("parity", "left")]
     if with_accuracy:
         columns.append(("top1 acc (fp32)", "right"))
@@ -182,16 +211,15 @@ def table(rows: list[Row]) -> Table:
             head += [r.scenario, rate]
         if r.status != "ok":
             colour = "red" if r.status == "failed" else "yellow"
-            cells = [*head, *["-"] * 11, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
+            cells = [*head, *["-"] * 14, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
             grid.add_row(*cells, *["-"] * (with_accuracy + with_loadgen))
             continue
         base = _baseline(baseline, r)
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
         p = r.parity
         verdict = "[green]pass[/green]" if p["passed"] else f"[red]FAIL[/red] {escape(p.get('error', ''))}"
-        for note in (r.note, "incl. host-device copies" if r.host_io else None):
-            if note:
-                verdict += f" [dim]({note})[/dim]"
+        for note in _notes(r):
+            verdict += f" [dim]({escape(note)})[/dim]"
         cv = _fmt(r.cv, ".2f") + (" [yellow]noisy[/yellow]" if r.noisy else "")
         grid.add_row(
             *head,
@@ -201,6 +229,7 @@ def table(rows: list[Row]) -> Table:
             _fmt(r.latency_ms["p99"], ".2f"),
             cv,
             _fmt(r.setup_s, ".1f"),
+            *_cost_cells(r),
             _fmt(p["cosine"], ".6f"),
             _fmt(p["rel_l2"], ".1e"),
             _fmt(p["top1_agreement"], ".3f"),
@@ -270,10 +299,10 @@ def sensitivity_table(row: Row, top: int = 15) -> Table:
 
 
 def console() -> Console:
-    """stdout, at least 200 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
+    """stdout, at least 220 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
     table would then be squeezed into unreadable ellipses in every log a user keeps."""
     out = Console()
-    return out if out.is_terminal and out.width >= 200 else Console(width=max(out.width, 200))
+    return out if out.is_terminal and out.width >= 220 else Console(width=max(out.width, 220))
 
 
 class Saver:
@@ -325,10 +354,23 @@ def machine_line(env: dict) -> str:
     return f"{env.get('cpu')}, {describe(env.get('cpu_features'))}; {env.get('threads')} threads{gpu}"
 
 
+def costs_line(env: dict) -> str:
+    """Where the costs columns come from on this machine, or why a column is empty."""
+    c = env.get("costs")
+    if c is None:
+        return "costs: not recorded (a run from before rows had them)"
+    energy = c.get("energy") or f"none ({c.get('energy_reason')})"
+    clock = c.get("clock") or f"none ({c.get('clock_reason')})"
+    return (f"peak/run MB: the row's peak above its start, setup included / while running (on CUDA the GPU's); "
+            f"energy: {energy}; clocks: {clock}; "
+            "% peak: achieved FLOP/s over this machine's GEMM probe in the row's precision")
+
+
 def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
     """The run's sections on ``out``: the table, then where the rows have them the stage profile,
     the serving split, INT8 sensitivity, and the backends that could not run here."""
     out.print(f"[dim]{escape(machine_line(plan.env))}[/dim]", highlight=False)
+    out.print(f"[dim]{escape(costs_line(plan.env))}[/dim]", highlight=False)
     out.print(table(rows))
     if any(r.profile for r in rows):
         out.print(profile_table(rows))
@@ -401,6 +443,13 @@ def _row_problem(record) -> str | None:
                 return f"{key}.{figure} is {record[key][figure]!r}"
     if not isinstance(record["parity"].get("passed"), bool):
         return "parity.passed is not true or false"
+    costs = record.get("costs")  # absent in files written before rows had costs
+    if costs is not None:
+        if not isinstance(costs, dict):
+            return f"costs is {costs!r}"
+        for figure in ("peak_mem_mb", "energy_j_per_img", "pct_of_peak"):
+            if not isinstance(costs.get(figure), _FIGURE) or isinstance(costs.get(figure), bool):
+                return f"costs.{figure} is {costs[figure]!r}"
     if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
                for s in record["samples_ms"]):
         return "samples_ms holds something other than finite numbers"
@@ -419,22 +468,24 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
     lines = [f"## {title}", "",
              (f"{machine_line(env)}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
               f"OpenVINO {env.get('openvino')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}."), "",
+             f"{costs_line(env)}.", "",
              ("| model | backend | device | precision | batch | scenario | img/s | vs eager | p50 ms | p99 ms | cv "
-              "| cosine | top-1 | top-5 | parity | LoadGen |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| peak/run MB | J/img | % peak | cosine | top-1 | top-5 | parity | LoadGen |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r.model} | {r.backend} | {r.device} | {r.precision} | {r.batch_size} | {r.scenario} |"
         if r.status != "ok":
-            lines.append(f"{head} - | - | - | - | - | - | - | - | {r.status}: {r.error} | - |")
+            lines.append(f"{head} {'- | ' * 11}{r.status}: {r.error} | - |")
             continue
         base = _baseline(baseline, r)
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
-        notes = [n for n in (r.note, "incl. host-device copies" if r.host_io else None) if n]
+        notes = _notes(r)
         parity = ("pass" if r.parity["passed"] else "**FAIL**") + (f" ({', '.join(notes)})" if notes else "")
         loadgen = "-" if r.loadgen is None else r.loadgen["result"] + (
             f": {'; '.join(r.loadgen['reasons'])}" if r.loadgen["reasons"] else "")
         lines.append(f"{head} {_throughput(r)} | {speedup} | {_fmt(r.latency_ms['p50'], '.2f')} | "
                      f"{_fmt(r.latency_ms['p99'], '.2f')} | {_fmt(r.cv, '.2f')}{' noisy' if r.noisy else ''} | "
+                     f"{' | '.join(_cost_cells(r))} | "
                      f"{_fmt(r.parity['cosine'], '.6f')} | {_fmt(r.parity['top1_agreement'], '.3f')} | "
                      f"{_fmt(r.parity.get('top5_agreement'), '.3f')} | {parity} | {loadgen} |")
     if plot:

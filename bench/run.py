@@ -20,12 +20,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import resnet_perf
 from bench import scenarios, timing
+from bench.costs.meter import Gauges, RowMeter, complete
 from bench.plan import Loop, Plan, RowSpec
 from bench.report import Row, row_key
 from bench.runners import RunConfig, Runner
 from export import quantize, sensitivity
 from resnet_perf import parity
 from resnet_perf.cli import Stopped, one_line
+from resnet_perf.flops import macs_per_image
 from resnet_perf.synthetic import parity_inputs
 
 
@@ -38,6 +40,7 @@ class Reference:
     inputs: torch.Tensor  # the parity inputs
     logits: torch.Tensor  # the fp32 eager model's on them
     accuracy: dict | None  # --eval-data: the fp32 model's own top-1 and top-5
+    gmac_per_image: float  # the convolutions' and fc's multiply-accumulates, for achieved FLOP/s
 
 
 class ReferenceFailed(RuntimeError):
@@ -75,7 +78,8 @@ class References:
             if plan.evaluation is not None:
                 images, labels = plan.evaluation
                 accuracy = parity.accuracy(parity.predict(model, images, 64), labels)
-        return Reference(model, f"{name}-{resnet_perf.weights_digest(model)[:12]}", inputs, logits, accuracy)
+        return Reference(model, f"{name}-{resnet_perf.weights_digest(model)[:12]}", inputs, logits, accuracy,
+                         macs_per_image(model, plan.image_size) / 1e9)
 
     def calibration(self, name: str) -> quantize.Calibration:
         """The model's int8 calibration, drawn once and only for an int8 row."""
@@ -109,6 +113,7 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
     ``stop_on_signals``) cut the run short, that signal: the row it interrupted is dropped, every
     finished one kept."""
     references = References(plan)
+    gauges = Gauges.open(plan.device)
     rows: list[Row] = []
     out_of_memory_at: dict[tuple, int] = {}  # (model, precision, backend) -> the batch that ran out
     stderr = Console(stderr=True)
@@ -121,7 +126,8 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
                 progress.update(task, description=f"{spec.model} {spec.backend} {spec.precision} batch {spec.batch_size}")
                 row = Row(spec.model, spec.backend, plan.device.type, spec.precision, spec.batch_size, plan.image_size,
                           scenario=plan.scenario.scenario)
-                row = plan.resumed.get(row_key(row)) or run_row(spec, row, plan, runners, references, out_of_memory_at)
+                row = plan.resumed.get(row_key(row)) or run_row(spec, row, plan, runners, references, gauges,
+                                                                out_of_memory_at)
                 if row.error == "out of memory":
                     out_of_memory_at[(spec.model, spec.precision, spec.backend)] = spec.batch_size
                     if plan.device.type == "cuda":
@@ -135,11 +141,13 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
                 on_row(rows)
         except KeyboardInterrupt as exc:
             return rows, Stopped.of(exc)
+        finally:
+            gauges.close()
     return rows, None
 
 
 def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runner]], references: References,
-            out_of_memory_at: Mapping[tuple, int]) -> Row:
+            gauges: Gauges, out_of_memory_at: Mapping[tuple, int]) -> Row:
     """One row: skipped with its reason, failed with its reference's error, or measured."""
     skipped = skip_reason(spec, plan, runners, out_of_memory_at)
     if skipped:
@@ -154,25 +162,32 @@ def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runn
     config = RunConfig(reference.ident, plan.device, spec.precision, spec.batch_size, plan.image_size, plan.threads,
                        plan.cache_dir, artifacts=plan.artifacts, options=plan.options.get(spec.backend),
                        calibration=calibration)
-    return bench_row(runners[spec.backend](reference.model, config), row, reference, plan)
+    return bench_row(runners[spec.backend](reference.model, config), row, reference, plan, gauges)
 
 
-def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan) -> Row:
-    """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens."""
+def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan, gauges: Gauges) -> Row:
+    """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens.
+    Its costs are metered from before setup to the end of its timed calls."""
+    costs = RowMeter(gauges, runner.device_memory)
     try:
+        probe = gauges.peak(row.precision)  # before the meter starts: the probe's memory is not the row's
+        costs.start()
         start = time.perf_counter()
         runner.prepare()
         row.setup_s = time.perf_counter() - start
+        costs.setup_done()
         row.runtime = runner.run_facts()
 
+        batch = parity.cycled(reference.inputs, row.batch_size)  # the offline loop's: the first batch_size
         if row.scenario == "offline":
-            # The timed batch is the parity inputs' first batch_size (cycled where it is larger).
-            batch = parity.cycled(reference.inputs, row.batch_size)
-            loop_row(runner, row, batch, plan.loop)
-            if plan.loop.profile:
-                profile_row(runner, row, batch, plan.loop)
+            loop_row(runner, row, batch, plan.loop, costs)
         else:
-            loadgen_row(runner, row, reference.inputs, plan)
+            loadgen_row(runner, row, reference.inputs, plan, costs)
+        row.costs = complete(costs.stop(), row.throughput_ips, reference.gmac_per_image, probe)
+        if runner.memory_note:
+            row.costs["mem_note"] = runner.memory_note
+        if row.scenario == "offline" and plan.loop.profile:
+            profile_row(runner, row, batch, plan.loop)
 
         row.parity = parity.compare(reference.logits, parity.predict(runner.infer, reference.inputs, row.batch_size),
                                     row.precision)
@@ -185,6 +200,7 @@ def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan) -> Row
     except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
         row.status, row.error = "failed", one_line(exc)
     finally:
+        costs.close()
         runner.close()
     return row
 
@@ -207,13 +223,21 @@ def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[
     return call
 
 
-def loop_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop) -> None:
+def loop_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop, costs: RowMeter) -> None:
     """The offline scenario: the fixed-batch loop, timed call by call, ``loop.repeat`` times over.
-    The backend's own report (a server's statistics) covers the last repetition's timed calls."""
+    The backend's own report (a server's statistics) covers the last repetition's timed calls;
+    energy and clocks cover every repetition's."""
     call = timed_call(runner, batch, loop.host_io)
-    runs = [timing.measure(call, runner.config.device, warmup=loop.warmup, iters=loop.iters, min_time=loop.min_time,
-                           before_timed=runner.mark)
-            for _ in range(loop.repeat)]
+
+    def before_timed():
+        runner.mark()
+        costs.begin()
+
+    runs = []
+    for _ in range(loop.repeat):
+        runs.append(timing.measure(call, runner.config.device, warmup=loop.warmup, iters=loop.iters,
+                                   min_time=loop.min_time, before_timed=before_timed))
+        costs.end()
     row.serving = runner.window()
     row.first_run_ms = runs[0].first_run_ms
     row.samples_ms = [sample for run in runs for sample in run.samples_ms]
@@ -245,7 +269,7 @@ def profile_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop) -> No
         x = call()
 
 
-def loadgen_row(runner: Runner, row: Row, inputs: torch.Tensor, plan: Plan) -> None:
+def loadgen_row(runner: Runner, row: Row, inputs: torch.Tensor, plan: Plan, costs: RowMeter) -> None:
     """A LoadGen scenario: LoadGen issues the queries; every call goes from host memory to host logits."""
     # One batch's time sizes LoadGen's query counts and the top of a rate search.
     batch = parity.cycled(inputs, row.batch_size)
@@ -259,15 +283,22 @@ def loadgen_row(runner: Runner, row: Row, inputs: torch.Tensor, plan: Plan) -> N
     search = None
     submit = runner.submit if runner.serves_requests else None
     if plan.find_max_qps:
-        # The backend's own report (a server's statistics) covers the last, confirming run.
+        # The backend's own report (a server's statistics), energy and clocks cover the last,
+        # confirming run.
+        def before_run():
+            runner.mark()
+            costs.begin(fresh=True)
+
         result, target, search = scenarios.find_max_qps(runner.infer, inputs, row.batch_size, settings,
                                                         runner.config.device, expected_s, submit,
-                                                        before_run=runner.mark)
+                                                        before_run=before_run)
     else:
         runner.mark()
+        costs.begin()
         result = scenarios.run(runner.infer, inputs, row.batch_size, settings, runner.config.device, expected_s,
                                submit)
         target = settings.target_qps
+    costs.end()
     row.serving = runner.window()
     row.throughput_ips = result.completed_samples_per_s
     row.latency_ms = result.latency_ms

@@ -33,7 +33,6 @@ from bench import timing
 from bench.env import collect
 from bench.report import machine_line
 from bench.runners import RUNNERS, RunConfig
-from bench.runners.onnxruntime import onnx_file
 from bench.runners.openvino import OpenVINOOptions
 from export import quantize
 from resnet_perf.precision import PRECISIONS
@@ -86,15 +85,17 @@ def plain_call(backend: str, precision: str, model: torch.nn.Module, x: torch.Te
     return call
 
 
-def benchmark_app(onnx_path: Path, hint: str, seconds: float) -> dict:
-    """``benchmark_app -hint HINT`` on ``onnx_path`` for ``seconds``: its throughput (images/s),
-    median latency and what it chose, from the JSON report it writes."""
+def benchmark_app(onnx_path: Path, hint: str, seconds: float, infer_precision: str | None) -> dict:
+    """``benchmark_app -hint HINT`` on ``onnx_path`` for ``seconds``, with ``-infer_precision``
+    where given (else OpenVINO's default for this CPU): its throughput (images/s), median latency
+    and what it chose, from the JSON report it writes."""
     tool = shutil.which("benchmark_app")
     if tool is None:
         raise SystemExit("benchmark_app is not on PATH (it comes with pip install openvino)")
+    pinned = ["-infer_precision", infer_precision] if infer_precision else []
     with tempfile.TemporaryDirectory(prefix="benchmark-app-") as folder:
         subprocess.run([tool, "-m", str(onnx_path), "-d", "CPU", "-hint", hint, "-t", f"{seconds:g}", "-json_stats",
-                        "-report_type", "no_counters", "-report_folder", folder],
+                        "-report_type", "no_counters", "-report_folder", folder, *pinned],
                        check=True, capture_output=True, text=True)
         report = json.loads((Path(folder) / "benchmark_report.json").read_text())
     results, setup = report["execution_results"], report["configuration_setup"]
@@ -150,7 +151,7 @@ def main() -> None:
                                    threads, cache, calibration=calibration if precision == "int8" else None,
                                    options=options)
                 with RUNNERS[backend](model, config) as runner:
-                    onnx_path = onnx_file(config) if runner.artifact == "onnx" else None
+                    onnx_path = runner.onnx_path() if runner.artifact == "onnx" else None
                     throughput = options is not None and options.hint == "throughput"
                     # The plain loop is one synchronous call; throughput mode has only benchmark_app to face.
                     call = None if throughput else plain_call(
@@ -161,13 +162,16 @@ def main() -> None:
                 if backend == "openvino" and args.benchmark_app:
                     checks.append((name, precision, options.hint, h, onnx_path))
     if checks:
-        print(f"\n{'ours':<22} {'prec':<5} {'ours img/s':>11} {'benchmark_app':>24} {'app img/s':>10} "
+        print(f"\n{'ours':<22} {'prec':<5} {'ours img/s':>11} {'benchmark_app':>30} {'app img/s':>10} "
               f"{'app median ms':>14} {'ours/app':>9}")
         for name, precision, hint, ours, onnx_path in checks:
-            app = benchmark_app(onnx_path, hint, args.seconds)
-            label = f"-hint {hint} ({app['requests']} req)"
-            print(f"{name:<22} {precision:<5} {ours:>11.1f} {label:>24} {app['throughput_ips']:>10.1f} "
-                  f"{app['median_ms']:>14.2f} {ours / app['throughput_ips']:>9.3f}", flush=True)
+            # Pinned to what our row compiled for (its f32 or bf16), and for int8 also as a user
+            # runs it, at OpenVINO's default precision for the layers left unquantized (bf16 on AMX).
+            for pinned in ("bf16" if precision == "bf16" else "f32", *((None,) if precision == "int8" else ())):
+                app = benchmark_app(onnx_path, hint, args.seconds, pinned)
+                label = f"-hint {hint} {pinned or 'default'} ({app['requests']} req)"
+                print(f"{name:<22} {precision:<5} {ours:>11.1f} {label:>30} {app['throughput_ips']:>10.1f} "
+                      f"{app['median_ms']:>14.2f} {ours / app['throughput_ips']:>9.3f}", flush=True)
     shutil.rmtree(cache, ignore_errors=True)
 
 

@@ -141,13 +141,16 @@ def test_json_and_csv_of_a_real_run(capsys, tmp_path):
     assert set(doc["env"]) == {"python", "platform", "cpu", "threads", "torch", "triton", "onnx", "onnxruntime",
                                "tensorrt", "gpu", "cuda", "driver",  # the contract's, then the state figures depend on
                                "cpu_governor", "cpu_cores_usable", "interop_threads", "thread_env", "gpu_state",
-                               "cpu_features", "openvino"}
+                               "cpu_features", "openvino", "costs"}
     assert doc["env"]["torch"] == torch.__version__
     assert [r["backend"] for r in doc["results"]] == ["eager", "onnxruntime"]
     for r in doc["results"]:
         assert {"model", "backend", "device", "precision", "batch_size", "image_size", "status", "error",
                 "throughput_ips", "latency_ms", "iters", "setup_s", "first_run_ms", "samples_ms", "scenario",
                 "achieved_qps", "loadgen", "parity"} <= set(r)
+        # the contract's costs, each a figure or null with its reason beside it
+        assert {"peak_mem_mb", "mem_source", "energy_j_per_img", "energy_reason", "pct_of_peak", "peak_probe_gflops",
+                "clock_min_mhz", "throttled"} <= set(r["costs"])
         assert (r["model"], r["device"], r["precision"], r["batch_size"], r["image_size"]) == ("resnet18", "cpu", "fp32", 2, 32)
         assert r["status"] == "ok" and r["error"] is None
         assert r["iters"] == 3 and len(r["samples_ms"]) == 3

@@ -91,6 +91,9 @@ class Runner(abc.ABC):
     # The kind of exported file this backend can run instead of exporting its own ("onnx" for
     # --onnx, "tensorrt" for --engine), or None.
     artifact: ClassVar[str | None] = None
+    # How the backend allocates GPU memory, which decides how its peak is read: "torch" (PyTorch's
+    # caching allocator, exact per row) or "nvml" (a runtime's own allocator, seen device-wide).
+    device_memory: ClassVar[str] = "nvml"
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -155,6 +158,11 @@ class Runner(abc.ABC):
         """The images one timed call processes, which throughput counts: one batch, unless the
         backend keeps several requests in flight per call."""
         return self.config.batch_size
+
+    @property
+    def memory_note(self) -> str | None:
+        """What this process's memory figures leave out (a server in another process), or None."""
+        return None
 
     def run_facts(self) -> dict | None:
         """What the runtime chose or reports for this row, after prepare (the precision it compiled
@@ -230,6 +238,8 @@ class Runner(abc.ABC):
 class TorchRunner(Runner):
     """A backend that runs an nn.Module: a private copy in the run precision, channels_last
     (the layout oneDNN and cuDNN convolutions are fastest in), under inference_mode."""
+
+    device_memory = "torch"
 
     @classmethod
     def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:

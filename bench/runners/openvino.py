@@ -30,13 +30,14 @@ import importlib.util
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from bench.runners.base import RunContext, Runner
-from bench.runners.onnxruntime import cached_onnx
+from bench.runners.onnxruntime import cached_onnx, export_path
 from resnet_perf.cli import UsageError
 
 # OpenVINO's name for each precision a row may run in, as its runtime graph reports it.
@@ -112,13 +113,18 @@ class OpenVINORunner(Runner):
     def options(self) -> OpenVINOOptions:
         return self.config.options or OpenVINOOptions()
 
+    def onnx_path(self) -> Path:
+        """The file OpenVINO compiles: the row's ONNX, or for bf16, which is OpenVINO's own lowering
+        of the fp32 graph on the CPU's bf16 instructions, the fp32 one."""
+        c = self.config
+        return c.artifacts.get("onnx") or export_path(c, "int8" if c.precision == "int8" else "fp32")
+
     def prepare_impl(self) -> None:
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
 
         c = self.config
-        # bf16 is OpenVINO's own lowering of the fp32 graph, on the CPU's bf16 instructions.
         path = cached_onnx(self.model, c, "int8" if c.precision == "int8" else "fp32")
         throughput = self.options.hint == "throughput"
         settings = {

@@ -177,6 +177,12 @@ class TritonServerRunner(Runner):
         except ServerError as exc:
             raise UsageError(str(exc)) from None
 
+    @property
+    def memory_note(self) -> str | None:
+        if self.config.options.url is None:
+            return "the hosted model runs in this process; tritonserver's own process is not counted"
+        return "this client process only: the remote server's memory is not counted"
+
     def prepare_impl(self) -> None:
         c, options = self.config, self.config.options
         self.hosted = self.local = self.client = None
