@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from bench.costs.meter import Gauges
+from bench.costs.meter import Gauges, nvml_handle
 from resnet_perf.cpu import speed_features
 from resnet_perf.versions import installed_version
 
@@ -52,7 +52,7 @@ def _gpu(device: torch.device) -> dict:
 
         pynvml.nvmlInit()
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            handle = nvml_handle(pynvml, device)
             clock = pynvml.nvmlDeviceGetClockInfo
             max_clock = pynvml.nvmlDeviceGetMaxClockInfo
             state["driver"] = pynvml.nvmlSystemGetDriverVersion()
