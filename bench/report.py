@@ -93,7 +93,7 @@ def to_json(rows: list[Row], env: dict) -> str:
 
 _CSV_LATENCY = ("mean", "p50", "p90", "p95", "p99", "min", "max", "std")
 _CSV_PARITY = ("max_abs", "rel_l2", "cosine", "top1_agreement", "top5_agreement", "distinct_top1", "passed")
-_CSV_COSTS = ("peak_mem_mb", "setup_peak_mem_mb", "run_peak_mem_mb", "mem_source", "host_peak_mem_mb", "energy_j_per_img", "mean_power_w", "energy_reason",
+_CSV_COSTS = ("peak_mem_mb", "setup_peak_mem_mb", "run_peak_mem_mb", "mem_source", "host_peak_mem_mb", "runtime_load_mb", "energy_j_per_img", "mean_power_w", "energy_reason",
               "achieved_gflops", "pct_of_peak", "peak_probe_gflops", "clock_min_mhz", "clock_mean_mhz", "throttled")
 
 
@@ -361,9 +361,11 @@ def costs_line(env: dict) -> str:
         return "costs: not recorded (a run from before rows had them)"
     energy = c.get("energy") or f"none ({c.get('energy_reason')})"
     clock = c.get("clock") or f"none ({c.get('clock_reason')})"
-    return (f"peak/run MB: the row's peak above its start, setup included / while running (on CUDA the GPU's); "
+    return (f"peak/run MB: the row's peak above its start (its artifacts built, its backend's runtime loaded "
+            f"once per process before), setup included / while running (on CUDA the GPU's); "
             f"energy: {energy}; clocks: {clock}; "
-            "% peak: achieved FLOP/s over this machine's GEMM probe in the row's precision")
+            "% peak: achieved FLOP/s over the fastest GEMM this machine ran in the row's precision "
+            "(torch's; on CPU also onnxruntime's)")
 
 
 def print_run(rows: list[Row], plan: Plan, out: Console) -> None:

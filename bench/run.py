@@ -116,6 +116,7 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
     gauges = Gauges.open(plan.device)
     rows: list[Row] = []
     out_of_memory_at: dict[tuple, int] = {}  # (model, precision, backend) -> the batch that ran out
+    loaded: dict[str, dict] = {}  # backend -> what loading its runtime into this process cost
     stderr = Console(stderr=True)
     # The progress display is for a person at a terminal; in a log it would only add blank lines.
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -127,7 +128,7 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
                 row = Row(spec.model, spec.backend, plan.device.type, spec.precision, spec.batch_size, plan.image_size,
                           scenario=plan.scenario.scenario)
                 row = plan.resumed.get(row_key(row)) or run_row(spec, row, plan, runners, references, gauges,
-                                                                out_of_memory_at)
+                                                                out_of_memory_at, loaded)
                 if row.error == "out of memory":
                     out_of_memory_at[(spec.model, spec.precision, spec.backend)] = spec.batch_size
                     if plan.device.type == "cuda":
@@ -147,8 +148,10 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
 
 
 def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runner]], references: References,
-            gauges: Gauges, out_of_memory_at: Mapping[tuple, int]) -> Row:
-    """One row: skipped with its reason, failed with its reference's error, or measured."""
+            gauges: Gauges, out_of_memory_at: Mapping[tuple, int], loaded: dict[str, dict]) -> Row:
+    """One row: skipped with its reason, failed with its reference's error, or measured. The
+    backend's runtime is loaded before its first measured row (``loaded`` keeps what that cost),
+    and every row of the backend carries that one-time cost beside its own."""
     skipped = skip_reason(spec, plan, runners, out_of_memory_at)
     if skipped:
         row.status, row.error = "skipped", skipped
@@ -162,17 +165,24 @@ def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runn
     config = RunConfig(reference.ident, plan.device, spec.precision, spec.batch_size, plan.image_size, plan.threads,
                        plan.cache_dir, artifacts=plan.artifacts, options=plan.options.get(spec.backend),
                        calibration=calibration)
-    return bench_row(runners[spec.backend](reference.model, config), row, reference, plan, gauges)
+    if spec.backend not in loaded:
+        loaded[spec.backend] = gauges.runtime_load(lambda: runners[spec.backend].load_runtime(plan.device))
+    row = bench_row(runners[spec.backend](reference.model, config), row, reference, plan, gauges)
+    if row.costs is not None:
+        row.costs.update(loaded[spec.backend])
+    return row
 
 
 def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan, gauges: Gauges) -> Row:
     """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens.
-    Its costs are metered from before setup to the end of its timed calls."""
+    Its costs are metered from the end of its build (an export, an engine) to the end of its timed
+    calls; setup_s counts the build too."""
     costs = RowMeter(gauges, runner.device_memory)
     try:
         probe = gauges.peak(row.precision)  # before the meter starts: the probe's memory is not the row's
-        costs.start()
         start = time.perf_counter()
+        runner.build()  # also before it: the artifact's export or engine build is not the runtime's memory
+        costs.start()
         runner.prepare()
         row.setup_s = time.perf_counter() - start
         costs.setup_done()

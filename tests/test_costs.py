@@ -63,6 +63,41 @@ def test_a_row_reports_the_memory_its_backend_holds(capsys, tmp_path, monkeypatc
     assert eager["peak_mem_mb"] == max(eager["setup_peak_mem_mb"], eager["run_peak_mem_mb"])
 
 
+class LoadingRunner(EagerRunner):
+    """Eager, whose runtime holds HELD_MB once loaded and whose build uses HELD_MB while it runs:
+    neither is the row's memory."""
+
+    name = "loading"
+    runtime: np.ndarray | None = None
+
+    @classmethod
+    def load_runtime(cls, device):
+        cls.runtime = np.ones(HELD_MB * 2**20, dtype=np.uint8)
+
+    def build_impl(self):
+        scratch = np.ones(HELD_MB * 2**20, dtype=np.uint8)
+        self.built = int(scratch[::4096].sum())  # an exporter's working set, gone when it is done
+
+
+def test_a_build_and_a_runtime_load_are_not_the_rows_memory(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(RUNNERS, LoadingRunner.name, LoadingRunner)
+    path = tmp_path / "run.json"
+    try:
+        code = cli.main(["--model", "resnet18", "--image-size", "32", "--batch-size", "2,1", "--iters", "3",
+                         "--warmup", "1", "--backend", "eager,loading", "--json", str(path),
+                         "--cache-dir", str(tmp_path / "cache")])
+    finally:
+        LoadingRunner.runtime = None
+    assert code == 0, capsys.readouterr().err
+    rows = {(r["backend"], r["batch_size"]): r["costs"] for r in json.loads(path.read_text())["results"]}
+    for batch in (2, 1):
+        eager, loading = rows["eager", batch], rows["loading", batch]
+        assert abs(loading["peak_mem_mb"] - eager["peak_mem_mb"]) < 0.1 * HELD_MB
+        # loaded once, before the backend's first row; every row of it says what that cost
+        assert loading["runtime_load_mb"] == pytest.approx(HELD_MB, rel=0.10)
+        assert eager["runtime_load_mb"] < 0.1 * HELD_MB
+
+
 def test_every_ok_row_has_its_costs_and_the_file_reads_back(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert cli.main(["--model", "resnet18", "--image-size", "32", "--batch-size", "1", "--iters", "2", "--warmup", "0",
@@ -96,11 +131,30 @@ def test_the_mac_count_matches_torch_flop_counter(name, size, gmac):
     assert all(p.device.type == "cpu" for p in model.parameters())  # the count left the model as it was
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
-def test_the_gemm_probe_measures_a_rate(precision):
+@pytest.mark.parametrize(("precision", "libraries"), [
+    ("fp32", {"torch.matmul fp32", "onnxruntime MatMul fp32"}),
+    ("bf16", {"torch.matmul bf16"}),
+    ("int8", {"torch._int_mm int8", "onnxruntime MatMulInteger u8s8"}),
+])
+def test_the_gemm_probe_keeps_the_fastest_library(precision, libraries):
     measured = peak.probe(precision, torch.device("cpu"), seconds=0.05)
-    assert measured["gflops"] > 0.1
-    assert measured["how"].startswith("torch._int_mm int8" if precision == "int8" else f"torch.matmul {precision}")
+    assert set(measured["gemms"]) == libraries
+    assert all(rate > 0.1 for rate in measured["gemms"].values())
+    fastest = max(measured["gemms"], key=measured["gemms"].get)
+    assert measured["gflops"] == measured["gemms"][fastest] and measured["how"].startswith(fastest + " ")
+
+
+def test_a_gemm_that_fails_leaves_the_others_rate(monkeypatch):
+    def broken(n):
+        raise RuntimeError("no kernel\nfor this")
+
+    real = list(peak._gemms("fp32", torch.device("cpu")))[0]
+    monkeypatch.setattr(peak, "_gemms", lambda precision, device: iter([("broken", broken), real]))
+    measured = peak.probe("fp32", torch.device("cpu"), seconds=0.05)
+    assert measured["gemms"]["broken"] == "did not run: RuntimeError: no kernel for this"
+    assert measured["how"].startswith(real[0]) and measured["gflops"] > 0.1
+    monkeypatch.setattr(peak, "_gemms", lambda precision, device: iter([("broken", broken)]))
+    assert peak.probe("fp32", torch.device("cpu"))["gflops"] is None
 
 
 def test_costs_complete_with_the_rows_throughput():

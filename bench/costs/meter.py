@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from bench.costs import clocks, peak
 from bench.costs.energy import NvmlEnergy, Rapl
 from bench.costs.memory import HostMemory, NvmlMemory, TorchCudaMemory
+from resnet_perf.cli import one_line
 
 SAMPLE_S = 0.02
 
@@ -65,6 +67,16 @@ class Gauges:
         if precision not in self.peaks:
             self.peaks[precision] = peak.probe(precision, self.device)
         return self.peaks[precision]
+
+    def runtime_load(self, load: Callable[[], None]) -> dict:
+        """``load`` a backend's runtime into the process, metered: {"runtime_load_mb": the host
+        memory it added}, or {"runtime_load_error": why it failed} (its rows then fail on their own)."""
+        self.host.start()
+        try:
+            load()
+        except Exception as exc:  # noqa: BLE001 - the backend's rows report their own failure
+            return {"runtime_load_error": one_line(exc)}
+        return {"runtime_load_mb": self.host.peaks_mb()[1]}
 
     @classmethod
     def open(cls, device: torch.device) -> Gauges:
@@ -196,5 +208,6 @@ def complete(costs: dict, throughput_ips: float | None, gmac_per_image: float, p
         "achieved_gflops": achieved,
         "peak_probe_gflops": probe["gflops"],
         "peak_probe": probe["how"],
+        "peak_gemms": probe.get("gemms"),
         "pct_of_peak": 100 * achieved / probe["gflops"] if achieved and probe["gflops"] else None,
     }

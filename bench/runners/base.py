@@ -136,11 +136,18 @@ class Runner(abc.ABC):
         apply to the run too; None for a backend that runs the model itself."""
         return None
 
+    @classmethod
+    def load_runtime(cls, device: torch.device) -> None:
+        """Load what this backend's runtime loads once per process (its libraries, a compiler's
+        first compile). bench calls it before the backend's first row, so that the row which
+        happens to come first does not carry the process's one-time cost in its memory."""
+
     def __init__(self, model: nn.Module, config: RunConfig):
         # The reference model is shared by every runner: a runner copies before changing it.
         self.model = model
         self.config = config
         self.is_active = False
+        self.is_built = False
 
     def stages(self) -> list[tuple[str, Any]] | None:
         """The model as named stages, each a callable on the previous one's output (for --profile);
@@ -169,9 +176,18 @@ class Runner(abc.ABC):
         for, its streams), for the row's ``runtime``; None where there is nothing beyond the row's own fields."""
         return None
 
+    def build(self) -> None:
+        """Build the artifacts ``prepare`` loads (an ONNX export, an engine), or check the cached
+        ones. bench calls it before a row's costs are metered: an exporter's memory is not what the
+        runtime holds when it serves. ``prepare`` calls it where no one has."""
+        if not self.is_built:
+            self.build_impl()
+            self.is_built = True
+
     def prepare(self) -> None:
         if self.is_active:
             raise RuntimeError(f"{self.name}: prepare() called twice without close()")
+        self.build()
         self.prepare_impl()
         self.is_active = True
 
@@ -218,6 +234,9 @@ class Runner(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def build_impl(self) -> None:
+        """Backends that load a built artifact build it here; the rest build nothing."""
 
     @abc.abstractmethod
     def prepare_impl(self) -> None: ...

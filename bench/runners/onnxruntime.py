@@ -82,6 +82,10 @@ class OnnxRuntimeRunner(Runner):
         # The CPU provider has fp16 kernels for few ops: a fp16 graph on CPU mostly runs casts.
         return ("fp32", "int8") if device.type == "cpu" else ("fp32", "fp16", "int8")
 
+    @classmethod
+    def load_runtime(cls, device: torch.device) -> None:
+        import onnxruntime  # noqa: F401 - its libraries, loaded once per process
+
     def providers(self) -> list[Any]:
         if self.config.device.type == "cuda":
             return [("CUDAExecutionProvider", {"device_id": self.config.device.index or 0}), "CPUExecutionProvider"]
@@ -91,10 +95,13 @@ class OnnxRuntimeRunner(Runner):
         """The file the session loads (see ``onnx_file``)."""
         return onnx_file(self.config)
 
+    def build_impl(self) -> None:
+        cached_onnx(self.model, self.config)
+
     def prepare_impl(self) -> None:
         import onnxruntime as ort
 
-        path = cached_onnx(self.model, self.config)
+        path = self.onnx_path()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.config.threads

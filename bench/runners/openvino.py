@@ -119,13 +119,16 @@ class OpenVINORunner(Runner):
         c = self.config
         return c.artifacts.get("onnx") or export_path(c, "int8" if c.precision == "int8" else "fp32")
 
+    def build_impl(self) -> None:
+        cached_onnx(self.model, self.config, "int8" if self.config.precision == "int8" else "fp32")
+
     def prepare_impl(self) -> None:
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
 
         c = self.config
-        path = cached_onnx(self.model, c, "int8" if c.precision == "int8" else "fp32")
+        path = self.onnx_path()
         throughput = self.options.hint == "throughput"
         settings = {
             props.inference_num_threads: c.threads,

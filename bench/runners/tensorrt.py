@@ -73,9 +73,8 @@ class TensorRTRunner(Runner):
         gpu = re.sub(r"[^A-Za-z0-9]+", "_", tensorrt.gpu_target(c.device)["name"])
         return c.cache_dir / "tensorrt" / f"{c.artifact_stem()}-trt{tensorrt.version()}-{gpu}.plan"
 
-    def prepare_impl(self) -> None:
+    def build_impl(self) -> None:
         c = self.config
-        path = self.plan_path()
         if self.artifact not in c.artifacts:  # a given --engine was checked by check_ready already
             settings = tensorrt.BuildSettings(c.precision, BatchRange.static(c.batch_size), c.image_size,
                                               timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
@@ -83,10 +82,13 @@ class TensorRTRunner(Runner):
                       "batch": asdict(settings.batch)}
             if c.precision == "int8":
                 fields["calibration"] = c.calibration.key()
-            cached(path, fields, lambda plan: tensorrt.export_engine(
+            cached(self.plan_path(), fields, lambda plan: tensorrt.export_engine(
                 self.model, plan, settings, c.device, calibration=c.calibration,
                 calibration_cache=c.cache_dir / "calibration"))
-        self.engine = tensorrt.Engine(path, c.device)
+
+    def prepare_impl(self) -> None:
+        c = self.config
+        self.engine = tensorrt.Engine(self.plan_path(), c.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.cuda_graph = (c.options or TensorRTOptions()).cuda_graph
 

@@ -183,6 +183,12 @@ class TritonServerRunner(Runner):
             return "the hosted model runs in this process; tritonserver's own process is not counted"
         return "this client process only: the remote server's memory is not counted"
 
+    def build_impl(self) -> None:
+        options = self.config.options
+        if options.url is None:  # what the local server will host, built as that backend's own row would be
+            self.served = options.served(self.model, replace(self.config, options=options.served_options))
+            self.served.build()
+
     def prepare_impl(self) -> None:
         c, options = self.config, self.config.options
         self.hosted = self.local = self.client = None
@@ -210,7 +216,7 @@ class TritonServerRunner(Runner):
     def _start_local(self, options: ServerOptions) -> None:
         """The hosted backend prepared and timed on its own (the direct time), then served."""
         c = self.config
-        self.hosted = options.served(self.model, replace(self.config, options=options.served_options))
+        self.hosted = self.served
         self.hosted.prepare()
         batch = torch.randn(c.input_shape, generator=torch.Generator().manual_seed(0))
         # Host batch to host logits, as the server calls it.
