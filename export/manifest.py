@@ -67,6 +67,8 @@ def write_manifest(artifact: str | os.PathLike, fields: dict) -> dict:
 
 def load_manifest(artifact: str | os.PathLike) -> dict:
     """The manifest of ``artifact`` after checking that the file is the one it describes."""
+    if not Path(artifact).name:
+        raise ManifestError(f"{str(artifact)!r}: give a file")
     artifact = Path(artifact)
     path = manifest_path(artifact)
     if not artifact.is_file():
