@@ -121,8 +121,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG: throughput and latency against batch size")
     p.add_argument("--cache-dir", default=str(default_cache_dir()),
                    help="where exported ONNX files and TensorRT engines are kept between runs")
-    p.add_argument("--profile", action="store_true",
-                   help="also time each stage of the model (stem, layer1..4, head) where the backend has stages")
+    p.add_argument("--profile", nargs="?", const="stages", choices=("stages", "layers"), default=None,
+                   help="also time each stage of the model (stem, layer1..4, head; a bare --profile), or each layer "
+                        "from the backend's own profiler, lined up by PyTorch module across backends (layers)")
+    p.add_argument("--profile-calls", type=positive_int, default=10,
+                   help="with --profile layers: the profiled calls, separate from the timed ones (default 10)")
+    p.add_argument("--profile-dir", default=None, metavar="DIR",
+                   help="with --profile layers: keep each row's raw trace here (torch Chrome trace, onnxruntime's "
+                        "JSON, OpenVINO's counters), for Perfetto or chrome://tracing")
     p.add_argument("--sensitivity", action="store_true",
                    help="with --precision int8: rank the layers by how much INT8 costs them (onnxruntime)")
     p.add_argument("--repeat", type=positive_int, default=1,
@@ -311,6 +317,10 @@ def check_scenario(args: argparse.Namespace) -> None:
         raise UsageError("--max-batch and --batch-size both set the server's batch: give one")
     if args.profile and args.scenario != "offline":
         raise UsageError("--profile times the stages in the fixed-batch loop: use it with --scenario offline")
+    if args.profile_dir is not None:
+        if args.profile != "layers":
+            raise UsageError("--profile-dir keeps the traces of --profile layers: add it")
+        check_directory("--profile-dir", args.profile_dir)
 
 
 def fixed_model(args: argparse.Namespace, models: list[str], image_size: int, seed: int,
@@ -450,7 +460,8 @@ def resolve(args: argparse.Namespace) -> Plan:
         tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,
         Path(args.cache_dir), env, options={name: options[name] for name in backends},
         artifacts=artifacts, not_run=not_run,
-        loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile),
+        loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile,
+                  args.profile_calls, Path(args.profile_dir) if args.profile_dir else None),
         scenario=ScenarioSettings(args.scenario, args.duration, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
         find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,

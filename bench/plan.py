@@ -39,7 +39,9 @@ class Loop:
     repeat: int = 1  # measure the row this many times over and report the spread
     noise_threshold: float = 0.05  # a row whose samples' std/mean exceeds this is flagged noisy
     host_io: bool = False  # time the host-device copies too (CUDA)
-    profile: bool = False  # also time each stage of the model
+    profile: str | None = None  # also time each stage of the model ("stages") or each layer ("layers")
+    profile_calls: int = 10  # the calls a layer profile runs, apart from the timed ones
+    profile_dir: Path | None = None  # where a layer profile's raw traces are kept
 
 
 @dataclass(frozen=True)

@@ -57,3 +57,45 @@ def write_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+
+
+def layer_stages(profile: dict) -> dict[str, float]:
+    """A layer profile (a row's ``profile.layers``) summed by ResNet stage, with the time on no line
+    and between layers beside them: ms per call, adding up to the call's wall time."""
+    from bench.layers.groups import stage_of
+
+    stages = dict.fromkeys(STAGES, 0.0)
+    for anchor, line in profile["lines"].items():
+        stages[stage_of(anchor)] += line["ms"]
+    return {**stages, "unattributed": profile["unattributed_ms"], "between layers": profile["outside_layers_ms"]}
+
+
+def write_layer_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    """Stacked bars, one per row with a layer profile: its profiled call's time by ResNet stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profiled = [r for r in rows if (r.get("profile") or {}).get("layers")]
+    if not profiled:
+        raise ValueError("no row with a layer profile to plot")
+    labels = [f"{r['model']} {r['backend']} {r['precision']} b{r['batch_size']}" for r in profiled]
+    stacks = [layer_stages(r["profile"]["layers"]) for r in profiled]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(profiled) + 3), 4.8), constrained_layout=True)
+    bottom = [0.0] * len(profiled)
+    for i, part in enumerate(stacks[0]):
+        heights = [max(s[part], 0.0) for s in stacks]  # a runtime's counters can overrun the wall a little
+        ax.bar(labels, heights, bottom=bottom, label=part, color=f"C{i % 10}")
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_ylabel("ms per profiled call")
+    ax.set_title("where a call's time goes, by ResNet stage (profiled calls, not the timed ones)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.layers import table as layers
 from resnet_perf.atomic import publish, staging_dir, write_text
 from resnet_perf.cli import UsageError, check_directory, one_line, output_file
 from resnet_perf.cpu import describe
@@ -54,7 +55,7 @@ class Row:
     cv: float | None = None  # coefficient of variation of samples_ms: std / mean
     noisy: bool | None = None  # cv above the run's --noise-threshold: the figures are less trustworthy
     repeats: list[float] | None = None  # with --repeat: the throughput of each repetition
-    profile: dict | None = None  # with --profile: median ms of each stage (stem, layer1..4, head)
+    profile: dict | None = None  # --profile: {"stages": median ms of each} or {"layers": bench.layers' profile}
     sensitivity: dict | None = None  # with --sensitivity, on int8 onnxruntime rows: per-layer INT8 cost
     accuracy: dict | None = None  # with --eval-data: top-1/top-5 on labelled images, and the fp32 model's
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
@@ -244,15 +245,14 @@ def table(rows: list[Row]) -> Table:
 
 def profile_table(rows: list[Row]) -> Table:
     """--profile: where each backend spends its time, stage by stage, and each stage's share."""
-    stages = next(r.profile for r in rows if r.profile)
+    profiled = [r for r in rows if r.profile and r.profile.get("stages")]
     grid = Table(title="per-stage time, ms (share of the stages' sum)", title_justify="left")
-    for name in ("model", "backend", "prec", "batch", *stages, "sum"):
+    for name in ("model", "backend", "prec", "batch", *profiled[0].profile["stages"], "sum"):
         grid.add_column(name, justify="left" if name in ("model", "backend", "prec") else "right")
-    for r in rows:
-        if r.profile:
-            total = sum(r.profile.values())
-            cells = [f"{ms:.2f} ({ms / total:.0%})" for ms in r.profile.values()]
-            grid.add_row(r.model, r.backend, r.precision, str(r.batch_size), *cells, f"{total:.2f}")
+    for r in profiled:
+        total = sum(r.profile["stages"].values())
+        cells = [f"{ms:.2f} ({ms / total:.0%})" for ms in r.profile["stages"].values()]
+        grid.add_row(r.model, r.backend, r.precision, str(r.batch_size), *cells, f"{total:.2f}")
     return grid
 
 
@@ -374,8 +374,16 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
     out.print(f"[dim]{escape(machine_line(plan.env))}[/dim]", highlight=False)
     out.print(f"[dim]{escape(costs_line(plan.env))}[/dim]", highlight=False)
     out.print(table(rows))
-    if any(r.profile for r in rows):
+    if any(r.profile and r.profile.get("stages") for r in rows):
         out.print(profile_table(rows))
+    for grid in layers.side_by_side(rows):
+        out.print(grid)
+    for r in rows:
+        if r.profile and r.profile.get("layers"):
+            out.print(layers.top_layers(r))
+        elif r.profile and "reason" in r.profile:
+            out.print(f"[dim]no layer profile: {r.backend} {r.precision} b{r.batch_size}: {escape(r.profile['reason'])}[/dim]",
+                      highlight=False)
     if any(r.serving for r in rows):
         out.print(serving_table(rows))
     for row in rows:
@@ -505,7 +513,7 @@ def write_report(runs: list[str], output: str) -> Path:
     plot of each) written to ``output``/report.md; returns its path. Every file is read and checked
     before anything is written (UsageError), and the report and its plots are built in a staging
     folder and moved in together, so a failure leaves no half-built report."""
-    from bench.plot import write_plot
+    from bench.plot import write_layer_plot, write_plot
 
     documents = [(Path(path), load(path)) for path in runs]
     folder = check_directory("--output", output)
@@ -514,15 +522,20 @@ def write_report(runs: list[str], output: str) -> Path:
     names = [stem if stems.count(stem) == 1 else f"{stem}-{i + 1}" for i, stem in enumerate(stems)]
     plots = [f"{name}.png" if any(r["status"] == "ok" for r in document["results"]) else None
              for name, (_, document) in zip(names, documents)]
-    for name in ("report.md", *filter(None, plots)):
+    layer_plots = [f"{name}-layers.png" if any((r.get("profile") or {}).get("layers") for r in document["results"])
+                   else None for name, (_, document) in zip(names, documents)]
+    for name in ("report.md", *filter(None, plots), *filter(None, layer_plots)):
         output_file("--output", os.path.join(output, name))
     sections = ["# resnet-perf report", ""]
     with staging_dir(folder) as stage:
-        for (path, document), name, plot in zip(documents, names, plots):
+        for (path, document), name, plot, layer_plot in zip(documents, names, plots, layer_plots):
             if plot:
                 write_plot(document["results"], stage / plot, name)
             title = path.name if name == path.stem else str(path)
             sections.append(to_markdown(rows_from_json(document), document["env"], title, plot))
+            if layer_plot:
+                write_layer_plot(document["results"], stage / layer_plot, name)
+                sections.append(f"![time per profiled call by ResNet stage, per backend]({layer_plot})\n")
         write_text(stage / "report.md", "\n".join(sections))
         publish(stage, folder)
     return Path(output) / "report.md"

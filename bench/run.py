@@ -263,20 +263,35 @@ def loop_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop, costs: R
 
 
 def profile_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop) -> None:
-    """The median time of each stage of the model (stem, layer1..4, head) on the backend, each fed
-    the previous stage's real output. Backends that run the model whole have no stages."""
-    stages = runner.stages()
-    if stages is None:
+    """--profile, after the row's timed calls and apart from them: profiling perturbs what it
+    measures, so the row's figures never come from these calls."""
+    if loop.profile == "layers":
+        trace = None if loop.profile_dir is None else loop.profile_dir / f"{'-'.join(map(str, row_key(row)))}.json"
+        try:
+            profile = runner.profile_layers(runner.to_input(batch), loop.profile_calls, trace)
+        except Exception as exc:  # noqa: BLE001 - a profiler's failure leaves the row's own figures standing
+            row.profile = {"layers": None, "reason": str(exc) if isinstance(exc, NotImplementedError) else one_line(exc)}
+        else:
+            row.profile = {"layers": profile.to_json()}
         return
-    x, row.profile = runner.to_input(batch), {}
+    stages = runner.stages()
+    if stages is not None:
+        row.profile = {"stages": stage_times(runner, stages, batch, loop)}
+
+
+def stage_times(runner: Runner, stages: list, batch: torch.Tensor, loop: Loop) -> dict[str, float]:
+    """The median time of each stage of the model (stem, layer1..4, head) on the backend, each fed
+    the previous stage's real output."""
+    x, times = runner.to_input(batch), {}
     for name, stage in stages:
         def call(stage=stage, x=x):
             with torch.inference_mode():
                 return stage(x)
 
         measured = timing.measure(call, runner.config.device, warmup=loop.warmup, iters=loop.iters)
-        row.profile[name] = float(np.median(measured.samples_ms))
+        times[name] = float(np.median(measured.samples_ms))
         x = call()
+    return times
 
 
 def loadgen_row(runner: Runner, row: Row, inputs: torch.Tensor, plan: Plan, costs: RowMeter) -> None:

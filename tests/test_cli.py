@@ -69,6 +69,7 @@ def run_cli(capsys, *argv):
         (["--json", "/tmp/rp-same.out", "--csv", "/tmp/rp-same.out"],
          "--csv /tmp/rp-same.out is also --json's file: give each output its own"),
         (["--onnx", "/nonexistent.onnx"], "--onnx /nonexistent.onnx: no such file"),
+        (["--onnx", ""], "--onnx '': give a file"),
         (["--engine", "/nonexistent.plan"], "--engine /nonexistent.plan: no such file"),
     ],
 )

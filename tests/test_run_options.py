@@ -122,8 +122,8 @@ def test_profile_times_each_stage_where_the_backend_has_stages(capsys, tmp_path)
     assert cli.main([*SMALL, "--backend", "eager,onnxruntime", "--batch-size", "2", "--profile", "--json", str(path),
                      "--cache-dir", str(tmp_path / "cache")]) == 0
     eager, onnxruntime = json.loads(path.read_text())["results"]
-    assert list(eager["profile"]) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
-    assert all(ms > 0 for ms in eager["profile"].values())
+    assert list(eager["profile"]["stages"]) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert all(ms > 0 for ms in eager["profile"]["stages"].values())
     assert onnxruntime["profile"] is None  # one opaque session: no stages to time
     assert "per-stage time" in capsys.readouterr().out
 

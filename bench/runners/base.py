@@ -20,7 +20,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from export.quantize import Calibration
 from resnet_perf.cpu import native_bf16
 from resnet_perf.precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from bench.layers.profile import LayerProfile
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,12 @@ class Runner(abc.ABC):
         """The model as named stages, each a callable on the previous one's output (for --profile);
         None where the backend runs the model as one opaque whole (an ONNX session, an engine)."""
         return None
+
+    def profile_layers(self, inputs: Any, calls: int, trace: Path | None) -> LayerProfile:
+        """``calls`` profiled calls on ``inputs`` (from ``to_input``), each layer's time from the
+        runtime's own profiler, mapped to the model's modules; the raw trace written to ``trace``
+        where given. Backends whose runtime reports no layers raise NotImplementedError saying so."""
+        raise NotImplementedError(f"{self.name} reports no per-layer times")
 
     @property
     def timing_note(self) -> str | None:

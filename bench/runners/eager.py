@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
+from bench.layers.profile import LayerProfile
+from bench.layers.torch_modules import profile_module
 from bench.runners.base import TorchRunner
 
 
@@ -17,6 +21,9 @@ class EagerRunner(TorchRunner):
     def run_impl(self, inputs: Tensor) -> Tensor:
         with torch.inference_mode():
             return self.module(inputs)
+
+    def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
+        return profile_module(self.module, lambda: self.run(inputs), calls, self.config.device, trace)
 
     def close_impl(self) -> None:
         del self.module

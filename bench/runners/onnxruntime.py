@@ -3,7 +3,11 @@ optimisation on; the CPU execution provider on cpu, the CUDA provider on cuda.""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
+import re
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,10 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.layers.onnx_nodes import attribute, node_lines
+from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunConfig, Runner
 from export.manifest import cached
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
 from export.quantize import quantize_onnx, weight_bits
+from resnet_perf.atomic import write_text
 from resnet_perf.precision import PRECISIONS
 
 
@@ -98,20 +105,27 @@ class OnnxRuntimeRunner(Runner):
     def build_impl(self) -> None:
         cached_onnx(self.model, self.config)
 
-    def prepare_impl(self) -> None:
+    def _session(self, profile_prefix: Path | None = None) -> Any:
+        """The row's session; with ``profile_prefix``, one that profiles every node of every run
+        into a JSON trace there (a session of its own: profiling is set when a session is made)."""
         import onnxruntime as ort
 
-        path = self.onnx_path()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.config.threads
         options.log_severity_level = 3  # errors only: provider fallbacks are checked below instead
-        self.session = ort.InferenceSession(str(path), options, providers=self.providers())
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_prefix)
+        session = ort.InferenceSession(str(self.onnx_path()), options, providers=self.providers())
         wanted = self.providers()[0]
         wanted = wanted[0] if isinstance(wanted, tuple) else wanted
-        if self.session.get_providers()[0] != wanted:
-            raise RuntimeError(f"onnxruntime fell back to {self.session.get_providers()[0]} instead of {wanted}")
+        if session.get_providers()[0] != wanted:
+            raise RuntimeError(f"onnxruntime fell back to {session.get_providers()[0]} instead of {wanted}")
+        return session
 
+    def prepare_impl(self) -> None:
+        self.session = self._session()
         # IOBinding hands onnxruntime our tensors' memory: no copy into or out of the session
         # inside the timed call, on CPU and on CUDA alike.
         self.binding = self.session.io_binding()
@@ -120,6 +134,41 @@ class OnnxRuntimeRunner(Runner):
         self.output = torch.empty((self.config.batch_size, classes), dtype=self.config.dtype, device=self.config.device)
         self._bind(self.binding.bind_output, OUTPUT_NAME, self.output)
         self.bound_input: Tensor | None = None
+
+    def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
+        """onnxruntime's own profiler (SessionOptions.enable_profiling) on a session of its own:
+        every node's kernel time in every run, the warm-up run left out. Its node names are the
+        optimized graph's: an original node's, or for a fused NCHWc convolution the name of the
+        original tensor it ends in plus ``_nchwc``."""
+        with tempfile.TemporaryDirectory() as folder:
+            session = self._session(Path(folder) / "onnxruntime")
+            binding = session.io_binding()
+            self._bind(binding.bind_input, INPUT_NAME, inputs)
+            output = torch.empty_like(self.output)  # held here: the binding holds only its address
+            self._bind(binding.bind_output, OUTPUT_NAME, output)
+            run = functools.partial(session.run_with_iobinding, binding)
+            run()
+            wall_ms = mean_wall_ms(run, calls, self.config.device)
+            text = Path(session.end_profiling()).read_text()
+        if trace is not None:
+            write_text(trace, text)
+        events = json.loads(text)
+        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[1:]
+        kernel_us: dict[str, float] = {}
+        kinds: dict[str, str] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and any(a <= e["ts"] <= b for a, b in runs):
+                name = e["name"].removesuffix("_kernel_time")
+                kernel_us[name] = kernel_us.get(name, 0.0) + e["dur"]
+                kinds[name] = e["args"].get("op_name", "?")
+        # A fused node keeps the name of the node (QLinearConv: node_Conv_313_token_42) or of the
+        # tensor (NCHWc: relu_3_nchwc) it ends in, plus a suffix.
+        claimed = {name: [re.sub(r"(_token_\d+|_nchwc)$", "", name)] for name in kernel_us}
+        mapped = attribute(claimed, node_lines(self.onnx_path(), self.model))
+        return LayerProfile(
+            source="onnxruntime SessionOptions.enable_profiling, per node of the optimized graph",
+            calls=len(runs), wall_ms=wall_ms, trace=None if trace is None else str(trace),
+            layers=[RuntimeLayer(name, kinds[name], us / len(runs) / 1e3, *mapped[name]) for name, us in kernel_us.items()])
 
     def _bind(self, bind: Any, name: str, tensor: Tensor) -> None:
         device = self.config.device

@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import json
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,8 +38,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.layers.onnx_nodes import attribute, node_lines
+from bench.layers.profile import LayerProfile, RuntimeLayer
 from bench.runners.base import RunContext, Runner
 from bench.runners.onnxruntime import cached_onnx, export_path
+from resnet_perf.atomic import write_text
 from resnet_perf.cli import UsageError
 
 # OpenVINO's name for each precision a row may run in, as its runtime graph reports it.
@@ -122,24 +127,32 @@ class OpenVINORunner(Runner):
     def build_impl(self) -> None:
         cached_onnx(self.model, self.config, "int8" if self.config.precision == "int8" else "fp32")
 
-    def prepare_impl(self) -> None:
+    def _compile(self, profiling: bool = False) -> Any:
+        """The row's ONNX compiled for the CPU plugin with the row's settings; with ``profiling``,
+        with its per-layer performance counters on (PERF_COUNT), which a timed model must not carry."""
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
 
         c = self.config
-        path = self.onnx_path()
         throughput = self.options.hint == "throughput"
         settings = {
             props.inference_num_threads: c.threads,
             hints.performance_mode: hints.PerformanceMode.THROUGHPUT if throughput else hints.PerformanceMode.LATENCY,
             # An int8 model's layers left unquantized run in f32, not in the bf16 OpenVINO would pick.
             hints.inference_precision: ov.Type.bf16 if c.precision == "bf16" else ov.Type.f32,
+            props.enable_profiling: profiling,
         }
         if self.options.streams is not None:
             settings[props.num_streams] = self.options.streams
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", settings)
+        return core.compile_model(core.read_model(str(self.onnx_path())), "CPU", settings)
+
+    def prepare_impl(self) -> None:
+        import openvino as ov
+
+        throughput = self.options.hint == "throughput"
+        self.compiled = self._compile()
         self.runtime = self._what_ran()
 
         count = (self.options.requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
@@ -204,6 +217,36 @@ class OpenVINORunner(Runner):
 
     def to_logits_impl(self, outputs: Any) -> Tensor:
         return torch.from_numpy(outputs)
+
+    def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
+        """The CPU plugin's performance counters (PERF_COUNT) on a model compiled with them, one
+        synchronous request: each executed layer of its runtime graph, the kernel it chose
+        (``brgconv_avx512_1x1_I8``), and the ONNX nodes it fused (``originalLayersNames``)."""
+        compiled = self._compile(profiling=True)
+        request = compiled.create_infer_request()
+        request.set_input_tensor(self.shared_tensor(inputs.numpy(), shared_memory=True))
+        request.infer()
+        wall_s, counted = 0.0, {}
+        for _ in range(calls):
+            start = time.perf_counter()
+            request.infer()
+            wall_s += time.perf_counter() - start
+            for info in request.get_profiling_info():  # the last call's counters: read after each
+                if info.status == info.Status.EXECUTED:
+                    seconds, _ = counted.get(info.node_name, (0.0, info.exec_type))
+                    counted[info.node_name] = seconds + info.real_time.total_seconds(), info.exec_type
+        fused = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str)
+                 for op in compiled.get_runtime_model().get_ordered_ops()}
+        # Its layers are named after the ONNX nodes, some with a suffix (node_Conv_291/WithoutBiases).
+        claimed = {name: [n.split("/")[0] for n in fused.get(name, "").split(",") if n] for name in counted}
+        mapped = attribute(claimed, node_lines(self.onnx_path(), self.model))
+        layers = [RuntimeLayer(name, kind, seconds / calls * 1e3, *mapped[name]) for name, (seconds, kind) in counted.items()]
+        if trace is not None:
+            write_text(trace, json.dumps([{"layer": layer.name, "exec_type": layer.kind, "ms_per_call": layer.ms,
+                                           "original_layers": fused.get(layer.name, "")} for layer in layers], indent=1))
+        return LayerProfile(source="OpenVINO PERF_COUNT, per layer of the CPU plugin's runtime graph", calls=calls,
+                            wall_ms=wall_s / calls * 1e3, layers=layers, trace=None if trace is None else str(trace),
+                            notes=["one synchronous request"] if self.options.hint == "throughput" else [])
 
     def close_impl(self) -> None:
         del self.queue, self.compiled

@@ -1,0 +1,116 @@
+"""--profile layers: each backend's layers from its own profiler, mapped back to the PyTorch modules
+they compute and lined up across backends; the line rule, the ONNX node mapping and the
+attribution of fused layers checked on their own, then the whole run on resnet18."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench.__main__ as cli
+import resnet_perf
+from bench.layers.groups import Op, label, lines, stage_of
+from bench.layers.onnx_nodes import ANCHORS, NodeLine, attribute, node_lines
+from bench.plot import layer_stages
+from bench.runners import RUNNERS, RunConfig
+
+SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "0", "--iters", "2",
+         "--profile", "layers", "--profile-calls", "3"]
+
+
+def test_ops_join_the_latest_anchor_on_their_path():
+    ops = [Op("conv1", True), Op("bn1", False), Op("relu", False), Op("maxpool", True),
+           Op("layer1.0.conv1", True), Op("layer1.0.bn1", False), Op("layer1.0.relu", False),
+           Op("layer1.0.conv2", True), Op("layer1.0.bn2", False),
+           Op("layer1.0.downsample.0", True), Op("layer1.0.downsample.1", False),
+           Op("layer1.0.add", False), Op("layer1.0.relu", False), Op("avgpool", True), Op("view", False), Op("fc", True)]
+    assert lines(ops) == ["conv1"] * 3 + ["maxpool"] + ["layer1.0.conv1"] * 3 + ["layer1.0.conv2"] * 2 + \
+        ["layer1.0.downsample.0"] * 2 + ["layer1.0.conv2"] * 2 + ["avgpool"] * 2 + ["fc"]
+    assert label(["layer1.0.conv2", "layer1.0.bn2", "layer1.0.add", "layer1.0.relu"]) == "layer1.0.conv2+bn2+add+relu"
+    assert label(["layer1.0.downsample.0", "layer1.0.downsample.1"]) == "layer1.0.downsample.0+1"
+    assert [stage_of(a) for a in ("conv1", "maxpool", "layer3.1.conv2", "avgpool", "fc")] == \
+        ["stem", "stem", "layer3", "head", "head"]
+
+
+@pytest.fixture(scope="module")
+def resnet18_onnx(tmp_path_factory):
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    config = RunConfig("resnet18-layers", torch.device("cpu"), "fp32", 2, 32, 2, tmp_path_factory.mktemp("cache"))
+    runner = RUNNERS["onnxruntime"](model, config)
+    runner.build()
+    return model, runner.onnx_path()
+
+
+def test_every_onnx_node_of_the_export_maps_to_its_modules(resnet18_onnx):
+    model, path = resnet18_onnx
+    nodes = node_lines(path, model)
+    anchors = [name for name, m in model.named_modules() if isinstance(m, ANCHORS)]
+    assert sorted({n.line for n in nodes.values()}) == sorted(anchors)  # 20 convs, 2 pools, fc: every node on one
+    conv = next(n for n in nodes.values() if "layer1.0.conv1" in n.members)
+    assert conv.members == ("layer1.0.conv1", "layer1.0.bn1")  # the exporter folded the BatchNorm into it
+    residual = next(n for n in nodes.values() if "layer2.0.add" in n.members)
+    assert residual.line == "layer2.0.conv2"  # the add joins its main path, not the shortcut beside it
+
+
+def test_a_fused_layer_names_every_module_it_absorbed_and_an_unknown_one_is_kept():
+    nodes = {"conv": NodeLine("layer1.0.conv2", ("layer1.0.conv2", "layer1.0.bn2"), ("c",)),
+             "add": NodeLine("layer1.0.conv2", ("layer1.0.add",), ("a",)),
+             "relu": NodeLine("layer1.0.conv2", ("layer1.0.relu",), ("r",)),
+             "pool": NodeLine("avgpool", ("avgpool",), ("p",))}
+    # onnxruntime names a fused conv after the tensor it ends in (r); the add it absorbed says nothing
+    mapped = attribute({"r_fused": ["r"], "pool": ["pool"], "Reorder": ["nothing-we-know"]}, nodes)
+    assert mapped["r_fused"] == ("layer1.0.conv2", ("layer1.0.conv2", "layer1.0.bn2", "layer1.0.add", "layer1.0.relu"))
+    assert mapped["pool"] == ("avgpool", ("avgpool",))
+    assert mapped["Reorder"] == (None, ())
+
+
+def test_profile_layers_lines_up_every_backend_by_module(capsys, tmp_path):
+    path, traces = tmp_path / "run.json", tmp_path / "traces"
+    assert cli.main([*SMALL, "--backend", "eager,compile,onnxruntime,openvino", "--json", str(path),
+                     "--profile-dir", str(traces), "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "time per layer" in out and "slowest layers" in out and "between layers" in out
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    leaves = {name for name, m in model.named_modules() if name and not any(m.children())}
+    rows = {r["backend"]: r for r in json.loads(path.read_text())["results"]}
+    assert rows["compile"]["profile"] == {"layers": None, "reason": "compile reports no per-layer times"}
+    for backend in ("eager", "onnxruntime", "openvino"):
+        p = rows[backend]["profile"]["layers"]
+        assert p["calls"] == 3
+        modules = {m for line in p["lines"].values() for m in line["members"]}
+        assert leaves <= modules, (backend, leaves - modules)
+        assert set(p["lines"]) == {n for n, m in model.named_modules() if isinstance(m, ANCHORS)}
+        # nothing dropped: the lines and the unattributed layers are all the layers
+        assert sum(line["ms"] for line in p["lines"].values()) + p["unattributed_ms"] == pytest.approx(p["layer_ms"])
+        assert p["layer_ms"] + p["outside_layers_ms"] == pytest.approx(p["wall_ms"])
+        assert json.loads((traces / p["trace"].rsplit("/", 1)[-1]).read_text())  # written, and it parses
+    assert "traceEvents" in json.loads(Path(rows["eager"]["profile"]["layers"]["trace"]).read_text())
+    fused = rows["openvino"]["profile"]["layers"]["lines"]["layer1.0.conv2"]
+    assert fused["label"] == "layer1.0.conv2+bn2+add+relu"  # OpenVINO's one fused layer names all four
+    for backend in ("eager", "onnxruntime", "openvino"):
+        p = rows[backend]["profile"]["layers"]
+        assert sum(layer_stages(p).values()) == pytest.approx(p["wall_ms"])  # the report's bars add up
+    assert cli.main(["report", str(path), "--output", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "run-layers.png").stat().st_size > 0
+    assert "(run-layers.png)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_int8_layers_map_through_the_quantized_graph(tmp_path):
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "onnxruntime,openvino", "--precision", "int8", "--json", str(path),
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    for r in json.loads(path.read_text())["results"]:
+        p = r["profile"]["layers"]
+        assert len(p["lines"]) == 23  # QLinearConv / OpenVINO's int8 convolutions, back on their modules
+        assert p["unattributed_ms"] < 0.2 * p["layer_ms"]
+        kinds = {layer["kind"] for layer in p["layers"]}
+        assert ("QLinearConv" in kinds) if r["backend"] == "onnxruntime" else any("I8" in k for k in kinds)
+
+
+def test_profile_dir_needs_a_layer_profile(capsys, tmp_path):
+    code = cli.main(["--model", "resnet18", "--profile", "stages", "--profile-dir", str(tmp_path)])
+    assert code == 2
+    assert "--profile-dir keeps the traces of --profile layers" in capsys.readouterr().err
