@@ -7,11 +7,14 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bench.layers.compiled import profile_compiled
+from bench.layers.profile import LayerProfile
 from bench.runners.base import RunContext, TorchRunner
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -67,6 +70,9 @@ class CompileRunner(TorchRunner):
         with torch._inductor.config.patch(freezing=True), torch.inference_mode():
             compiled(example)
         return compiled
+
+    def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
+        return profile_compiled(self.module, lambda: self.run(inputs), inputs, calls, self.config.device, trace)
 
     def run_impl(self, inputs: Tensor) -> Tensor:
         with torch.inference_mode():
