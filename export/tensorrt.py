@@ -15,7 +15,9 @@ works without it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,8 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, devi
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
     config.builder_optimization_level = settings.optimization_level
+    # Each layer's ONNX nodes in the engine, for the inspector: what --profile layers maps by.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if settings.precision == "fp16" and not typed:
         config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10.x only: weak typing
     if settings.precision == "int8" and not typed:
@@ -151,6 +155,19 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, devi
     }
 
 
+def write_source_onnx(model: nn.Module, onnx_path: Path, settings: BuildSettings, opset: int = DEFAULT_OPSET,
+                      calibration: Calibration | None = None, calibration_cache: Path | None = None) -> dict | None:
+    """The ONNX an engine of ``settings`` is built from, written to ``onnx_path`` (for int8,
+    quantized with ``calibration``, symmetric, as TensorRT needs); returns the quantization's
+    description, or None. The export is deterministic: written again, it names the same nodes."""
+    if settings.precision == "int8":
+        return export_quantized(model, onnx_path, batch=settings.batch, image_size=settings.image_size, opset=opset,
+                                calibration=calibration, flavour="tensorrt", cache_dir=calibration_cache)
+    export_onnx(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
+                precision=source_precision(version(), settings.precision), opset=opset)
+    return None
+
+
 def export_engine(model: nn.Module, plan_path: Path, settings: BuildSettings, device: torch.device,
                   opset: int = DEFAULT_OPSET, calibration: Calibration | None = None,
                   calibration_cache: Path | None = None) -> dict:
@@ -158,16 +175,9 @@ def export_engine(model: nn.Module, plan_path: Path, settings: BuildSettings, de
     symmetric, as TensorRT needs) and build the engine from it; returns the manifest fields that
     describe the engine: its I/O, the build, the quantization, and the TensorRT and GPU it is for."""
     trt_version = version()
-    quantization = None
     with tempfile.TemporaryDirectory(prefix="resnet-perf-") as tmp:
         onnx_path = Path(tmp) / "source.onnx"
-        if settings.precision == "int8":
-            quantization = export_quantized(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
-                                            opset=opset, calibration=calibration, flavour="tensorrt",
-                                            cache_dir=calibration_cache)
-        else:
-            export_onnx(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
-                        precision=source_precision(trt_version, settings.precision), opset=opset)
+        quantization = write_source_onnx(model, onnx_path, settings, opset, calibration, calibration_cache)
         build = build_engine(onnx_path, plan_path, settings, device)
         # A strongly typed engine's I/O has the ONNX graph's types; a weakly typed fp16 one keeps fp32 I/O.
         return {
@@ -236,6 +246,35 @@ class Engine:
         """Queue one inference on the engine's stream, on the tensors last bound."""
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise TensorRTError("execute_async_v3 failed (TensorRT's log says why)")
+
+    def profile(self) -> dict[str, float]:
+        """Time every layer from now on with TensorRT's IProfiler on this engine's context (give the
+        context over to profiling: a profiled engine is not for timing); returns the dict that sums
+        each layer's ms over the runs, by TensorRT's layer name."""
+        trt = _import()
+
+        class LayerTimes(trt.IProfiler):
+            def __init__(self):
+                super().__init__()
+                self.ms: dict[str, float] = {}
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                self.ms[layer_name] = self.ms.get(layer_name, 0.0) + ms
+
+        self._profiler = LayerTimes()  # the context keeps no reference of its own
+        self.context.profiler = self._profiler
+        return self._profiler.ms
+
+    def layer_nodes(self) -> dict[str, list[str]]:
+        """Each layer of the engine by name, with the ONNX nodes it was built from, as the engine
+        inspector reports them (``[ONNX Layer: node_Conv_291]`` in each layer's metadata, where the
+        engine was built with detailed profiling verbosity; else nothing)."""
+        trt = _import()
+        inspector = self.engine.create_engine_inspector()
+        inspector.execution_context = self.context
+        layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)).get("Layers", [])
+        return {layer["Name"]: re.findall(r"\[ONNX Layer: ([^\]]+)\]", layer.get("Metadata", ""))
+                for layer in layers if isinstance(layer, dict)}
 
     def __call__(self, x: Tensor) -> Tensor:
         """Infer on ``x``, ordered after the current stream's work and before what it queues next."""

@@ -83,3 +83,16 @@ def test_runner_builds_caches_and_matches_the_reference(tmp_path, precision, cud
         assert runner.plan_path().exists() and manifest_path(runner.plan_path()).exists()
         logits = predict(runner.infer, x, 4)
     assert compare(reference, logits, precision)["passed"]
+
+
+def test_layer_profile_maps_every_engine_layer_to_modules(tmp_path):
+    import bench.__main__ as bench_cli
+
+    path = tmp_path / "run.json"
+    assert bench_cli.main([*SMALL, "--device", "cuda", "--backend", "tensorrt", "--batch-size", "2", "--iters", "2",
+                           "--profile", "layers", "--profile-dir", str(tmp_path / "traces"), "--json", str(path),
+                           "--cache-dir", str(tmp_path / "cache")]) == 0
+    profile = json.loads(path.read_text())["results"][0]["profile"]["layers"]
+    assert len(profile["lines"]) == 23 and profile["notes"] == []  # every conv, both pools and fc, exact names
+    assert profile["unattributed_ms"] < 0.2 * profile["layer_ms"]
+    assert json.loads((tmp_path / "traces").glob("*.json").__next__().read_text())["onnx_nodes"]

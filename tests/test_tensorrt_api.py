@@ -36,6 +36,7 @@ OBJECTS = {
     "self._runtime": "Runtime",
     "self.engine": "ICudaEngine",
     "self.context": "IExecutionContext",
+    "inspector": "EngineInspector",
 }
 # Names TensorRT 11 removed, used only where the version check says 10.x.
 TENSORRT_10_ONLY = {"BuilderFlag.FP16", "BuilderFlag.INT8"}

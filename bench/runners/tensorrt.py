@@ -10,7 +10,9 @@ small batches.
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.layers.onnx_nodes import attribute, node_lines
+from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunContext, Runner
 from export import tensorrt
-from export.manifest import ManifestError, cached, check_engine_target, load_manifest
+from export.manifest import ManifestError, cached, check_engine_target, load_manifest, sha256_file
 from export.onnx import BatchRange
+from resnet_perf.atomic import write_text
 from resnet_perf.cli import UsageError
 
 
@@ -73,11 +78,15 @@ class TensorRTRunner(Runner):
         gpu = re.sub(r"[^A-Za-z0-9]+", "_", tensorrt.gpu_target(c.device)["name"])
         return c.cache_dir / "tensorrt" / f"{c.artifact_stem()}-trt{tensorrt.version()}-{gpu}.plan"
 
+    def _settings(self) -> tensorrt.BuildSettings:
+        c = self.config
+        return tensorrt.BuildSettings(c.precision, BatchRange.static(c.batch_size), c.image_size,
+                                      timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
+
     def build_impl(self) -> None:
         c = self.config
         if self.artifact not in c.artifacts:  # a given --engine was checked by check_ready already
-            settings = tensorrt.BuildSettings(c.precision, BatchRange.static(c.batch_size), c.image_size,
-                                              timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
+            settings = self._settings()
             fields = {"format": "tensorrt", "model": c.model_id, "precision": c.precision, "image_size": c.image_size,
                       "batch": asdict(settings.batch)}
             if c.precision == "int8":
@@ -94,6 +103,38 @@ class TensorRTRunner(Runner):
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.engine.input_dtype).contiguous()
+
+    def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
+        """TensorRT's IProfiler on an engine of its own (the row's plan deserialized again: a
+        profiler and CUDA graphs do not mix, and the row's engine stays as it was timed), the warm
+        run left out. Layers are mapped to ONNX nodes by the engine inspector's metadata, else by
+        the node names in the layer's own (TensorRT names a fused layer ``node_Conv_291 +
+        node_relu``), against the engine's source ONNX written again (the export is deterministic)."""
+        c = self.config
+        engine = tensorrt.Engine(self.plan_path(), c.device)
+        engine(inputs)
+        times = engine.profile()
+        engine(inputs)
+        torch.cuda.synchronize(c.device)
+        times.clear()  # the profiler's first run
+        wall_ms = mean_wall_ms(lambda: engine(inputs), calls, c.device)
+        from_inspector = engine.layer_nodes()
+        with tempfile.TemporaryDirectory(prefix="resnet-perf-") as folder:
+            source = Path(folder) / "source.onnx"
+            tensorrt.write_source_onnx(self.model, source, self._settings(), calibration=c.calibration,
+                                       calibration_cache=c.cache_dir / "calibration")
+            nodes = node_lines(source, self.model)
+            same = sha256_file(source) == engine.manifest["tensorrt"].get("source_onnx_sha256")
+        claimed = {name: from_inspector.get(name) or re.findall(r"[\w./:-]+", name) for name in times}
+        mapped = attribute(claimed, nodes)
+        if trace is not None:
+            write_text(trace, json.dumps({"layer_ms_per_call": {n: ms / calls for n, ms in times.items()},
+                                          "onnx_nodes": from_inspector}, indent=1))
+        return LayerProfile(
+            source="TensorRT IProfiler, per layer of the engine", calls=calls, wall_ms=wall_ms,
+            layers=[RuntimeLayer(name, "TensorRT layer", ms / calls, *mapped[name]) for name, ms in times.items()],
+            trace=None if trace is None else str(trace),
+            notes=[] if same else ["the ONNX written again differs from the engine's source: names may not match"])
 
     def run_impl(self, inputs: Tensor) -> Tensor:
         if self.cuda_graph:
