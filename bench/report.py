@@ -381,6 +381,8 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
     for r in rows:
         if r.profile and r.profile.get("layers"):
             out.print(layers.top_layers(r))
+            for note in r.profile["layers"]["notes"]:
+                out.print(f"[dim]{r.backend} {r.precision} b{r.batch_size}: {escape(note)}[/dim]", highlight=False)
         elif r.profile and "reason" in r.profile:
             out.print(f"[dim]no layer profile: {r.backend} {r.precision} b{r.batch_size}: {escape(r.profile['reason'])}[/dim]",
                       highlight=False)

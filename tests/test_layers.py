@@ -118,3 +118,14 @@ def test_profile_dir_needs_a_layer_profile(capsys, tmp_path):
     code = cli.main(["--model", "resnet18", "--profile", "stages", "--profile-dir", str(tmp_path)])
     assert code == 2
     assert "--profile-dir keeps the traces of --profile layers" in capsys.readouterr().err
+
+
+def test_each_fused_triton_launch_is_on_its_reference_line(tmp_path):
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    config = RunConfig("resnet18-layers", torch.device("cpu"), "fp32", 1, 32, 2, tmp_path)
+    with RUNNERS["triton"](model, config) as runner:
+        profile = runner.profile_layers(runner.to_input(torch.randn(1, 3, 32, 32)), 1, None).to_json()
+    assert set(profile["lines"]) == {n for n, m in model.named_modules() if isinstance(m, ANCHORS)}
+    assert profile["lines"]["layer2.0.conv2"]["label"] == "layer2.0.conv2+bn2+add+relu"  # one launch, four modules
+    assert profile["lines"]["layer2.0.downsample.0"]["label"] == "layer2.0.downsample.0+1"
+    assert profile["notes"] == ["Triton's interpreter: the times are not performance figures"]

@@ -49,9 +49,22 @@ def _scoped(module: nn.Module):
             handle.remove()
 
 
+Members = Callable[[str, dict[str, nn.Module]], tuple[Op, ...]]
+
+
+def module_ops(path: str, by_name: dict[str, nn.Module]) -> tuple[Op, ...]:
+    """What a module call's own time computes: a leaf's op, a block's residual add, or (a
+    container, the model's own forward) nothing on a line."""
+    module = by_name[path]
+    if not any(module.children()):
+        return (Op(path, isinstance(module, ANCHORS)),)
+    return (Op(f"{path}.add", False),) if type(module).__name__ in _BLOCKS else ()
+
+
 def profile_module(module: nn.Module, call: Callable[[], object], calls: int, device: torch.device,
-                   trace: Path | None) -> LayerProfile:
-    """``calls`` runs of ``call`` (which runs ``module``) under torch.profiler."""
+                   trace: Path | None, ops: Members = module_ops, source: str = "") -> LayerProfile:
+    """``calls`` runs of ``call`` (which runs ``module``) under torch.profiler; ``ops`` says what each
+    module's own time computes, in the reference model's names."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with _scoped(module) as names:
         call()  # the hooks' first call, outside the profile
@@ -62,9 +75,9 @@ def profile_module(module: nn.Module, call: Callable[[], object], calls: int, de
     by_name = {name or type(m).__name__: m for m, name in names.items()}
     scopes = _scopes(prof.events(), by_name, device)
     return LayerProfile(
-        source="torch.profiler, one record_function scope per module call",
+        source=f"torch.profiler, one record_function scope per module call{source}",
         calls=calls, wall_ms=wall_ms,
-        layers=_layers(scopes, by_name, calls), trace=None if trace is None else str(trace))
+        layers=_layers(scopes, by_name, calls, ops), trace=None if trace is None else str(trace))
 
 
 def _scopes(events, by_name: dict[str, nn.Module], device: torch.device) -> list[tuple[str, float, float, float]]:
@@ -87,9 +100,8 @@ def _scopes(events, by_name: dict[str, nn.Module], device: torch.device) -> list
     return [(e.name, e.time_range.start, last_child[id(e)], own[id(e)]) for e in ours]
 
 
-def _layers(scopes, by_name: dict[str, nn.Module], calls: int) -> list[RuntimeLayer]:
-    """The scopes summed over the calls, each module call a layer: a leaf's own time on its line,
-    a block's own time as its residual add, a container's own time unattributed."""
+def _layers(scopes, by_name: dict[str, nn.Module], calls: int, ops: Members) -> list[RuntimeLayer]:
+    """The scopes summed over the calls, each module call a layer on the line of what it computes."""
     totals: dict[str, float] = {}
     # Where a call's own work falls in the first call's order: a leaf's at its start; a block's
     # (its residual add) just before its last child, the ReLU after the add.
@@ -99,19 +111,13 @@ def _layers(scopes, by_name: dict[str, nn.Module], calls: int) -> list[RuntimeLa
             totals[name] = 0.0
             when[name] = start if not any(by_name[name.rsplit("#", 1)[0]].children()) else last_child - 1e-3
         totals[name] += own_us
-    members = {name: _member(name.rsplit("#", 1)[0], by_name) for name in totals}
-    ordered = sorted((name for name in totals if members[name] is not None), key=when.get)
-    line = dict(zip(ordered, lines([Op(members[n], isinstance(by_name.get(members[n]), ANCHORS)) for n in ordered]),
-                    strict=True))
+    computed = {name: ops(name.rsplit("#", 1)[0], by_name) for name in totals}
+    ordered = sorted((name for name in totals if computed[name]), key=when.get)
+    flat = [(name, op) for name in ordered for op in computed[name]]
+    line: dict[str, str] = {}
+    for (name, op), anchor in zip(flat, lines([op for _, op in flat]), strict=True):
+        if op.anchor or name not in line:
+            line[name] = anchor
     return [RuntimeLayer(name, type(by_name[name.rsplit("#", 1)[0]]).__name__, totals[name] / calls / 1e3,
-                         line.get(name), () if members[name] is None else (members[name],))
+                         line.get(name), tuple(op.member for op in computed[name]))
             for name in sorted(totals, key=when.get)]
-
-
-def _member(path: str, by_name: dict[str, nn.Module]) -> str | None:
-    """What a module call's own time computes: a leaf's op, a block's residual add, or (a
-    container, the model's own forward) nothing on a line."""
-    module = by_name[path]
-    if not any(module.children()):
-        return path
-    return f"{path}.add" if type(module).__name__ in _BLOCKS else None

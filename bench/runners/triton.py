@@ -9,12 +9,35 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from bench.layers.groups import Op
+from bench.layers.profile import LayerProfile
+from bench.layers.torch_modules import module_ops, profile_module
 from bench.runners.base import TorchRunner
+
+
+def fused_ops(path: str, by_name: dict[str, nn.Module]) -> tuple[Op, ...]:
+    """What one fused launch computes, in the reference model's names: its conv and BatchNorm,
+    the block's residual add where it is the block's last conv, and its ReLU."""
+    from resnet_perf.fused import FusedConv
+
+    module = by_name[path]
+    if not isinstance(module, FusedConv):
+        return module_ops(path, by_name)
+    block, _, conv = path.rpartition(".")
+    prefix = f"{block}." if block else ""
+    if conv == "downsample":
+        return Op(f"{path}.0", True), Op(f"{path}.1", False)
+    last = "conv3" if hasattr(by_name.get(block), "conv3") else "conv2"
+    ops = [Op(path, True), Op(f"{prefix}bn{conv.removeprefix('conv')}", False)]
+    if block and conv == last:
+        ops.append(Op(f"{block}.add", False))
+    return (*ops, Op(f"{prefix}relu", False)) if module.relu else tuple(ops)
 
 
 def _interpreting() -> bool:
@@ -44,7 +67,7 @@ class TritonRunner(TorchRunner):
     def prepare_impl(self) -> None:
         from resnet_perf.fused import fuse
 
-        self.module = fuse(self.model, self.config.dtype).to(self.config.device)
+        self.fused = self.module = fuse(self.model, self.config.dtype).to(self.config.device)
         if self.config.device.type == "cuda":
             self.module = torch.compile(self.module, mode="reduce-overhead", dynamic=False, fullgraph=True)
             # Compilation and CUDA-graph capture happen in the first calls: they are setup.
@@ -57,5 +80,21 @@ class TritonRunner(TorchRunner):
         with torch.inference_mode():
             return self.module(inputs)
 
+    def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
+        """torch.profiler over the fused model run eagerly (its Triton launches are the same as in
+        the CUDA graph the row times, which no hook could see into): one scope per fused launch,
+        its time the device time of the kernels in it on CUDA; under the interpreter, CPU time
+        that is not a performance figure."""
+        def call():
+            with torch.inference_mode():
+                return self.fused(inputs)
+
+        interpreted = self.config.device.type == "cpu"
+        profile = profile_module(self.fused, call, calls, self.config.device, trace, ops=fused_ops,
+                                 source=", fused model run eagerly")
+        if interpreted:
+            profile.notes.append("Triton's interpreter: the times are not performance figures")
+        return profile
+
     def close_impl(self) -> None:
-        del self.module
+        del self.module, self.fused
