@@ -72,7 +72,7 @@ def test_profile_layers_lines_up_every_backend_by_module(capsys, tmp_path):
     assert cli.main([*SMALL, "--backend", "eager,compile,onnxruntime,openvino", "--json", str(path),
                      "--profile-dir", str(traces), "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
-    assert "time per layer" in out and "slowest layers" in out and "between layers" in out
+    assert "time per layer" in out and "slowest layers" in out and "between layers" in out and "timed call" in out
     model = resnet_perf.build_model("resnet18", image_size=32)
     leaves = {name for name, m in model.named_modules() if name and not any(m.children())}
     rows = {r["backend"]: r for r in json.loads(path.read_text())["results"]}

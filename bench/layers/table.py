@@ -56,6 +56,8 @@ def side_by_side(rows: Sequence) -> list[Table]:
                           ("between layers (runtime, profiler)", "outside_layers_ms")):
             grid.add_row(name, *(_cell(r.profile["layers"][key], r.profile["layers"]["wall_ms"]) for r in ours))
         grid.add_row("wall per profiled call", *(f"{r.profile['layers']['wall_ms']:.2f}" for r in ours))
+        # What profiling cost: the row's own timed calls, unprofiled, beside the profiled ones.
+        grid.add_row("timed call (the row's mean)", *(f"{r.latency_ms['mean']:.2f}" if r.latency_ms else "-" for r in ours))
         grid.add_row("profiler", *(r.profile["layers"]["source"].split(",")[0] for r in ours))
         tables.append(grid)
     return tables
