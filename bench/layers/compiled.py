@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity
 
-from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
+from bench.layers.profile import LayerProfile, RuntimeLayer, torch_profiled
 
 CONVOLUTIONS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::convolution")
 GRAPH_CALL = "## Call CompiledFxGraph"
@@ -46,18 +45,13 @@ def profile_compiled(module: nn.Module, call: Callable[[], object], example: tor
                      device: torch.device, trace: Path | None) -> LayerProfile:
     """``calls`` runs of ``call`` (``module`` compiled, on ``example``) under torch.profiler."""
     convs = conv_shapes(module, example)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    call()
-    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
-        wall_ms = mean_wall_ms(call, calls, device)
-    if trace is not None:
-        prof.export_chrome_trace(str(trace))
+    events, wall_ms = torch_profiled(call, calls, device, trace, record_shapes=True)
     cuda = device.type == "cuda"
 
     def spent(e) -> float:
         return e.device_time_total if cuda else e.cpu_time_total
 
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    events = sorted(events, key=lambda e: e.time_range.start)
     graphs = [e for e in events if e.name.startswith(GRAPH_CALL)]
     totals: dict[str, float] = {}
     unmatched_us = inductor_us = 0.0
@@ -84,5 +78,5 @@ def profile_compiled(module: nn.Module, call: Callable[[], object], example: tor
     if unmatched_us:
         layers.append(RuntimeLayer("convolutions of no module's shape", "convolution", unmatched_us / per_call, None))
     return LayerProfile(source="torch.profiler, convolutions matched to modules by their shapes", calls=calls,
-                        wall_ms=wall_ms, layers=layers, trace=None if trace is None else str(trace),
+                        wall_ms=wall_ms, layers=layers, trace=trace,
                         notes=["inductor's own kernels are one unattributed layer"])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity
 
 from bench import timing
 from bench.layers.groups import label
@@ -17,6 +19,20 @@ def mean_wall_ms(call: Callable[[], object], calls: int, device: torch.device) -
     all); warm the call before the profiler starts, so that none is a first call."""
     measured = timing.measure(call, device, warmup=0, iters=calls - 1)
     return (measured.first_run_ms + sum(measured.samples_ms)) / calls
+
+
+def torch_profiled(call: Callable[[], object], calls: int, device: torch.device, trace: Path | None,
+                   record_shapes: bool = False) -> tuple[list, float]:
+    """``call`` once to warm it, then ``calls`` times under torch.profiler (CUDA kernels too on a
+    GPU), the Chrome trace written to ``trace`` where given: the profiler's events and the calls'
+    mean wall time."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    call()
+    with torch.profiler.profile(activities=activities, record_shapes=record_shapes) as prof:
+        wall_ms = mean_wall_ms(call, calls, device)
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
+    return prof.events(), wall_ms
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,7 @@ class LayerProfile:
     calls: int  # profiled calls, separate from the timed ones
     wall_ms: float  # mean wall time of a profiled call, measured around it (profiler included)
     layers: list[RuntimeLayer]
-    trace: str | None = None  # the runtime's raw trace, kept for Perfetto / chrome://tracing
+    trace: Path | None = None  # the runtime's raw trace, kept for Perfetto / chrome://tracing
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -60,6 +76,6 @@ class LayerProfile:
             "lines": {anchor: {"label": label(e["members"]), "ms": e["ms"], "members": e["members"]}
                       for anchor, e in lines.items()},
             "layers": [asdict(layer) | {"members": list(layer.members)} for layer in self.layers],
-            "trace": self.trace,
+            "trace": None if self.trace is None else str(self.trace),
             "notes": self.notes,
         }

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, record_function
+from torch.profiler import record_function
 
 from bench.layers.groups import Op, lines
 from bench.layers.onnx_nodes import ANCHORS
-from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
+from bench.layers.profile import LayerProfile, RuntimeLayer, torch_profiled
 
 _BLOCKS = ("BasicBlock", "Bottleneck")
 
@@ -65,19 +65,14 @@ def profile_module(module: nn.Module, call: Callable[[], object], calls: int, de
                    trace: Path | None, ops: Members = module_ops, source: str = "") -> LayerProfile:
     """``calls`` runs of ``call`` (which runs ``module``) under torch.profiler; ``ops`` says what each
     module's own time computes, in the reference model's names."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with _scoped(module) as names:
-        call()  # the hooks' first call, outside the profile
-        with torch.profiler.profile(activities=activities) as prof:
-            wall_ms = mean_wall_ms(call, calls, device)
-    if trace is not None:
-        prof.export_chrome_trace(str(trace))
+    with _scoped(module) as names:  # the warm call too: the hooks' first call stays out of the profile
+        events, wall_ms = torch_profiled(call, calls, device, trace)
     by_name = {name or type(m).__name__: m for m, name in names.items()}
-    scopes = _scopes(prof.events(), by_name, device)
+    scopes = _scopes(events, by_name, device)
     return LayerProfile(
         source=f"torch.profiler, one record_function scope per module call{source}",
         calls=calls, wall_ms=wall_ms,
-        layers=_layers(scopes, by_name, calls, ops), trace=None if trace is None else str(trace))
+        layers=_layers(scopes, by_name, calls, ops), trace=trace)
 
 
 def _scopes(events, by_name: dict[str, nn.Module], device: torch.device) -> list[tuple[str, float, float, float]]:

@@ -167,7 +167,7 @@ class OnnxRuntimeRunner(Runner):
         mapped = attribute(claimed, node_lines(self.onnx_path(), self.model))
         return LayerProfile(
             source="onnxruntime SessionOptions.enable_profiling, per node of the optimized graph",
-            calls=len(runs), wall_ms=wall_ms, trace=None if trace is None else str(trace),
+            calls=len(runs), wall_ms=wall_ms, trace=trace,
             layers=[RuntimeLayer(name, kinds[name], us / len(runs) / 1e3, *mapped[name]) for name, us in kernel_us.items()])
 
     def _bind(self, bind: Any, name: str, tensor: Tensor) -> None:

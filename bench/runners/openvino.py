@@ -245,7 +245,7 @@ class OpenVINORunner(Runner):
             write_text(trace, json.dumps([{"layer": layer.name, "exec_type": layer.kind, "ms_per_call": layer.ms,
                                            "original_layers": fused.get(layer.name, "")} for layer in layers], indent=1))
         return LayerProfile(source="OpenVINO PERF_COUNT, per layer of the CPU plugin's runtime graph", calls=calls,
-                            wall_ms=wall_s / calls * 1e3, layers=layers, trace=None if trace is None else str(trace),
+                            wall_ms=wall_s / calls * 1e3, layers=layers, trace=trace,
                             notes=["one synchronous request"] if self.options.hint == "throughput" else [])
 
     def close_impl(self) -> None:

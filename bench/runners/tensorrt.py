@@ -133,7 +133,7 @@ class TensorRTRunner(Runner):
         return LayerProfile(
             source="TensorRT IProfiler, per layer of the engine", calls=calls, wall_ms=wall_ms,
             layers=[RuntimeLayer(name, "TensorRT layer", ms / calls, *mapped[name]) for name, ms in times.items()],
-            trace=None if trace is None else str(trace),
+            trace=trace,
             notes=[] if same else ["the ONNX written again differs from the engine's source: names may not match"])
 
     def run_impl(self, inputs: Tensor) -> Tensor:
