@@ -8,9 +8,9 @@
 # be fetched there, so everything runs from the checkout (PYTHONPATH) with its python3. Device time
 # is short, so the steps run most important first, each in a time box, under one deadline
 # (BUDGET_S, 540 s by default: 9 minutes). A step cut by its box keeps what it finished (bench
-# writes its JSON after every row, and stops cleanly on SIGINT). OUT_DIR gets at most 7 files, as
-# the device tool returns at most 8:
-#   env.txt  log.txt  bench-bs256.json  timm.json  layers.json  bench.json  summary.md
+# writes its JSON after every row, and stops cleanly on SIGINT). OUT_DIR gets at most 8 files, all
+# that the device tool returns:
+#   env.txt  log.txt  bench-bs256.json  timm.json  layers.json  bench-layers.json  bench.json  summary.md
 set -uo pipefail
 
 dry_run=0
@@ -42,6 +42,7 @@ if [ $dry_run = 1 ]; then
     bench_must=(--precision fp32 --batch-size 16 --backend eager,triton)
     bench_sweep=(--precision fp32,bf16 --batch-size 8,16 --backend eager)
     layers=(--dry-run --dtype fp32)
+    profile=(--precision fp32 --batch-size 2 --backend eager --profile-calls 2)
     kernel_tests=(tests/test_fused_conv2d.py -k "resnet_conv_shapes and 64-64 or takes_its_path")
 else
     export TRITON_INTERPRET=0
@@ -50,6 +51,8 @@ else
     bench_must=(--precision fp16 --batch-size 256 --backend eager,triton,compile --compile-mode max-autotune)
     bench_sweep=(--precision fp16,bf16 --batch-size 1,64,256 --backend eager,compile,triton)
     layers=(--batch-size 256 --dtype fp16,bf16)
+    # compile in its default mode: CUDA graphs would hide the ops that name its convolutions
+    profile=(--precision fp16 --batch-size 64 --backend eager,compile,triton)
     kernel_tests=(tests/test_fused_conv2d.py tests/test_fused_model.py)
 fi
 
@@ -123,7 +126,9 @@ else
 fi
 # 5. Per layer: our kernel against cuDNN conv + BN + add + ReLU, eager and under torch.compile.
 step layers 90 "$PY" tests/benchmarks/conv_layers.py "${layers[@]}" --json "$out/layers.json"
-# 6. The sweep: both half precisions, three batch sizes, compile in its default mode.
+# 6. Each backend's time per layer from its own profiler (the CUDA paths of --profile layers).
+step bench-layers 120 "$PY" -m bench "${bench_size[@]}" "${profile[@]}" --profile layers --json "$out/bench-layers.json"
+# 7. The sweep: both half precisions, three batch sizes, compile in its default mode.
 step bench-sweep 200 "$PY" -m bench "${bench_size[@]}" "${bench_sweep[@]}" --json "$out/bench.json"
 if "$PY" -c "import timm" >/dev/null 2>&1 && [ $device = cuda ]; then
     step timm-sweep 120 "$PY" scripts/timm_timing.py --precision fp16,bf16 --batch-size 1,64,256 --mode eager,default \
@@ -131,12 +136,14 @@ if "$PY" -c "import timm" >/dev/null 2>&1 && [ $device = cuda ]; then
 fi
 
 mv "$out/steps.tsv.tmp" "$out/steps.tsv"
-# The steps' outcomes go into summary.md; steps.tsv stays only where the summary could not be made.
+# The steps' outcomes go into summary.md, or where it could not be made, at the end of log.txt.
 if "$PY" scripts/gpu_summary.py "$out" >>"$log" 2>&1; then
     rm -f "$out/steps.tsv"
     cat "$out/summary.md"
 else
-    echo "gpu_check: the summary failed (see $log); the steps' outcomes are in $out/steps.tsv" >&2
-    cat "$out/steps.tsv"
+    # Into the log, not a file of its own: the folder already holds as many files as come back.
+    { echo; echo "===== steps"; cat "$out/steps.tsv"; } >>"$log"
+    rm -f "$out/steps.tsv"
+    echo "gpu_check: the summary failed (see $log, which ends with the steps' outcomes)" >&2
     exit 1
 fi

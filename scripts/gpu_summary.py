@@ -3,7 +3,7 @@
     python scripts/gpu_summary.py OUT_DIR
 
 Reads what the steps left (steps.tsv, env.txt, bench-bs256.json, bench.json, timm.json,
-layers.json, log.txt); a file a step did not write is reported missing, not guessed at.
+layers.json, bench-layers.json, log.txt); a file a step did not write is reported missing, not guessed at.
 """
 
 from __future__ import annotations
@@ -97,6 +97,27 @@ def layer_lines(report: dict | None) -> list[str]:
     return lines
 
 
+def profile_lines(rows: list[dict] | None) -> list[str]:
+    """Each row's layer profile: how much of its profiled wall time is on the model's lines, and
+    its slowest lines."""
+    if not rows:
+        return ["bench-layers.json missing: the layer profiles did not run"]
+    lines = [("| backend | precision | batch | wall ms | on lines | unattributed ms | between layers ms | lines | "
+              "slowest lines (ms) |"), "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        p = (r.get("profile") or {}).get("layers")
+        if not p:
+            reason = (r.get("profile") or {}).get("reason") or r.get("error") or r.get("status")
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | | | | | | {reason} |")
+            continue
+        slowest = sorted(p["lines"].values(), key=lambda line: -line["ms"])[:3]
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | {p['wall_ms']:.3f} | "
+                     f"{p['attributed_ms'] / p['wall_ms']:.1%} | {p['unattributed_ms']:.3f} | "
+                     f"{p['outside_layers_ms']:.3f} | {len(p['lines'])} | "
+                     + "; ".join(f"{line['label']} {line['ms']:.3f}" for line in slowest) + " |")
+    return lines
+
+
 def main(out: Path) -> int:
     steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines() if line]
     log = (out / "log.txt").read_text(errors="replace") if (out / "log.txt").exists() else ""
@@ -111,6 +132,7 @@ def main(out: Path) -> int:
     md += ["", "## timm's resnet50 at the same settings (timm.json)", ""] + timm_lines(load(out / "timm.json"), ours)
     layers = out / "layers.json"
     md += ["", "## Per layer (layers.json)", ""] + layer_lines(json.loads(layers.read_text()) if layers.exists() else None)
+    md += ["", "## Layer profiles (bench-layers.json)", ""] + profile_lines(load(out / "bench-layers.json"))
     md += ["", "## Sweep (bench.json)", ""] + (bench_table(load(out / "bench.json")) if load(out / "bench.json") else
                                               ["bench.json missing: the sweep did not run"])
     (out / "summary.md").write_text("\n".join(md) + "\n")

@@ -30,7 +30,7 @@ def test_the_dry_run_runs_every_step(dry_run):
     proc, out = dry_run
     assert proc.returncode == 0, proc.stderr + (out / "log.txt").read_text()[-3000:]
     summary = (out / "summary.md").read_text()
-    for step in ("sm90-compile", "kernel-tests", "bench-bs256", "layers", "bench-sweep"):
+    for step in ("sm90-compile", "kernel-tests", "bench-bs256", "layers", "bench-layers", "bench-sweep"):
         assert f"| {step} | ok |" in summary, summary
     assert "| timm-bs256 | skipped |" in summary  # timm is not installed here
     assert "Kernel tests: 11 passed" in summary
@@ -40,11 +40,14 @@ def test_the_dry_run_leaves_few_files_that_parse(dry_run):
     _, out = dry_run
     files = sorted(p.name for p in out.iterdir())
     # The device tool returns at most 8 files from a run.
-    assert files == ["bench-bs256.json", "bench.json", "env.txt", "layers.json", "log.txt", "summary.md"]
+    assert files == ["bench-bs256.json", "bench-layers.json", "bench.json", "env.txt", "layers.json", "log.txt",
+                     "summary.md"]
     rows = json.loads((out / "bench-bs256.json").read_text())["results"]
     assert {(r["backend"], r["status"], r["parity"]["passed"]) for r in rows} == {("eager", "ok", True), ("triton", "ok", True)}
     layers = json.loads((out / "layers.json").read_text())
     assert layers["dry_run"] and layers["records"][0]["fused_max_err"] < 1e-4
+    [profiled] = json.loads((out / "bench-layers.json").read_text())["results"]
+    assert len(profiled["profile"]["layers"]["lines"]) == 23  # resnet18's 20 convs, its pools and fc
 
 
 def row(backend: str, ips: float, passed: bool = True, batch: int = 256) -> dict:
@@ -67,6 +70,21 @@ def test_the_summary_checks_the_headline_bars(tmp_path):
     assert "| eager | fp16 | 256 | 20,500 | 20,000 | 0.976 | yes |" in summary
     assert "| max-autotune | fp16 | 256 | 30,000 | 27,000 | 0.900 | NO |" in summary
     assert "layers.json missing" in summary and "bench.json missing" in summary
+    assert "bench-layers.json missing" in summary
+
+
+def test_the_summary_shows_each_layer_profile_or_why_there_is_none(tmp_path):
+    (tmp_path / "steps.tsv").write_text("")
+    lines = {"layer1.0.conv1": {"label": "layer1.0.conv1+bn1+relu", "ms": 0.5, "members": []},
+             "fc": {"label": "fc", "ms": 0.1, "members": []}}
+    profiled = {**row("eager", 20_000, batch=64), "profile": {"layers": {
+        "wall_ms": 4.0, "attributed_ms": 3.6, "unattributed_ms": 0.2, "outside_layers_ms": 0.2, "lines": lines}}}
+    failed = {**row("compile", 25_000, batch=64), "profile": {"layers": None, "reason": "no CompiledFxGraph scope"}}
+    (tmp_path / "bench-layers.json").write_text(json.dumps({"results": [profiled, failed]}))
+    gpu_summary.main(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| eager | fp16 | 64 | 4.000 | 90.0% | 0.200 | 0.200 | 2 | layer1.0.conv1+bn1+relu 0.500; fc 0.100 |" in summary
+    assert "| compile | fp16 | 64 | | | | | | no CompiledFxGraph scope |" in summary
 
 
 def test_the_summary_says_when_a_bar_is_missed(tmp_path):

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
 
 import bench.__main__ as cli
 import resnet_perf
+from bench.layers import compiled, torch_modules
 from bench.layers.groups import Op, label, lines, stage_of
 from bench.layers.onnx_nodes import ANCHORS, NodeLine, attribute, node_lines
 from bench.plot import layer_stages
@@ -77,9 +80,11 @@ def test_profile_layers_lines_up_every_backend_by_module(capsys, tmp_path):
     leaves = {name for name, m in model.named_modules() if name and not any(m.children())}
     rows = {r["backend"]: r for r in json.loads(path.read_text())["results"]}
     compiled = rows["compile"]["profile"]["layers"]
-    # every convolution inductor ran, matched back to its module by shape; its own kernels unattributed
-    assert set(compiled["lines"]) == {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    assert [layer["name"] for layer in compiled["layers"] if layer["line"] is None] == ["inductor kernels"]
+    # every convolution inductor ran matched back to its module by shape, the fc by being the one
+    # Linear, the pools by the ops their kernels are named for; the rest said to be unattributed
+    assert set(compiled["lines"]) == {n for n, m in model.named_modules() if isinstance(m, ANCHORS)}
+    assert {layer["kind"] for layer in compiled["layers"] if layer["line"] is None} <= {
+        "inductor kernel", "the compiled graph's own code"}
     assert compiled["layer_ms"] + compiled["outside_layers_ms"] == pytest.approx(compiled["wall_ms"])
     for backend in ("eager", "onnxruntime", "openvino"):
         p = rows[backend]["profile"]["layers"]
@@ -129,3 +134,63 @@ def test_each_fused_triton_launch_is_on_its_reference_line(tmp_path):
     assert profile["lines"]["layer2.0.conv2"]["label"] == "layer2.0.conv2+bn2+add+relu"  # one launch, four modules
     assert profile["lines"]["layer2.0.downsample.0"]["label"] == "layer2.0.downsample.0+1"
     assert profile["notes"] == ["Triton's interpreter: the times are not performance figures"]
+
+
+def cuda_event(name: str, start: float, end: float, kernels=(), children=(), shapes=None) -> FunctionEvent:
+    """A CPU-side event of a CUDA profile as torch's kineto parser builds it: the kernels it launched
+    appended, its child ops linked."""
+    event = FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end, use_device="cuda",
+                          input_shapes=shapes or [])
+    for kernel, us in kernels:
+        event.append_kernel(kernel, 0, us)
+    for child in children:
+        event.append_cpu_child(child)
+        child.set_cpu_parent(event)
+    return event
+
+
+def gpu_annotation(name: str, start: float, end: float) -> FunctionEvent:
+    """The copy of a record_function scope the profiler puts on the GPU's timeline."""
+    return FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end, use_device="cuda",
+                         device_type=DeviceType.CUDA, is_user_annotation=True)
+
+
+def test_a_cuda_profile_counts_each_module_scope_once_at_its_kernels_time(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    leaves = [cuda_event("0#0", 10, 40, [("cudnn_conv", 25.0)]), cuda_event("1#0", 40, 60, [("bn", 5.0)]),
+              cuda_event("2#0", 60, 80, [("relu", 3.0)])]
+    events = [cuda_event("Sequential#0", 0, 100, children=leaves), *leaves,
+              *(gpu_annotation(e.name, e.time_range.start + 500, e.time_range.end + 500) for e in leaves)]
+    monkeypatch.setattr(torch_modules, "torch_profiled", lambda *args, **kw: (events, 0.2))
+    profile = torch_modules.profile_module(model, lambda: None, 1, torch.device("cuda"), None)
+    assert sorted((layer.name, layer.ms, layer.line) for layer in profile.layers) == [
+        ("0#0", 0.025, "0"), ("1#0", 0.005, "0"), ("2#0", 0.003, "0"), ("Sequential#0", 0.0, None)]
+
+
+def test_a_compiled_cuda_profile_names_inductor_kernels_and_library_ops(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                                torch.nn.Linear(36, 2), torch.nn.ReLU()).eval()
+    conv = cuda_event("aten::convolution", 10, 30, shapes=[[1, 3, 8, 8], [4, 3, 3, 3], [4]],
+                      children=[cuda_event("aten::cudnn_convolution", 11, 29, [("sm90_xmma_fprop", 20.0)])])
+    fc = cuda_event("aten::addmm", 50, 60, [("sm90_gemm", 4.0)])
+    graph = cuda_event("## Call CompiledFxGraph f1 ##", 0, 100, [("triton_poi_fused_max_pool2d_with_indices_0", 7.0),
+                       ("triton_poi_fused_relu_1", 2.0)], children=[conv, fc])
+    events = [graph, conv, *conv.cpu_children, fc, gpu_annotation(graph.name, 400, 450)]
+    monkeypatch.setattr(compiled, "torch_profiled", lambda *args, **kw: (events, 0.1))
+    profile = compiled.profile_compiled(model, lambda: None, torch.randn(1, 3, 8, 8), 1, torch.device("cuda"), None)
+    assert [(layer.name, layer.ms, layer.line) for layer in profile.layers] == [
+        ("0", 0.02, "0"), ("3", 0.004, "3"),
+        ("triton_poi_fused_max_pool2d_with_indices_0", 0.007, "1"),
+        ("triton_poi_fused_relu_1", 0.002, None),  # pointwise: could be any module's
+        ("inductor graph, outside its kernels", 0.0, None)]
+
+
+def test_a_kernel_is_named_only_for_modules_the_model_holds_one_of():
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    assert compiled.kernel_modules("graph_0_cpp_fused_addmm_mean_view_3", model) == ("avgpool", "fc")
+    assert compiled.kernel_modules("triton_per_fused_mean_2", model) == ("avgpool",)
+    assert compiled.kernel_modules("cpp_fused_max_pool2d_with_indices_1", model) == ("maxpool",)
+    assert compiled.kernel_modules("cpp_fused_add_relu_4", model) == ()  # a ReLU of any block
+    assert compiled.kernel_modules("sm90_xmma_fprop_implicit_gemm", model) == ()  # not inductor's
+    two_fcs = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    assert compiled.kernel_modules("triton_tem_fused_addmm_0", two_fcs) == ()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.profiler import record_function
 
 from bench.layers.groups import Op, lines
@@ -79,8 +80,9 @@ def _scopes(events, by_name: dict[str, nn.Module], device: torch.device) -> list
     """Each module call's scope, in start order: (scope name, start us, the start of its last child
     scope us, its own time us), its own time being what its child modules' scopes do not cover. On CUDA a scope's
     time is the device time of the kernels it launched."""
-    ours = sorted((e for e in events if e.name.rsplit("#", 1)[0] in by_name and "#" in e.name),
-                  key=lambda e: e.time_range.start)
+    # The CPU side only: on CUDA each scope is mirrored on the GPU's timeline under the same name.
+    ours = sorted((e for e in events if e.device_type == DeviceType.CPU and "#" in e.name
+                   and e.name.rsplit("#", 1)[0] in by_name), key=lambda e: e.time_range.start)
     total = {id(e): (e.device_time_total if device.type == "cuda" else e.cpu_time_total) for e in ours}
     own = dict(total)
     last_child = {id(e): e.time_range.end for e in ours}  # the start of a scope's last child scope
