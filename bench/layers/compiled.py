@@ -61,24 +61,22 @@ def conv_shapes(module: nn.Module, example: torch.Tensor) -> list[tuple[str, tup
     return seen
 
 
+def _unique(module: nn.Module, kind: type[nn.Module]) -> str | None:
+    """The name of the model's one module of ``kind``; None where it has none or several."""
+    names = [name for name, m in module.named_modules() if isinstance(m, kind)]
+    return names[0] if len(names) == 1 else None
+
+
 def kernel_modules(kernel: str, module: nn.Module) -> tuple[str, ...]:
-    """The modules an inductor kernel computes, by the ops its name lists, where each op is one
-    module's (the model holds one module of its kind); () where it says nothing of the kind."""
+    """The modules an inductor kernel computes, in the model's order, by the ops its name lists,
+    where each op is one module's (the model holds one module of its kind); () where it says
+    nothing of the kind."""
     found = _KERNEL.search(kernel)
     if found is None:
         return ()
     ops = f"_{found.group(1)}_"
-    kinds = [kinds for op, kinds in KERNEL_OPS.items() if f"_{op}_" in ops]
-    members = []
-    for name, m in module.named_modules():
-        if any(isinstance(m, k) for k in kinds) and sum(isinstance(o, type(m)) for o in module.modules()) == 1:
-            members.append(name)
-    return tuple(members)
-
-
-def _unique(module: nn.Module, kind: type[nn.Module]) -> str | None:
-    names = [name for name, m in module.named_modules() if isinstance(m, kind)]
-    return names[0] if len(names) == 1 else None
+    named = {_unique(module, kind) for op, kinds in KERNEL_OPS.items() if f"_{op}_" in ops for kind in kinds}
+    return tuple(name for name, _ in module.named_modules() if name in named)
 
 
 def profile_compiled(module: nn.Module, call: Callable[[], object], example: torch.Tensor, calls: int,
