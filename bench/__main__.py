@@ -58,6 +58,10 @@ from resnet_perf.images import ImageFolderError, load_labelled
 from resnet_perf.parity import PARITY_BATCH
 from resnet_perf.precision import PRECISIONS
 
+# More CUDA streams than this share hardware queues (CUDA_DEVICE_MAX_CONNECTIONS is at most 32):
+# further streams only queue behind the others.
+MAX_CUDA_STREAMS = 32
+
 # More intra-op threads than this many per usable core only oversubscribe the cores: OpenMP runtimes
 # hang or crash long before a useful figure (issue 16 saw --threads 1000 hang, 100000 segfault, on 2 cores).
 THREADS_PER_CORE = 4
@@ -68,6 +72,11 @@ STEM_BYTES_PER_PIXEL = 4 * (3 + 64 / 4)
 
 # The flag that gives each kind of exported file a backend can run (Runner.artifact).
 ARTIFACT_FLAGS = {"onnx": "--onnx", "tensorrt": "--engine"}
+
+
+def streams_value(text: str) -> int | str:
+    """One value of --streams: a positive count, or "auto"."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
 def artifact_paths(args: argparse.Namespace) -> dict[str, str]:
@@ -102,6 +111,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", type=list_of(str), default=["all"], help=f"{backends}, or all")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--batch-size", type=list_of(positive_int), default=None, help="8, or an artifact's OPT size")
+    p.add_argument("--streams", type=list_of(streams_value), default=None, metavar="N[,N..]|auto",
+                   help="requests in flight at once, each a batch (a row dimension like --batch-size); auto: what "
+                        "the runtime's own tool would pick; default 1,auto: a latency and a throughput row per backend")
     p.add_argument("--image-size", type=positive_int, default=None, help="224")
     p.add_argument("--precision", type=list_of(str), default=None, help=f"{', '.join(PRECISIONS)}; fp32")
     p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls before timing")
@@ -123,7 +135,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="where exported ONNX files and TensorRT engines are kept between runs")
     p.add_argument("--profile", nargs="?", const="stages", choices=("stages", "layers"), default=None,
                    help="also time each stage of the model (stem, layer1..4, head; a bare --profile), or each layer "
-                        "from the backend's own profiler, lined up by PyTorch module across backends (layers)")
+                        "from the backend's own profiler, lined up by PyTorch module across backends (layers); "
+                        "one request at a time, on the rows of the first --streams value")
     p.add_argument("--profile-calls", type=positive_int, default=10,
                    help="with --profile layers: the profiled calls, separate from the timed ones (default 10)")
     p.add_argument("--profile-dir", default=None, metavar="DIR",
@@ -323,6 +336,31 @@ def check_scenario(args: argparse.Namespace) -> None:
         check_directory("--profile-dir", args.profile_dir)
 
 
+def resolve_streams(args: argparse.Namespace, device: torch.device, threads: int, cores: int) -> tuple[int | str, ...]:
+    """--streams checked against the scenario and the machine. By default a latency row (1) and a
+    throughput row (auto) wherever the loop can keep requests in flight: the offline loop and
+    LoadGen's offline scenario, without --host-io's per-call copies."""
+    in_flight = args.scenario in ("offline", "offline-loadgen") and not args.host_io
+    if args.streams is None:
+        return (1, "auto") if in_flight else (1,)
+    given = ",".join(map(str, args.streams))
+    if args.streams != [1] and args.host_io:
+        raise UsageError(f"--streams {given}: --host-io times each call's copies one call at a time; give --streams 1")
+    if args.streams != [1] and not in_flight:
+        raise UsageError(f"--streams {given}: --scenario {args.scenario} issues its own queries; requests in flight "
+                         "apply to the offline loop and --scenario offline-loadgen")
+    for count in args.streams:
+        if count == "auto":
+            continue
+        if device.type == "cuda" and count > MAX_CUDA_STREAMS:
+            raise UsageError(f"--streams {count}: at most {MAX_CUDA_STREAMS} CUDA streams (more share the GPU's "
+                             "hardware queues and only wait behind the others)")
+        if device.type != "cuda" and count > min(cores, threads):
+            raise UsageError(f"--streams {count}: each stream needs a core and an intra-op thread of its own; this "
+                             f"process may use {cores} core(s) and {threads} thread(s)")
+    return tuple(args.streams)
+
+
 def fixed_model(args: argparse.Namespace, models: list[str], image_size: int, seed: int,
                 manifests: Mapping[str, dict]) -> torch.nn.Module | None:
     """The model every row runs when the run fixes it: --weights, or the synthetic model a given
@@ -455,6 +493,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     if threads > THREADS_PER_CORE * cores:
         raise UsageError(f"--threads {threads}: this process may use {cores} core(s); more than "
                          f"{THREADS_PER_CORE * cores} threads ({THREADS_PER_CORE} per core) only oversubscribe them")
+    streams = resolve_streams(args, device, threads, cores)
     env = bench_env.collect(device, threads)
     return Plan(
         tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,
@@ -462,6 +501,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         artifacts=artifacts, not_run=not_run,
         loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile,
                   args.profile_calls, Path(args.profile_dir) if args.profile_dir else None),
+        streams=streams,
         scenario=ScenarioSettings(args.scenario, args.duration, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
         find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,

@@ -1,8 +1,11 @@
 """``python -m bench compare BASE.json NEW.json``: did anything get slower, beyond the noise?
 
-Rows are matched by model, backend, device, precision, batch size, image size and scenario. For each
-pair the change is the ratio of mean per-call latency (new / base; for the fixed-batch loop this is
-the inverse of the throughput ratio), with a 95% confidence interval from a bootstrap over both
+Rows are matched by model, backend, device, precision, batch size, image size, scenario and the
+streams asked for (files from before streams read as one). For each pair the change is the ratio of
+the mean time per batch delivered (new / base): a call's latency with one stream; with N requests in
+flight, a request's latency over N (Little's law: N in flight, each taking L, deliver N per L), so an
+auto row that chose another N is still judged on its throughput. For the fixed-batch loop this is
+the inverse of the throughput ratio. Its 95% confidence interval comes from a bootstrap over both
 runs' ``samples_ms``. A regression is flagged only when the whole interval lies beyond
 ``threshold`` (new slower than base by more than 5% by default): a change the noise could explain
 is reported, not flagged. A row that ran in BASE but failed, or failed parity, in NEW is a
@@ -69,13 +72,18 @@ def bootstrap_ratio(base: np.ndarray, new: np.ndarray, *, base_ref: np.ndarray |
     return float(ratio), float(low), float(high)
 
 
+def per_batch_ms(row: Row) -> np.ndarray:
+    """The row's samples as the time per batch it delivered: latency over the requests in flight."""
+    return np.asarray(row.samples_ms, float) / (row.streams or 1)
+
+
 def judge(base: Row, new: Row, threshold: float, *, base_ref: Row | None = None, new_ref: Row | None = None,
           resamples: int = 4000) -> Change:
     if new.status != "ok" or not (new.parity or {}).get("passed", True):
         return Change(np.nan, np.nan, np.nan, "failed")
 
     def samples(row: Row | None) -> np.ndarray | None:
-        return None if row is None else np.asarray(row.samples_ms, float)
+        return None if row is None else per_batch_ms(row)
 
     ratio, low, high = bootstrap_ratio(samples(base), samples(new), base_ref=samples(base_ref),
                                        new_ref=samples(new_ref), resamples=resamples)
@@ -158,9 +166,9 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
 
     against = "" if relative_to is None else f", each relative to {relative_to}"
     grid = Table(title=f"{new_path} against {base_path} (threshold {threshold:.0%}{against})", title_justify="left")
-    numbers = ("batch", "base ms", "new ms", "change", "95% CI", "peak MB", "J/img")
-    for name in ("model", "backend", "device", "prec", "batch", "scenario", "base ms", "new ms", "change", "95% CI",
-                 "peak MB", "J/img", ""):
+    numbers = ("batch", "streams", "base ms/batch", "new ms/batch", "change", "95% CI", "peak MB", "J/img")
+    for name in ("model", "backend", "device", "prec", "batch", "streams", "scenario", "base ms/batch", "new ms/batch",
+                 "change", "95% CI", "peak MB", "J/img", ""):
         grid.add_column(name, justify="right" if name in numbers else "left")
     cost_thresholds = {"mem_threshold": mem_threshold, "energy_threshold": energy_threshold}
     colours = {"regression": "red", "failed": "red", "improvement": "green", "unchanged": "dim"}
@@ -180,10 +188,11 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
             verdicts = [f"[{colours[change.verdict]}]{change.verdict}[/{colours[change.verdict]}]"]
             verdicts += [f"[red]{label} regression[/red]" for label, (_, regressed) in costs.items() if regressed]
             regressions += change.verdict == "regression" or any(regressed for _, regressed in costs.values())
-            cells = [f"{np.mean(b.samples_ms):.2f}", f"{np.mean(n.samples_ms):.2f}", f"{change.ratio - 1:+.1%}",
+            cells = [f"{per_batch_ms(b).mean():.2f}", f"{per_batch_ms(n).mean():.2f}", f"{change.ratio - 1:+.1%}",
                      f"{change.low - 1:+.1%} .. {change.high - 1:+.1%}", *(cell for cell, _ in costs.values()),
                      ", ".join(verdicts)]
-        grid.add_row(n.model, n.backend, n.device, n.precision, str(n.batch_size), n.scenario, *cells)
+        grid.add_row(n.model, n.backend, n.device, n.precision, str(n.batch_size), report.streams_cell(n), n.scenario,
+                     *cells)
     out = report.console()
     out.print(grid)
     for label, path, only in (("only in", base_path, [k for k in base if k not in new]),

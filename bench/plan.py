@@ -27,6 +27,7 @@ class RowSpec:
     precision: str
     batch_size: int
     backend: str
+    streams: int | str = 1  # requests in flight, or "auto"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Plan:
     artifacts: Mapping[str, Path] = field(default_factory=dict)  # "onnx" (--onnx), "tensorrt" (--engine)
     not_run: Mapping[str, str] = field(default_factory=dict)  # backend -> why, for `--backend all`
     loop: Loop = Loop()
+    streams: tuple[int | str, ...] = (1,)  # requests in flight per row: counts, or "auto"
     # "offline" (the fixed-batch loop) or a LoadGen scenario; its log_dir is the root under which
     # each row keeps its LoadGen logs in a folder of its own.
     scenario: ScenarioSettings = ScenarioSettings("offline")
@@ -86,6 +88,6 @@ class Plan:
 
     @property
     def rows(self) -> list[RowSpec]:
-        """Every row, model by model, then precision, batch size and backend, as the table shows them."""
+        """Every row, model by model, then precision, batch size, backend and streams, as the table shows them."""
         return [RowSpec(*spec) for spec in itertools.product(self.models, self.precisions, self.batch_sizes,
-                                                             self.backends)]
+                                                             self.backends, self.streams)]

@@ -1,6 +1,6 @@
 """A run as a picture: throughput against batch size per backend, and latency against batch size.
 
-One line per model x backend x precision x scenario, over the batch sizes it ran; a failed or
+One line per model x backend x precision x scenario x streams asked, over the batch sizes it ran; a failed or
 skipped row is a gap in its line, not a zero. Batch sizes are spaced on a log2 axis, as sweeps
 double them. The latency panel shows p50 (solid) and p99 (dashed) per batch, in the same colour.
 """
@@ -18,7 +18,9 @@ def _series(rows: list[dict]) -> dict[str, list[dict]]:
     for r in rows:
         if r["status"] == "ok" and r.get("throughput_ips") is not None:
             scenario = "" if r["scenario"] == "offline" else f" {r['scenario']}"
-            lines[f"{r['model']} {r['backend']} {r['precision']}{scenario}"].append(r)
+            asked = r.get("streams_asked", r.get("streams", 1))
+            streams = "" if asked == 1 else f" {asked} streams"
+            lines[f"{r['model']} {r['backend']} {r['precision']}{scenario}{streams}"].append(r)
     return {label: sorted(points, key=lambda r: r["batch_size"]) for label, points in lines.items()}
 
 
@@ -49,7 +51,7 @@ def write_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
     speed.set_ylabel("throughput (images/s)")
     speed.set_ylim(bottom=0)
     speed.set_title("throughput (higher is better)")
-    latency.set_ylabel("latency per batch (ms)")
+    latency.set_ylabel("latency per request, one batch (ms)")
     latency.set_yscale("log")
     latency.set_title("latency: p50 solid, p99 dashed (lower is better)")
     speed.legend(fontsize=8, loc="best")

@@ -39,6 +39,11 @@ class Row:
     precision: str
     batch_size: int
     image_size: int
+    # Requests in flight, each a batch (None: an auto row that never got to choose), and what
+    # --streams asked for: N, or "auto" (the runtime's own choice); None in files from before
+    # streams, which kept one in flight.
+    streams: int | None = 1
+    streams_asked: int | str | None = None
     status: str = "ok"  # ok | failed | skipped
     error: str | None = None
     throughput_ips: float | None = None
@@ -62,18 +67,38 @@ class Row:
     serving: dict | None = None  # triton-server: the server's own split of the time, the client's, direct
     runtime: dict | None = None  # what the runtime chose or reports (openvino: its precision, streams, kernels)
     costs: dict | None = None  # peak memory, energy, clocks and % of the GEMM peak (bench.costs)
+    # How the streams were kept in flight, and for auto how many were chosen and by what (with each
+    # candidate's trial throughput where the harness searched); None for one call at a time.
+    streams_how: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.streams_asked is None:
+            self.streams_asked = self.streams
 
     @property
     def ok(self) -> bool:
         return self.status != "failed" and (self.parity is None or self.parity["passed"])
 
+    @property
+    def passed(self) -> bool:
+        """Measured, and within its precision's parity tolerance."""
+        return self.status == "ok" and bool(self.parity and self.parity["passed"])
+
 
 # What tells two rows of a table apart: rows of two runs with the same key measured the same thing.
-KEY = ("model", "backend", "device", "precision", "batch_size", "image_size", "scenario")
+# Streams count as asked: an auto row is compared with an auto row, whatever N each chose.
+KEY = ("model", "backend", "device", "precision", "batch_size", "image_size", "scenario", "streams_asked")
 
 
 def row_key(row: Row) -> tuple:
     return tuple(getattr(row, name) for name in KEY)
+
+
+def streams_cell(r: Row) -> str:
+    """The requests a row kept in flight: "1", "2", or "2 (auto)"."""
+    if r.streams_asked != "auto":
+        return str(r.streams)
+    return "auto" if r.streams is None else f"{r.streams} (auto)"
 
 
 def _finite(value):
@@ -92,17 +117,18 @@ def to_json(rows: list[Row], env: dict) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-_CSV_LATENCY = ("mean", "p50", "p90", "p95", "p99", "min", "max", "std")
+_CSV_LATENCY = ("mean", "p50", "p90", "p95", "p99", "p99.9", "min", "max", "std")
 _CSV_PARITY = ("max_abs", "rel_l2", "cosine", "top1_agreement", "top5_agreement", "distinct_top1", "passed")
 _CSV_COSTS = ("peak_mem_mb", "setup_peak_mem_mb", "run_peak_mem_mb", "mem_source", "host_peak_mem_mb", "runtime_load_mb", "energy_j_per_img", "mean_power_w", "energy_reason",
-              "achieved_gflops", "pct_of_peak", "peak_probe_gflops", "clock_min_mhz", "clock_mean_mhz", "throttled")
+              "achieved_gflops", "pct_of_peak", "peak_probe_gflops", "clock_min_mhz", "clock_mean_mhz", "throttled",
+              "cpu_cores_busy", "cpu_cores_usable")
 
 
 def to_csv(rows: list[Row]) -> str:
     """One line per row; nested figures flattened (latency_p50_ms, parity_cosine), samples left out."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    scalar = ["model", "backend", "device", "precision", "batch_size", "image_size", "status", "error",
+    scalar = ["model", "backend", "device", "precision", "batch_size", "streams", "streams_asked", "image_size", "status", "error",
               "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
     writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY),
                      *(f"costs_{k}" for k in _CSV_COSTS), "loadgen_result", "loadgen_reasons", "loadgen_target_qps"])
@@ -134,15 +160,31 @@ def _throughput(r: Row) -> str:
 
 
 def _eager_throughputs(rows: list[Row]) -> dict[tuple, float]:
-    return {(r.model, r.device, r.precision, r.batch_size, r.scenario): r.throughput_ips
+    return {(r.model, r.device, r.precision, r.batch_size, r.scenario, r.streams_asked): r.throughput_ips
             for r in rows if r.backend == "eager" and r.status == "ok"}
 
 
 def _baseline(eager: dict, r: Row) -> float | None:
-    """The eager throughput a row is compared with: eager at the row's precision, or for int8,
-    which eager cannot run, eager in fp32."""
+    """The eager throughput a row is compared with: eager at the row's precision and streams, or
+    for int8, which eager cannot run, eager in fp32."""
     precision = "fp32" if r.precision == "int8" else r.precision
-    return eager.get((r.model, r.device, precision, r.batch_size, r.scenario))
+    return eager.get((r.model, r.device, precision, r.batch_size, r.scenario, r.streams_asked))
+
+
+def best_rows(rows: list[Row]) -> dict[tuple, Row]:
+    """The fastest parity-passing row of each model (on its device, image size and scenario): the
+    answer to "which should I ship", whatever its backend, precision, batch or streams."""
+    best: dict[tuple, Row] = {}
+    for r in rows:
+        group = (r.model, r.device, r.image_size, r.scenario)
+        if r.passed and (group not in best or r.throughput_ips > best[group].throughput_ips):
+            best[group] = r
+    return best
+
+
+def best_line(r: Row) -> str:
+    return (f"best throughput ({r.model}, parity passing): {r.backend} {r.precision} batch {r.batch_size}, "
+            f"{streams_cell(r)} in flight: {r.throughput_ips:.1f} img/s")
 
 
 ABOVE_PEAK = 110.0  # % of the GEMM probe beyond which a count, the probe, or Winograd explains it
@@ -165,7 +207,8 @@ def _notes(r: Row) -> list[str]:
 def _cost_cells(r: Row) -> list[str]:
     c = r.costs or {}
     memory = f"{_fmt(c.get('peak_mem_mb'), '.0f')}/{_fmt(c.get('run_peak_mem_mb'), '.0f')}" if c else "-"
-    return [memory, _fmt(c.get("energy_j_per_img"), ".3f"), _fmt(c.get("pct_of_peak"), ".0f")]
+    cpu = f"{_fmt(c.get('cpu_cores_busy'), '.1f')}/{c['cpu_cores_usable']}" if c.get("cpu_cores_usable") else "-"
+    return [memory, _fmt(c.get("energy_j_per_img"), ".3f"), _fmt(c.get("pct_of_peak"), ".0f"), cpu]
 
 
 def _accuracy_cell(r: Row) -> str:
@@ -183,19 +226,23 @@ def _loadgen_cell(r: Row) -> str:
 
 
 def table(rows: list[Row]) -> Table:
-    """Speed and parity side by side; speedup is against eager at the same model, precision, batch and
-    scenario. LoadGen rows add the scenario, the rate asked for and achieved, and LoadGen's verdict;
-    --eval-data adds each row's accuracy on the labelled images beside the fp32 model's."""
+    """Speed and parity side by side; speedup is against eager at the same model, precision, batch,
+    scenario and streams; the best throughput of each model is starred. LoadGen rows add the
+    scenario, the rate asked for and achieved, and LoadGen's verdict; --eval-data adds each row's
+    accuracy on the labelled images beside the fp32 model's."""
     baseline = _eager_throughputs(rows)
+    best = [id(r) for r in best_rows(rows).values()]
     with_loadgen = any(r.scenario != "offline" for r in rows)
     with_accuracy = any(r.accuracy for r in rows)
-    columns = [("model", "left"), ("backend", "left"), ("device", "left"), ("prec", "left"), ("batch", "right")]
+    columns = [("model", "left"), ("backend", "left"), ("device", "left"), ("prec", "left"), ("batch", "right"),
+               ("streams", "right")]
     if with_loadgen:
         columns += [("scenario", "left"), ("qps target/got", "right")]
-    columns += [("img/s", "right"), ("vs eager", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
-                ("cv", "right"), ("setup s", "right"), ("peak/run MB", "right"), ("J/img", "right"), ("% peak", "right"),
-                ("cosine", "right"), ("rel_l2", "right"), ("top1", "right"),
-                ("top5", "right"), ("distinct", "right"), ("parity", "left")]
+    measured = [("img/s", "right"), ("vs eager", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
+                ("p99.9 ms", "right"), ("cv", "right"), ("setup s", "right"), ("peak/run MB", "right"),
+                ("J/img", "right"), ("% peak", "right"), ("CPU busy", "right"), ("cosine", "right"), ("rel_l2", "right"),
+                ("top1", "right"), ("top5", "right"), ("distinct", "right")]
+    columns += [*measured, ("parity", "left")]
     if with_accuracy:
         columns.append(("top1 acc (fp32)", "right"))
     if with_loadgen:
@@ -205,14 +252,14 @@ def table(rows: list[Row]) -> Table:
         grid.add_column(name, justify=justify)
 
     for r in rows:
-        head = [r.model, r.backend, r.device, r.precision, str(r.batch_size)]
+        head = [r.model, r.backend, r.device, r.precision, str(r.batch_size), streams_cell(r)]
         if with_loadgen:
             target = (r.loadgen or {}).get("target_qps")
             rate = f"{_fmt(target, '.1f')}/{_fmt(r.achieved_qps, '.1f')}" if r.achieved_qps is not None else "-"
             head += [r.scenario, rate]
         if r.status != "ok":
             colour = "red" if r.status == "failed" else "yellow"
-            cells = [*head, *["-"] * 14, f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
+            cells = [*head, *["-"] * len(measured), f"[{colour}]{r.status}: {escape(r.error or '')}[/{colour}]"]
             grid.add_row(*cells, *["-"] * (with_accuracy + with_loadgen))
             continue
         base = _baseline(baseline, r)
@@ -224,10 +271,11 @@ def table(rows: list[Row]) -> Table:
         cv = _fmt(r.cv, ".2f") + (" [yellow]noisy[/yellow]" if r.noisy else "")
         grid.add_row(
             *head,
-            _throughput(r),
+            f"[bold green]{_throughput(r)} *[/bold green]" if id(r) in best else _throughput(r),
             speedup,
             _fmt(r.latency_ms["p50"], ".2f"),
             _fmt(r.latency_ms["p99"], ".2f"),
+            _fmt(r.latency_ms.get("p99.9"), ".2f"),
             cv,
             _fmt(r.setup_s, ".1f"),
             *_cost_cells(r),
@@ -299,10 +347,10 @@ def sensitivity_table(row: Row, top: int = 15) -> Table:
 
 
 def console() -> Console:
-    """stdout, at least 220 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
+    """stdout, at least 250 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
     table would then be squeezed into unreadable ellipses in every log a user keeps."""
     out = Console()
-    return out if out.is_terminal and out.width >= 220 else Console(width=max(out.width, 220))
+    return out if out.is_terminal and out.width >= 250 else Console(width=max(out.width, 250))
 
 
 class Saver:
@@ -368,12 +416,34 @@ def costs_line(env: dict) -> str:
             "(torch's; on CPU also onnxruntime's)")
 
 
+# The instructions that make each precision fast on a CPU, as /proc/cpuinfo names them.
+NATIVE = {"bf16": ("amx_bf16", "avx512_bf16"), "int8": ("amx_int8", "avx512_vnni", "avx_vnni")}
+
+
+def precision_hint(plan: Plan) -> str | None:
+    """Where the CPU computes bf16 or int8 natively and the run measured fp32 alone, what it left
+    out and the command that measures it (on AMX, int8 runs several times faster than fp32)."""
+    features = plan.env.get("cpu_features") or {}
+    fast = {p: [f for f in flags if features.get(f)] for p, flags in NATIVE.items()}
+    fast = {p: flags for p, flags in fast.items() if flags}
+    if plan.device.type != "cpu" or set(plan.precisions) != {"fp32"} or not fast:
+        return None
+    said = " and ".join(f"{p} ({', '.join(flags)})" for p, flags in fast.items())
+    return (f"this CPU computes {said} natively, and this run measured fp32 only: python -m bench --model "
+            f"{','.join(plan.models)} --device cpu --precision fp32,{','.join(fast)} measures them")
+
+
 def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
-    """The run's sections on ``out``: the table, then where the rows have them the stage profile,
-    the serving split, INT8 sensitivity, and the backends that could not run here."""
+    """The run's sections on ``out``: the table, the best row and what the run left out, then where
+    the rows have them the stage profile, the serving split, INT8 sensitivity, and the backends
+    that could not run here."""
     out.print(f"[dim]{escape(machine_line(plan.env))}[/dim]", highlight=False)
     out.print(f"[dim]{escape(costs_line(plan.env))}[/dim]", highlight=False)
     out.print(table(rows))
+    for r in best_rows(rows).values():
+        out.print(f"[bold green]* {escape(best_line(r))}[/bold green]", highlight=False)
+    if (hint := precision_hint(plan)) is not None:
+        out.print(f"[yellow]{escape(hint)}[/yellow]", highlight=False)
     if any(r.profile and r.profile.get("stages") for r in rows):
         out.print(profile_table(rows))
     for grid in layers.side_by_side(rows):
@@ -445,8 +515,9 @@ def _row_problem(record) -> str | None:
             return f"{key} is {record[key]!r}"
     if record["status"] not in STATUSES:
         return f"status is {record['status']!r}, not one of {', '.join(STATUSES)}"
-    if record["status"] != "ok":
-        return None
+    problem = _streams_problem(record)
+    if problem or record["status"] != "ok":
+        return problem
     for key, figures in _OK_ROW_FIGURES.items():
         for figure in figures:
             if figure not in record[key]:
@@ -468,6 +539,19 @@ def _row_problem(record) -> str | None:
     return None
 
 
+def _streams_problem(record: dict) -> str | None:
+    """Files from before streams have neither key (one in flight); a row that has them has a count
+    of 1 or more (None only where auto never chose) and asked for a count or "auto"."""
+    streams, asked = record.get("streams", 1), record.get("streams_asked", record.get("streams", 1))
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not (count(streams) or (streams is None and asked == "auto" and record["status"] != "ok")):
+        return f"streams is {streams!r}"
+    if not (count(asked) or asked == "auto"):
+        return f"streams_asked is {asked!r}"
+    return None
+
+
 def rows_from_json(document: dict) -> list[Row]:
     """The rows of a document ``load`` read, as Rows again (fields this version does not know are dropped)."""
     names = {f.name for f in fields(Row)}
@@ -477,17 +561,19 @@ def rows_from_json(document: dict) -> list[Row]:
 def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str:
     """One run as Markdown: where it ran, the table (speed, parity, LoadGen's verdict), the plot."""
     baseline = _eager_throughputs(rows)
+    best = [id(r) for r in best_rows(rows).values()]
     lines = [f"## {title}", "",
              (f"{machine_line(env)}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
               f"OpenVINO {env.get('openvino')}, TensorRT {env.get('tensorrt')}, Python {env.get('python')}."), "",
              f"{costs_line(env)}.", "",
-             ("| model | backend | device | precision | batch | scenario | img/s | vs eager | p50 ms | p99 ms | cv "
-              "| peak/run MB | J/img | % peak | cosine | top-1 | top-5 | parity | LoadGen |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             ("| model | backend | device | precision | batch | streams | scenario | img/s | vs eager | p50 ms | p99 ms "
+              "| p99.9 ms | cv | peak/run MB | J/img | % peak | CPU busy | cosine | top-1 | top-5 | parity | LoadGen |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        head = f"| {r.model} | {r.backend} | {r.device} | {r.precision} | {r.batch_size} | {r.scenario} |"
+        head = (f"| {r.model} | {r.backend} | {r.device} | {r.precision} | {r.batch_size} | {streams_cell(r)} "
+                f"| {r.scenario} |")
         if r.status != "ok":
-            lines.append(f"{head} {'- | ' * 11}{r.status}: {r.error} | - |")
+            lines.append(f"{head} {'- | ' * 13}{r.status}: {r.error} | - |")
             continue
         base = _baseline(baseline, r)
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
@@ -495,11 +581,14 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
         parity = ("pass" if r.parity["passed"] else "**FAIL**") + (f" ({', '.join(notes)})" if notes else "")
         loadgen = "-" if r.loadgen is None else r.loadgen["result"] + (
             f": {'; '.join(r.loadgen['reasons'])}" if r.loadgen["reasons"] else "")
-        lines.append(f"{head} {_throughput(r)} | {speedup} | {_fmt(r.latency_ms['p50'], '.2f')} | "
-                     f"{_fmt(r.latency_ms['p99'], '.2f')} | {_fmt(r.cv, '.2f')}{' noisy' if r.noisy else ''} | "
+        throughput = f"**{_throughput(r)}**" if id(r) in best else _throughput(r)
+        lines.append(f"{head} {throughput} | {speedup} | {_fmt(r.latency_ms['p50'], '.2f')} | "
+                     f"{_fmt(r.latency_ms['p99'], '.2f')} | {_fmt(r.latency_ms.get('p99.9'), '.2f')} | "
+                     f"{_fmt(r.cv, '.2f')}{' noisy' if r.noisy else ''} | "
                      f"{' | '.join(_cost_cells(r))} | "
                      f"{_fmt(r.parity['cosine'], '.6f')} | {_fmt(r.parity['top1_agreement'], '.3f')} | "
                      f"{_fmt(r.parity.get('top5_agreement'), '.3f')} | {parity} | {loadgen} |")
+    lines += ["", *(f"{best_line(r)} (in bold above)." for r in best_rows(rows).values())]
     if plot:
         lines += ["", f"![throughput and latency against batch size]({plot})"]
     return "\n".join(lines) + "\n"

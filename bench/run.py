@@ -4,12 +4,18 @@ reference and closed, one backend's failure never losing another's row.
 The reference (the model, the parity inputs and their fp32 logits) is built once per model, on
 the CPU, the first time a row of that model runs. Timing, parity and reporting never see which
 backend they measure: a row's runner comes from the registry it is handed.
+
+A row keeps ``streams`` requests in flight (``--streams``): one is today's latency measurement, one
+call at a time on every thread (on CUDA, enqueued ahead on one stream, as trtexec does); N or
+``auto`` open the runner's streams, and ``auto`` first picks N as the runtime's own tool would.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from bench.costs.meter import Gauges, RowMeter, complete
 from bench.plan import Loop, Plan, RowSpec
 from bench.report import Row, row_key
 from bench.runners import RunConfig, Runner
+from bench.streams import Streams
 from export import quantize, sensitivity
 from resnet_perf import parity
 from resnet_perf.cli import Stopped, one_line
@@ -103,6 +110,11 @@ def skip_reason(spec: RowSpec, plan: Plan, runners: Mapping[str, type[Runner]],
     failed_at = out_of_memory_at.get((spec.model, spec.precision, spec.backend))
     if failed_at is not None and spec.batch_size > failed_at:
         return f"out of memory at batch {failed_at}"
+    if runner.serves_requests and plan.scenario.scenario != "offline" and spec.streams != 1:
+        return "a server takes LoadGen's queries as they come: its own queue keeps them in flight (streams 1)"
+    limit = runner.streams_limit(plan.device, options)
+    if limit is not None and spec.streams != "auto" and spec.streams > limit[0]:
+        return f"at most {limit[0]} request(s) in flight: {limit[1]}"
     return None
 
 
@@ -124,9 +136,11 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
         task = progress.add_task("starting", total=len(plan.rows))
         try:
             for spec in plan.rows:
-                progress.update(task, description=f"{spec.model} {spec.backend} {spec.precision} batch {spec.batch_size}")
+                progress.update(task, description=f"{spec.model} {spec.backend} {spec.precision} batch {spec.batch_size} "
+                                                  f"streams {spec.streams}")
                 row = Row(spec.model, spec.backend, plan.device.type, spec.precision, spec.batch_size, plan.image_size,
-                          scenario=plan.scenario.scenario)
+                          scenario=plan.scenario.scenario, streams=spec.streams if spec.streams != "auto" else None,
+                          streams_asked=spec.streams)
                 row = plan.resumed.get(row_key(row)) or run_row(spec, row, plan, runners, references, gauges,
                                                                 out_of_memory_at, loaded)
                 if row.error == "out of memory":
@@ -164,7 +178,7 @@ def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runn
         return row
     config = RunConfig(reference.ident, plan.device, spec.precision, spec.batch_size, plan.image_size, plan.threads,
                        plan.cache_dir, artifacts=plan.artifacts, options=plan.options.get(spec.backend),
-                       calibration=calibration)
+                       calibration=calibration, streams=spec.streams)
     if spec.backend not in loaded:
         loaded[spec.backend] = gauges.runtime_load(lambda: runners[spec.backend].load_runtime(plan.device))
     row = bench_row(runners[spec.backend](reference.model, config), row, reference, plan, gauges)
@@ -176,27 +190,25 @@ def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runn
 def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan, gauges: Gauges) -> Row:
     """Prepare, time and check one runner, filling ``row``; the runner is closed whatever happens.
     Its costs are metered from the end of its build (an export, an engine) to the end of its timed
-    calls; setup_s counts the build too."""
-    costs = RowMeter(gauges, runner.device_memory)
+    calls; setup_s counts the build too, and opening its streams (for auto, choosing how many)."""
     try:
         probe = gauges.peak(row.precision)  # before the meter starts: the probe's memory is not the row's
         start = time.perf_counter()
         runner.build()  # also before it: the artifact's export or engine build is not the runtime's memory
-        costs.start()
-        runner.prepare()
-        row.setup_s = time.perf_counter() - start
-        costs.setup_done()
-        row.runtime = runner.run_facts()
-
-        batch = parity.cycled(reference.inputs, row.batch_size)  # the offline loop's: the first batch_size
-        if row.scenario == "offline":
-            loop_row(runner, row, batch, plan.loop, costs)
-        else:
-            loadgen_row(runner, row, reference.inputs, plan, costs)
-        row.costs = complete(costs.stop(), row.throughput_ips, reference.gmac_per_image, probe)
+        with RowMeter(gauges, runner.device_memory) as meter:
+            runner.prepare()
+            row.runtime = runner.run_facts()
+            batch = parity.cycled(reference.inputs, row.batch_size)  # the offline loop's: the first batch_size
+            with open_streams(runner, row, plan.loop) or contextlib.nullcontext() as streams:
+                row.setup_s = time.perf_counter() - start
+                if row.scenario == "offline":
+                    loop_row(runner, streams, row, batch, plan.loop, meter)
+                else:
+                    loadgen_row(runner, streams, row, reference.inputs, plan, meter)
+            row.costs = complete(meter.costs(), row.throughput_ips, reference.gmac_per_image, probe)
         if runner.memory_note:
             row.costs["mem_note"] = runner.memory_note
-        if row.scenario == "offline" and plan.loop.profile:
+        if row.scenario == "offline" and plan.loop.profile and row.streams_asked == plan.streams[0]:
             profile_row(runner, row, batch, plan.loop)
 
         row.parity = parity.compare(reference.logits, parity.predict(runner.infer, reference.inputs, row.batch_size),
@@ -210,9 +222,71 @@ def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan, gauges
     except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
         row.status, row.error = "failed", one_line(exc)
     finally:
-        costs.close()
         runner.close()
     return row
+
+
+# --streams auto: each candidate's trial, and how much faster more requests in flight must be to be
+# kept over fewer (which answer sooner): these VMs drift by more than the noise of a short trial.
+AUTO_TRIAL_ITERS = 3
+AUTO_MARGIN = 0.05
+# On a GPU, more streams than this only queue on the same SMs (perf_analyzer's and trtexec's users
+# rarely go past it for one model).
+GPU_AUTO_MAX = 4
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto_candidates(device: torch.device, threads: int) -> list[int]:
+    """What --streams auto tries where the runtime does not pick: 1, 2, 4, ... up to the usable
+    cores (each stream needs a thread of its own), or up to GPU_AUTO_MAX on a GPU."""
+    top = GPU_AUTO_MAX if device.type == "cuda" else min(usable_cores(), threads)
+    return [2**k for k in range(top.bit_length()) if 2**k <= top]
+
+
+def open_streams(runner: Runner, row: Row, loop: Loop) -> Streams | None:
+    """The row's requests in flight, opened on the prepared runner and recorded in the row; None
+    for one call at a time (a single stream on CPU, or with --host-io)."""
+    if row.streams_asked == 1 and (runner.config.device.type != "cuda" or loop.host_io):
+        return None
+    count, chosen_by, tried = streams_count(runner, row.streams_asked)
+    streams = runner.streams(count)
+    row.streams = count
+    row.streams_how = {"kept": streams.how, "chosen_by": chosen_by, "tried_ips": tried}
+    return streams
+
+
+def streams_count(runner: Runner, asked: int | str) -> tuple[int, str, dict[int, float] | None]:
+    """How many requests to keep in flight, why, and each candidate's trial throughput where there
+    was a search: N as asked; for auto, as many as the runtime's own tool would keep, picked by the
+    runtime or by a short trial of each candidate."""
+    if asked != "auto":
+        return asked, "--streams", None
+    if (own := runner.own_streams()) is not None:
+        return (*own, None)
+    candidates = auto_candidates(runner.config.device, runner.config.threads)
+    limit = runner.streams_limit(runner.config.device, runner.config.options)
+    if limit is not None:
+        candidates = [n for n in candidates if n <= limit[0]]
+    if candidates == [1]:
+        return 1, limit[1] if limit is not None and limit[0] == 1 else "1: the usable cores and threads allow no more", None
+    count, tried = search_streams(runner, runner.config.batch_size, candidates)
+    return count, (f"the fastest of {', '.join(map(str, tried))} in flight over {AUTO_TRIAL_ITERS} requests per "
+                   f"stream (more kept only if {AUTO_MARGIN:.0%} faster)"), tried
+
+
+def search_streams(runner: Runner, batch_size: int, candidates: list[int]) -> tuple[int, dict[int, float]]:
+    """Each candidate's throughput in a short trial, and the one to keep: the fastest, unless fewer
+    streams come within AUTO_MARGIN of it."""
+    inputs = runner.to_input(torch.zeros(runner.config.input_shape))
+    tried = {}
+    for count in candidates:
+        with runner.streams(count) as streams:
+            tried[count] = timing.measure_streams(streams, inputs, warmup=1, iters=AUTO_TRIAL_ITERS).throughput(batch_size)
+    best = max(tried.values())
+    return next(n for n in candidates if tried[n] >= best * (1 - AUTO_MARGIN)), tried
 
 
 def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[], object]:
@@ -233,29 +307,32 @@ def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[
     return call
 
 
-def loop_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop, costs: RowMeter) -> None:
-    """The offline scenario: the fixed-batch loop, timed call by call, ``loop.repeat`` times over.
-    The backend's own report (a server's statistics) covers the last repetition's timed calls;
-    energy and clocks cover every repetition's."""
-    call = timed_call(runner, batch, loop.host_io)
+def loop_row(runner: Runner, streams: Streams | None, row: Row, batch: torch.Tensor, loop: Loop,
+             meter: RowMeter) -> None:
+    """The offline scenario: the fixed-batch loop, ``loop.repeat`` times over, one call at a time
+    or with the row's streams kept busy. The backend's own report (a server's statistics) covers
+    the last repetition's timed calls; energy, clocks and CPU time cover every repetition's."""
 
-    def before_timed():
+    @contextlib.contextmanager
+    def window() -> Iterator[None]:
         runner.mark()
-        costs.begin()
+        with meter.window():
+            yield
 
-    runs = []
-    for _ in range(loop.repeat):
-        runs.append(timing.measure(call, runner.config.device, warmup=loop.warmup, iters=loop.iters,
-                                   min_time=loop.min_time, before_timed=before_timed))
-        costs.end()
+    settings = {"warmup": loop.warmup, "iters": loop.iters, "min_time": loop.min_time, "window": window}
+    if streams is None:
+        call = timed_call(runner, batch, loop.host_io)
+        runs = [timing.measure(call, runner.config.device, **settings) for _ in range(loop.repeat)]
+    else:
+        inputs = runner.to_input(batch)
+        runs = [timing.measure_streams(streams, inputs, **settings) for _ in range(loop.repeat)]
     row.serving = runner.window()
     row.first_run_ms = runs[0].first_run_ms
     row.samples_ms = [sample for run in runs for sample in run.samples_ms]
     row.iters = len(row.samples_ms)
-    images = runner.images_per_call
     if loop.repeat > 1:
-        row.repeats = [timing.summarize(run.samples_ms, images)["throughput_ips"] for run in runs]
-    stats = timing.summarize(row.samples_ms, images)
+        row.repeats = [run.throughput(row.batch_size) for run in runs]
+    stats = timing.summarize(row.samples_ms, row.batch_size, window_s=sum(run.window_s for run in runs))
     row.throughput_ips, row.latency_ms = stats["throughput_ips"], stats["latency_ms"]
     row.host_io = loop.host_io
     row.cv = stats["latency_ms"]["std"] / stats["latency_ms"]["mean"]
@@ -294,36 +371,43 @@ def stage_times(runner: Runner, stages: list, batch: torch.Tensor, loop: Loop) -
     return times
 
 
-def loadgen_row(runner: Runner, row: Row, inputs: torch.Tensor, plan: Plan, costs: RowMeter) -> None:
-    """A LoadGen scenario: LoadGen issues the queries; every call goes from host memory to host logits."""
-    # One batch's time sizes LoadGen's query counts and the top of a rate search.
+def loadgen_row(runner: Runner, streams: Streams | None, row: Row, inputs: torch.Tensor, plan: Plan,
+                meter: RowMeter) -> None:
+    """A LoadGen scenario: LoadGen issues the queries; every call goes from host memory to host logits,
+    or with streams (offline-loadgen) from host memory into a free stream."""
+    # One batch's time (with streams, the streams' throughput) sizes LoadGen's query counts and the
+    # top of a rate search.
     batch = parity.cycled(inputs, row.batch_size)
-    probe = timing.measure(lambda: runner.infer(batch), runner.config.device, warmup=plan.loop.warmup, iters=5)
+    if streams is None:
+        probe = timing.measure(lambda: runner.infer(batch), runner.config.device, warmup=plan.loop.warmup, iters=5)
+        expected_s = float(np.median(probe.samples_ms)) / 1e3
+    else:
+        probe = timing.measure_streams(streams, runner.to_input(batch), warmup=plan.loop.warmup, iters=AUTO_TRIAL_ITERS)
+        expected_s = row.batch_size / probe.throughput(row.batch_size)
     row.first_run_ms = probe.first_run_ms
-    expected_s = float(np.median(probe.samples_ms)) / 1e3
     settings = plan.scenario
     if settings.log_dir is not None:
         settings = replace(settings, log_dir=Path(settings.log_dir) / "-".join(
-            map(str, (row.model, row.backend, row.precision, f"b{row.batch_size}", row.scenario))))
+            map(str, (row.model, row.backend, row.precision, f"b{row.batch_size}",
+                      *(() if row.streams_asked == 1 else (f"streams-{row.streams_asked}",)), row.scenario))))
+    sut = scenarios.System(runner.infer, runner.submit if runner.serves_requests else None, streams, runner.to_input)
     search = None
-    submit = runner.submit if runner.serves_requests else None
     if plan.find_max_qps:
         # The backend's own report (a server's statistics), energy and clocks cover the last,
         # confirming run.
-        def before_run():
+        @contextlib.contextmanager
+        def window() -> Iterator[None]:
             runner.mark()
-            costs.begin(fresh=True)
+            with meter.window(fresh=True):
+                yield
 
-        result, target, search = scenarios.find_max_qps(runner.infer, inputs, row.batch_size, settings,
-                                                        runner.config.device, expected_s, submit,
-                                                        before_run=before_run)
+        result, target, search = scenarios.find_max_qps(sut, inputs, row.batch_size, settings, runner.config.device,
+                                                        expected_s, window=window)
     else:
         runner.mark()
-        costs.begin()
-        result = scenarios.run(runner.infer, inputs, row.batch_size, settings, runner.config.device, expected_s,
-                               submit)
+        with meter.window():
+            result = scenarios.run(sut, inputs, row.batch_size, settings, runner.config.device, expected_s)
         target = settings.target_qps
-    costs.end()
     row.serving = runner.window()
     row.throughput_ips = result.completed_samples_per_s
     row.latency_ms = result.latency_ms

@@ -8,7 +8,10 @@ worker thread groups them into runner batches: up to ``max_batch`` samples, wait
 ``max_queue_delay_ms`` for a batch to fill (the Server scenario's dynamic batcher; the other
 scenarios do not wait). Runners take one static batch size, so a short batch is padded by cycling
 its samples, as a static-shape deployment does. Each batch goes from host memory into the runner and
-its logits back to host memory, as in a serving process.
+its logits back to host memory, as in a serving process. With the runner's streams (``--streams``
+in the offline-loadgen scenario), the worker hands each batch to a free stream instead of waiting
+for it, so N batches are in flight; their logits stay where the backend leaves them (performance
+mode reads none).
 
 | scenario | LoadGen issues | runner batch |
 |---|---|---|
@@ -43,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.streams import Streams
 from resnet_perf.parity import cycled
 
 SCENARIOS = ("single-stream", "multi-stream", "server", "offline-loadgen")
@@ -53,6 +57,18 @@ DEFAULT_QUEUE_DELAY_MS = 1.0
 
 # A backend's asynchronous request: submit(batch, done), done(logits, error) when it completes.
 Submit = Callable[[Tensor, Callable[[Tensor | None, BaseException | None], None]], None]
+
+
+@dataclass(frozen=True)
+class System:
+    """What LoadGen's queries go to: the backend's call (host batch to host logits), or its own
+    asynchronous requests (``submit``: a server, which queues and batches them itself), or its
+    ``streams`` (with ``to_input``, the backend's input for a host batch)."""
+
+    infer: Callable[[Tensor], Tensor]
+    submit: Submit | None = None
+    streams: Streams | None = None
+    to_input: Callable[[Tensor], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,12 +98,13 @@ class ScenarioResult:
 
 
 class _BatchingSUT:
-    """The system under test: a queue of LoadGen samples and one worker thread running the runner."""
+    """The system under test: a queue of LoadGen samples and one worker thread forming batches,
+    each run by the runner's call, or handed to a free one of its streams."""
 
-    def __init__(self, lg, infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, max_delay_s: float,
+    def __init__(self, lg, system: System, inputs: Tensor, batch_size: int, max_delay_s: float,
                  device: torch.device):
         self.lg = lg
-        self.infer = infer
+        self.system = system
         self.inputs = inputs
         self.batch_size = batch_size
         self.max_delay_s = max_delay_s
@@ -96,6 +113,11 @@ class _BatchingSUT:
         self.latencies_ms: list[float] = []
         self.error: BaseException | None = None
         self.worker = threading.Thread(target=self._work, name="resnet-perf-sut", daemon=True)
+        streams = system.streams
+        # Every request slot of the streams, free until a batch takes it: slot i runs on stream i % count.
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        for slot in range(0 if streams is None else streams.count * streams.depth):
+            self.free.put(slot)
 
     def issue(self, samples) -> None:
         arrived = time.perf_counter()
@@ -122,16 +144,32 @@ class _BatchingSUT:
     def _work(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        streams = self.system.streams
         while (batch := self._next_batch()) is not None:
             # A short batch is padded: the runner's shape is static.
             padded = cycled(self.inputs[[sample.index for _, sample in batch]], self.batch_size)
-            try:
-                self.infer(padded)
-            except BaseException as exc:  # noqa: BLE001 - reported after the run; LoadGen must still finish
-                self.error = self.error or exc
-            done = time.perf_counter()
-            self.latencies_ms.extend((done - arrived) * 1e3 for arrived, _ in batch)
-            self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(sample.id, 0, 0) for _, sample in batch])
+            if streams is None:
+                try:
+                    self.system.infer(padded)
+                except BaseException as exc:  # noqa: BLE001 - reported after the run; LoadGen must still finish
+                    self.error = self.error or exc
+                self._complete(batch)
+                continue
+            slot = self.free.get()
+            inputs = self.system.to_input(padded)  # held by the closure until its request is done
+            streams.submit(slot % streams.count, inputs,
+                           lambda result, slot=slot, batch=batch, inputs=inputs: self._finished(slot, batch, result))
+
+    def _finished(self, slot: int, batch: list, result) -> None:
+        if isinstance(result, BaseException):
+            self.error = self.error or result
+        self._complete(batch)
+        self.free.put(slot)
+
+    def _complete(self, batch: list) -> None:
+        done = time.perf_counter()
+        self.latencies_ms.extend((done - arrived) * 1e3 for arrived, _ in batch)
+        self.lg.QuerySamplesComplete([self.lg.QuerySampleResponse(sample.id, 0, 0) for _, sample in batch])
 
     def __enter__(self) -> _BatchingSUT:
         self.worker.start()
@@ -140,6 +178,9 @@ class _BatchingSUT:
     def __exit__(self, *exc) -> None:
         self.pending.put(None)
         self.worker.join()
+        streams = self.system.streams
+        for _ in range(0 if streams is None else streams.count * streams.depth):  # every request back in
+            self.free.get()
 
 
 class _RequestSUT:
@@ -177,13 +218,13 @@ class _RequestSUT:
         pass
 
 
-def run(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, settings: ScenarioSettings,
-        device: torch.device, expected_latency_s: float, submit: Submit | None = None) -> ScenarioResult:
-    """One LoadGen run of ``settings.scenario`` over ``infer`` (a host batch of ``batch_size`` inputs
-    to host logits), drawing samples from ``inputs``; or, given ``submit``, over the backend's own
-    asynchronous requests (``submit(batch, done)``, ``done(logits, error)`` on completion).
-    ``expected_latency_s``, one batch's time, sizes the offline and stream scenarios' query counts
-    as LoadGen asks."""
+def run(system: System, inputs: Tensor, batch_size: int, settings: ScenarioSettings, device: torch.device,
+        expected_latency_s: float) -> ScenarioResult:
+    """One LoadGen run of ``settings.scenario`` over ``system`` (batches of ``batch_size``, its
+    call a host batch to host logits; or its streams; or, given ``submit``, the backend's own
+    asynchronous requests: ``submit(batch, done)``, ``done(logits, error)`` on completion), drawing
+    samples from ``inputs``. ``expected_latency_s``, one batch's time (with streams, a batch over
+    their throughput), sizes the offline and stream scenarios' query counts as LoadGen asks."""
     import mlperf_loadgen as lg
 
     test = lg.TestSettings()
@@ -220,8 +261,8 @@ def run(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, sett
     log.log_output.copy_summary_to_stdout = False
     log.enable_trace = False
 
-    sut = (_RequestSUT(lg, submit, inputs, batch_size) if submit is not None
-           else _BatchingSUT(lg, infer, inputs, batch_size, delay, device))
+    sut = (_RequestSUT(lg, system.submit, inputs, batch_size) if system.submit is not None
+           else _BatchingSUT(lg, system, inputs, batch_size, delay, device))
     lg_sut = lg.ConstructSUT(sut.issue, lambda: None)
     qsl = lg.ConstructQSL(len(inputs), len(inputs), lambda _: None, lambda _: None)
     start = time.perf_counter()
@@ -319,21 +360,21 @@ def _result(log: dict, latencies_ms: list[float], elapsed_s: float, log_dir: str
     )
 
 
-def find_max_qps(infer: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int, settings: ScenarioSettings,
-                 device: torch.device, expected_latency_s: float, submit: Submit | None = None, *,
-                 before_run: Callable[[], None] = lambda: None, rounds: int = 6,
+def find_max_qps(system: System, inputs: Tensor, batch_size: int, settings: ScenarioSettings,
+                 device: torch.device, expected_latency_s: float, *,
+                 window: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext, rounds: int = 6,
                  confirmations: int = 3) -> tuple[ScenarioResult, float, list[dict]]:
     """The highest Server rate whose p99 stays within ``settings.p99_ms``, by bisection over LoadGen
     runs, each judged by LoadGen itself, between 0 and a little above the runner's offline rate;
     then a confirming run at that rate (lowered by 10% and run again, up to ``confirmations`` times,
-    if noise makes it miss). ``before_run`` is called before each run. Returns the confirming run,
-    its rate, and every run of the search."""
+    if noise makes it miss). Each run is inside ``window``. Returns the confirming run, its rate,
+    and every run of the search."""
 
     def attempt(rate: float, label: str) -> ScenarioResult:
         log_dir = None if settings.log_dir is None else settings.log_dir / f"{label}-{rate:.1f}qps"
-        before_run()
-        return run(infer, inputs, batch_size, replace(settings, target_qps=rate, log_dir=log_dir), device,
-                   expected_latency_s, submit)
+        with window():
+            return run(system, inputs, batch_size, replace(settings, target_qps=rate, log_dir=log_dir), device,
+                       expected_latency_s)
 
     def record(label: str, rate: float, result: ScenarioResult) -> bool:
         met = "latency bound missed" not in result.reasons

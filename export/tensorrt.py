@@ -14,6 +14,7 @@ works without it.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -226,6 +227,17 @@ class Engine:
         self.stream = torch.cuda.Stream(device)
         self.output: Tensor | None = None
         self.bound: Tensor | None = None  # the input last bound; the engine holds its address
+
+    def sibling(self) -> Engine:
+        """The same deserialized engine with an execution context of its own (its own stream,
+        output and bound input): one per concurrent stream, as trtexec's ``--infStreams`` gives
+        each of its streams."""
+        other = copy.copy(self)
+        with torch.cuda.device(self.device):
+            other.context = self.engine.create_execution_context()
+        other.stream = torch.cuda.Stream(self.device)
+        other.output = other.bound = None
+        return other
 
     def bind(self, x: Tensor) -> Tensor:
         """Point the engine at ``x`` (its batch size picks the shape within the profile) and at a

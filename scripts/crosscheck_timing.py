@@ -1,16 +1,23 @@
-"""Cross-check the harness's throughput against plain timing loops written without it, and OpenVINO's
-rows against OpenVINO's own benchmark_app.
+"""Cross-check the harness's throughput against plain timing loops written without it, and the
+openvino rows against OpenVINO's own benchmark_app, each pair measured alternately in one process.
 
-For each backend and precision the harness's figure (its runner, timed by bench.timing) and a plain
-loop over the framework's own call (the torch module, the compiled module, InferenceSession.run or
-an OpenVINO infer request with numpy) are measured alternately, twice each, in one process, and the
-median figures compared. A harness that added overhead, or skipped work, would show as a ratio
-away from 1. With --benchmark-app, `benchmark_app -hint latency` and `-hint throughput` then run on
-the very ONNX file the openvino rows ran, one after the other, beside our latency and throughput
-rows: a tool nobody here wrote, on the same model, batch and machine.
+For each backend, precision and streams value, the harness's figure (its runner and streams, timed
+by bench.timing) and a plain loop over the framework's own call (the torch module, the compiled
+module, InferenceSession.run, an OpenVINO infer request with numpy) are measured in turn, ``--rounds``
+times. With N streams the plain loop is N Python threads, each calling its own framework object
+(a session per thread for onnxruntime, an infer request per thread on the model compiled for N
+streams for OpenVINO, the shared module with its share of the intra-op threads for torch), counted
+over the wall time from their start to the last one's end. A harness that added overhead, or
+skipped work, would show as a ratio away from 1.
+
+With --benchmark-app, each round then also runs ``benchmark_app -hint latency`` and ``-hint
+throughput`` (its defaults, as a user runs it) and ``-hint none -nstreams N -nireq N`` (the streams
+our row kept, pinned to our inference precision: benchmark_app takes -nstreams only without a hint) on the very ONNX file the openvino rows
+ran, right after our rows: a tool nobody here wrote, on the same model, batch and machine, and the
+ratio of our best row to the better of its two defaults, round by round.
 
     python scripts/crosscheck_timing.py --model resnet50 --batch-size 8 --image-size 224 \\
-        --backend eager,compile,onnxruntime,openvino --precision fp32,int8 --benchmark-app
+        --backend eager,compile,onnxruntime,openvino --precision fp32,bf16,int8 --streams 1,auto --benchmark-app
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -32,44 +40,47 @@ import resnet_perf
 from bench import timing
 from bench.env import collect
 from bench.report import machine_line
-from bench.runners import RUNNERS, RunConfig
-from bench.runners.openvino import OpenVINOOptions
+from bench.run import streams_count
+from bench.runners import RUNNERS, RunConfig, Runner
+from bench.streams import threads_each
 from export import quantize
 from resnet_perf.precision import PRECISIONS
 
 
-def plain_loop(call, iters: int, warmup: int) -> float:
-    """Calls per second of ``call`` in the simplest loop there is."""
-    for _ in range(warmup):
-        call()
-    start = time.perf_counter()
-    for _ in range(iters):
-        call()
-    return iters / (time.perf_counter() - start)
-
-
-def plain_call(backend: str, precision: str, model: torch.nn.Module, x: torch.Tensor, onnx_path: Path | None):
-    """The framework's own call on ``x``, set up as its documentation shows, nothing of ours."""
-    threads = torch.get_num_threads()
+def plain_calls(backend: str, precision: str, model: torch.nn.Module, x: torch.Tensor, onnx_path: Path | None,
+                streams: int, threads: int) -> list:
+    """``streams`` of the framework's own calls on ``x``, one per thread, set up as its documentation
+    shows, nothing of ours: each with its share of the intra-op threads."""
+    each = threads_each(threads, streams)
     if backend == "onnxruntime":
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        return lambda: session.run(None, feed)
+        def session_call():
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = each
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            feed = {session.get_inputs()[0].name: x.numpy()}
+            return lambda: session.run(None, feed)
+
+        return [session_call() for _ in range(streams)]
     if backend == "openvino":
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
 
-        core = ov.Core()
-        compiled = core.compile_model(str(onnx_path), "CPU", {
-            props.inference_num_threads: threads, hints.performance_mode: hints.PerformanceMode.LATENCY,
-            hints.inference_precision: ov.Type.bf16 if precision == "bf16" else ov.Type.f32})
-        request, feed = compiled.create_infer_request(), {0: x.numpy()}
-        return lambda: request.infer(feed)
+        settings = {props.inference_num_threads: threads,
+                    hints.inference_precision: ov.Type.bf16 if precision == "bf16" else ov.Type.f32}
+        if streams == 1:
+            settings[hints.performance_mode] = hints.PerformanceMode.LATENCY
+        else:
+            settings.update({hints.performance_mode: hints.PerformanceMode.THROUGHPUT, props.num_streams: streams})
+        compiled = ov.Core().compile_model(str(onnx_path), "CPU", settings)
+
+        def request_call():
+            request, feed = compiled.create_infer_request(), {0: x.numpy()}
+            return lambda: request.infer(feed)
+
+        return [request_call() for _ in range(streams)]
     dtype = PRECISIONS[precision].dtype
     module = copy.deepcopy(model).to(dtype, memory_format=torch.channels_last)
     xc = x.to(dtype).contiguous(memory_format=torch.channels_last)
@@ -82,17 +93,58 @@ def plain_call(backend: str, precision: str, model: torch.nn.Module, x: torch.Te
         with torch.inference_mode():
             module(xc)
 
-    return call
+    return [call] * streams
 
 
-def benchmark_app(onnx_path: Path, hint: str, seconds: float, infer_precision: str | None) -> dict:
-    """``benchmark_app -hint HINT`` on ``onnx_path`` for ``seconds``, with ``-infer_precision``
-    where given (else OpenVINO's default for this CPU): its throughput (images/s), median latency
-    and what it chose, from the JSON report it writes."""
+def plain_loops(calls: list, iters: int, warmup: int, threads: int) -> float:
+    """Calls per second of ``calls`` run side by side, each in a thread of its own with its share
+    of torch's intra-op threads, from the moment they start to the last one's end."""
+    each = threads_each(threads, len(calls))
+    barrier = threading.Barrier(len(calls) + 1)
+
+    def loop(call):
+        torch.set_num_threads(each)
+        for _ in range(warmup):
+            call()
+        barrier.wait()
+        for _ in range(iters):
+            call()
+
+    workers = [threading.Thread(target=loop, args=(call,)) for call in calls]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    torch.set_num_threads(threads)
+    return len(calls) * iters / (time.perf_counter() - start)
+
+
+def harness(runner: Runner, streams: int, iters: int) -> float:
+    """The harness's images/s on ``runner`` with ``streams`` in flight, as bench times a row."""
+    native = runner.to_input(resnet_perf.parity_inputs(runner.config.batch_size, runner.config.image_size))
+    if streams == 1:
+        measured = timing.measure(lambda: runner.run(native), runner.config.device, warmup=3, iters=iters)
+    else:
+        with runner.streams(streams) as kept:
+            measured = timing.measure_streams(kept, native, warmup=3, iters=iters)
+    return measured.throughput(runner.config.batch_size)
+
+
+def benchmark_app(onnx_path: Path, hint: str, seconds: float, infer_precision: str | None = None,
+                  streams: int | None = None) -> dict:
+    """``benchmark_app -hint HINT`` on ``onnx_path`` for ``seconds``, with ``-infer_precision`` and
+    ``-nstreams``/``-nireq`` where given (else OpenVINO's defaults for this CPU; with streams the
+    hint is none, as benchmark_app requires): its throughput
+    (images/s), median latency and the requests it kept, from the JSON report it writes."""
     tool = shutil.which("benchmark_app")
     if tool is None:
         raise SystemExit("benchmark_app is not on PATH (it comes with pip install openvino)")
     pinned = ["-infer_precision", infer_precision] if infer_precision else []
+    if streams is not None:  # benchmark_app's rule: its fine-tuning options only without a hint
+        hint = "none"
+        pinned += ["-nstreams", str(streams), "-nireq", str(streams)]
     with tempfile.TemporaryDirectory(prefix="benchmark-app-") as folder:
         subprocess.run([tool, "-m", str(onnx_path), "-d", "CPU", "-hint", hint, "-t", f"{seconds:g}", "-json_stats",
                         "-report_type", "no_counters", "-report_folder", folder, *pinned],
@@ -100,19 +152,7 @@ def benchmark_app(onnx_path: Path, hint: str, seconds: float, infer_precision: s
         report = json.loads((Path(folder) / "benchmark_report.json").read_text())
     results, setup = report["execution_results"], report["configuration_setup"]
     return {"throughput_ips": float(results["throughput"]), "median_ms": float(results["latency (ms)"]),
-            "requests": int(setup["number of parallel infer requests"]), "api": setup["API"]}
-
-
-def harness_vs_plain(runner, call, images: int, iters: int, device: torch.device) -> tuple[float, float]:
-    """Median images/s of the harness and of the plain loop, measured alternately, twice each."""
-    native = runner.to_input(resnet_perf.parity_inputs(runner.config.batch_size, runner.config.image_size))
-    harness, plain = [], []
-    for _ in range(2):
-        measured = timing.measure(lambda: runner.run(native), device, warmup=3, iters=iters)
-        harness.append(timing.summarize(measured.samples_ms, images)["throughput_ips"])
-        if call is not None:
-            plain.append(runner.config.batch_size * plain_loop(call, iters, warmup=3))
-    return statistics.median(harness), statistics.median(plain) if plain else float("nan")
+            "requests": int(setup["number of parallel infer requests"])}
 
 
 def main() -> None:
@@ -120,11 +160,13 @@ def main() -> None:
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--iters", type=int, default=20, help="timed requests per stream in each measurement")
     p.add_argument("--backend", default="eager,compile,onnxruntime,openvino")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--streams", default="1,auto")
+    p.add_argument("--rounds", type=int, default=2, help="alternations of each pair (medians are reported)")
     p.add_argument("--benchmark-app", action="store_true", help="also run benchmark_app beside the openvino rows")
-    p.add_argument("--seconds", type=float, default=15.0, help="benchmark_app's run time per hint")
+    p.add_argument("--seconds", type=float, default=10.0, help="benchmark_app's run time per hint")
     args = p.parse_args()
 
     model = resnet_perf.build_model(args.model, image_size=args.image_size)
@@ -132,47 +174,68 @@ def main() -> None:
     threads = torch.get_num_threads()
     cache = Path(tempfile.mkdtemp(prefix="crosscheck-"))
     print(machine_line(collect(device, threads)))
-    print(f"{args.model} bs{args.batch_size} {args.image_size}px, {threads} threads, {args.iters} iterations per "
-          "measurement, 2 alternating rounds")
-    if args.benchmark_app and threads != len(os.sched_getaffinity(0)):
-        print(f"note: benchmark_app's hints use every usable core ({len(os.sched_getaffinity(0))}); the rows use "
-              f"{threads} threads")
-    print(f"{'backend':<22} {'prec':<5} {'harness img/s':>14} {'plain img/s':>12} {'harness/plain':>14}")
+    print(f"{args.model} bs{args.batch_size} {args.image_size}px, {threads} threads, {args.iters} requests per stream "
+          f"per measurement, {args.rounds} alternating rounds; images/s")
     calibration = quantize.calibration(quantize.CalibrationFlags(None, "minmax", 64, ()), None, args.image_size, 0,
                                        model.fc.out_features)
-    checks = []
+    x = resnet_perf.parity_inputs(args.batch_size, args.image_size)
+    asked = [s if s == "auto" else int(s) for s in args.streams.split(",")]
+    print(f"{'backend':<12} {'prec':<5} {'streams':>9} {'harness':>9} {'plain':>9} {'harness/plain':>14}")
     for precision in args.precision.split(","):
+        openvino_rows = []
         for backend in args.backend.split(","):
             if precision not in RUNNERS[backend].precisions(device):
                 continue
-            modes = [OpenVINOOptions(), OpenVINOOptions("throughput")] if backend == "openvino" else [None]
-            for options in modes:
+            for streams in asked:
                 config = RunConfig(f"{args.model}-crosscheck", device, precision, args.batch_size, args.image_size,
                                    threads, cache, calibration=calibration if precision == "int8" else None,
-                                   options=options)
-                with RUNNERS[backend](model, config) as runner:
-                    onnx_path = runner.onnx_path() if runner.artifact == "onnx" else None
-                    throughput = options is not None and options.hint == "throughput"
-                    # The plain loop is one synchronous call; throughput mode has only benchmark_app to face.
-                    call = None if throughput else plain_call(
-                        backend, precision, model, resnet_perf.parity_inputs(args.batch_size, args.image_size), onnx_path)
-                    h, q = harness_vs_plain(runner, call, runner.images_per_call, args.iters, device)
-                name = f"{backend} ({options.hint})" if options else backend
-                print(f"{name:<22} {precision:<5} {h:>14.1f} {q:>12.1f} {h / q:>14.3f}", flush=True)
+                                   streams=streams)
+                runner = RUNNERS[backend](model, config)
+                runner.prepare()
+                count, _, _ = streams_count(runner, streams)
+                onnx_path = runner.onnx_path() if runner.artifact == "onnx" else None
+                calls = plain_calls(backend, precision, model, x, onnx_path, count, threads)
+                ours, plain = [], []
+                for _ in range(args.rounds):
+                    ours.append(harness(runner, count, args.iters))
+                    plain.append(args.batch_size * plain_loops(calls, args.iters, 3, threads))
+                label = f"{count} ({streams})" if streams == "auto" else str(count)
+                h, q = statistics.median(ours), statistics.median(plain)
+                print(f"{backend:<12} {precision:<5} {label:>9} {h:>9.1f} {q:>9.1f} {h / q:>14.3f}", flush=True)
                 if backend == "openvino" and args.benchmark_app:
-                    checks.append((name, precision, options.hint, h, onnx_path))
-    if checks:
-        print(f"\n{'ours':<22} {'prec':<5} {'ours img/s':>11} {'benchmark_app':>30} {'app img/s':>10} "
-              f"{'app median ms':>14} {'ours/app':>9}")
-        for name, precision, hint, ours, onnx_path in checks:
-            # Pinned to what our row compiled for (its f32 or bf16), and for int8 also as a user
-            # runs it, at OpenVINO's default precision for the layers left unquantized (bf16 on AMX).
-            for pinned in ("bf16" if precision == "bf16" else "f32", *((None,) if precision == "int8" else ())):
-                app = benchmark_app(onnx_path, hint, args.seconds, pinned)
-                label = f"-hint {hint} {pinned or 'default'} ({app['requests']} req)"
-                print(f"{name:<22} {precision:<5} {ours:>11.1f} {label:>30} {app['throughput_ips']:>10.1f} "
-                      f"{app['median_ms']:>14.2f} {ours / app['throughput_ips']:>9.3f}", flush=True)
+                    openvino_rows.append((label, count, runner))
+                else:
+                    runner.close()
+        if openvino_rows:
+            alternate_with_benchmark_app(openvino_rows, precision, args)
     shutil.rmtree(cache, ignore_errors=True)
+
+
+def alternate_with_benchmark_app(rows: list[tuple[str, int, Runner]], precision: str, args: argparse.Namespace) -> None:
+    """Our openvino rows and benchmark_app on the same file, one after the other, ``rounds`` times."""
+    onnx_path = rows[0][2].onnx_path()
+    pinned = "bf16" if precision == "bf16" else "f32"
+    print(f"\nopenvino {precision} against benchmark_app on {onnx_path.name}, alternating; images/s")
+    figures: dict[str, list[float]] = defaultdict(list)
+    for round_ in range(args.rounds):
+        measured = {f"ours, {label} in flight": harness(runner, count, args.iters) for label, count, runner in rows}
+        for hint in ("latency", "throughput"):
+            # As a user runs it: OpenVINO's defaults (for the layers an int8 model leaves in floating
+            # point that is bf16 on a CPU with AMX; our rows pin f32 there, bf16 only for bf16 rows).
+            measured[f"benchmark_app -hint {hint}"] = benchmark_app(onnx_path, hint, args.seconds)["throughput_ips"]
+        for label, count, _ in rows:
+            if count > 1:
+                app = benchmark_app(onnx_path, "none", args.seconds, pinned, count)
+                measured[f"benchmark_app -hint none -nstreams {count} -infer_precision {pinned}"] = app["throughput_ips"]
+        ours = max(v for k, v in measured.items() if k.startswith("ours"))
+        app_best = max(measured["benchmark_app -hint latency"], measured["benchmark_app -hint throughput"])
+        print(f"round {round_ + 1}: " + "; ".join(f"{k} {v:.1f}" for k, v in measured.items())
+              + f"; our best / the better benchmark_app default: {ours / app_best:.3f}", flush=True)
+        for k, v in measured.items():
+            figures[k].append(v)
+    print("medians: " + "; ".join(f"{k} {statistics.median(v):.1f}" for k, v in figures.items()))
+    for _, _, runner in rows:
+        runner.close()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@
 # is short, so the steps run most important first, each in a time box, under one deadline
 # (BUDGET_S, 540 s by default: 9 minutes). A step cut by its box keeps what it finished (bench
 # writes its JSON after every row, and stops cleanly on SIGINT). OUT_DIR gets at most 8 files, all
-# that the device tool returns:
-#   env.txt  log.txt  bench-bs256.json  timm.json  layers.json  bench-layers.json  bench.json  summary.md
+# that the device tool returns (the environment heads log.txt):
+#   log.txt  bench-bs256.json  timm.json  layers.json  bench-layers.json  bench-streams.json  bench.json  summary.md
 set -uo pipefail
 
 dry_run=0
@@ -24,7 +24,6 @@ cd "$(dirname "$0")/.." || exit 2
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
 log=$out/log.txt
-: >"$log"
 : >"$out/steps.tsv.tmp"
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -39,20 +38,23 @@ if [ $dry_run = 1 ]; then
     device=cpu
     # An interpreted triton row costs about a minute even so (parity alone is 4 calls of batch 16).
     bench_size=(--model resnet18 --image-size 16 --device cpu --iters 2 --warmup 1)
-    bench_must=(--precision fp32 --batch-size 16 --backend eager,triton)
-    bench_sweep=(--precision fp32,bf16 --batch-size 8,16 --backend eager)
+    bench_must=(--precision fp32 --batch-size 16 --backend eager,triton --streams 1)
+    bench_streams=(--precision fp32 --batch-size 2 --backend eager)
+    bench_sweep=(--precision fp32,bf16 --batch-size 8,16 --backend eager --streams 1)
     layers=(--dry-run --dtype fp32)
-    profile=(--precision fp32 --batch-size 2 --backend eager --profile-calls 2)
+    profile=(--precision fp32 --batch-size 2 --backend eager --profile-calls 2 --streams 1)
     kernel_tests=(tests/test_fused_conv2d.py -k "resnet_conv_shapes and 64-64 or takes_its_path")
 else
     export TRITON_INTERPRET=0
     device=cuda
     bench_size=(--model resnet50 --device cuda)
-    bench_must=(--precision fp16 --batch-size 256 --backend eager,triton,compile --compile-mode max-autotune)
-    bench_sweep=(--precision fp16,bf16 --batch-size 1,64,256 --backend eager,compile,triton)
+    bench_must=(--precision fp16 --batch-size 256 --backend eager,triton,compile --compile-mode max-autotune --streams 1)
+    # Requests in flight on CUDA streams, enqueued ahead: one stream, and auto's search up to four.
+    bench_streams=(--precision fp16 --batch-size 64 --backend eager,compile,triton)
+    bench_sweep=(--precision fp16,bf16 --batch-size 1,64,256 --backend eager,compile,triton --streams 1)
     layers=(--batch-size 256 --dtype fp16,bf16)
     # compile in its default mode: CUDA graphs would hide the ops that name its convolutions
-    profile=(--precision fp16 --batch-size 64 --backend eager,compile,triton)
+    profile=(--precision fp16 --batch-size 64 --backend eager,compile,triton --streams 1)
     kernel_tests=(tests/test_fused_conv2d.py tests/test_fused_model.py)
 fi
 
@@ -103,7 +105,8 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"gpu: {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB")
 EOF
-} >"$out/env.txt" 2>&1
+    echo
+} >"$log" 2>&1
 
 # 1. Every config of every ResNet-50 conv compiled in parallel into Triton's cache (16 cores there),
 #    so the autotuning below measures instead of compiling one config after another.
@@ -128,7 +131,10 @@ fi
 step layers 90 "$PY" tests/benchmarks/conv_layers.py "${layers[@]}" --json "$out/layers.json"
 # 6. Each backend's time per layer from its own profiler (the CUDA paths of --profile layers).
 step bench-layers 120 "$PY" -m bench "${bench_size[@]}" "${profile[@]}" --profile layers --json "$out/bench-layers.json"
-# 7. The sweep: both half precisions, three batch sizes, compile in its default mode.
+# 7. Requests in flight: streams 1 and auto (streams.json's rows say what auto tried and kept).
+step bench-streams 150 "$PY" -m bench "${bench_size[@]}" "${bench_streams[@]}" --streams 1,auto \
+    --json "$out/bench-streams.json"
+# 8. The sweep: both half precisions, three batch sizes, compile in its default mode.
 step bench-sweep 200 "$PY" -m bench "${bench_size[@]}" "${bench_sweep[@]}" --json "$out/bench.json"
 if "$PY" -c "import timm" >/dev/null 2>&1 && [ $device = cuda ]; then
     step timm-sweep 120 "$PY" scripts/timm_timing.py --precision fp16,bf16 --batch-size 1,64,256 --mode eager,default \

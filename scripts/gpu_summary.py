@@ -2,8 +2,9 @@
 
     python scripts/gpu_summary.py OUT_DIR
 
-Reads what the steps left (steps.tsv, env.txt, bench-bs256.json, bench.json, timm.json,
-layers.json, bench-layers.json, log.txt); a file a step did not write is reported missing, not guessed at.
+Reads what the steps left (steps.tsv, bench-bs256.json, bench.json, timm.json, layers.json,
+bench-layers.json, bench-streams.json, and log.txt, which the environment heads); a file a step did
+not write is reported missing, not guessed at.
 """
 
 from __future__ import annotations
@@ -40,6 +41,31 @@ def bench_table(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | {r['throughput_ips']:,.0f} | "
                      f"{r['latency_ms']['p50']:.3f} | {p.get('cosine', float('nan')):.6f} | "
                      f"{p.get('top1_agreement', float('nan')):.3f} | {p.get('passed')} | {r.get('note') or ''} |")
+    return lines
+
+
+def streams_lines(rows: list[dict] | None) -> list[str]:
+    """Each row's requests in flight, how they were kept and chosen, and what they delivered."""
+    if not rows:
+        return ["bench-streams.json missing: the streams step did not run"]
+    lines = ["| backend | precision | batch | streams | img/s | p50 ms | p99.9 ms | kept | chosen by | passed |",
+             "|---|---|---:|---|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        asked = r.get("streams_asked", 1)
+        streams = f"{r.get('streams')} (auto)" if asked == "auto" else str(r.get("streams"))
+        if r.get("status") != "ok":
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | {streams} | {r.get('status')} "
+                         f"| | | | | {r.get('error') or ''} |")
+            continue
+        how = r.get("streams_how") or {}
+        tried = how.get("tried_ips")
+        chosen = how.get("chosen_by", "")
+        if tried:
+            chosen += " (" + ", ".join(f"{n}: {ips:,.0f}" for n, ips in tried.items()) + " img/s)"
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | {streams} | "
+                     f"{r['throughput_ips']:,.0f} | {r['latency_ms']['p50']:.3f} | "
+                     f"{r['latency_ms'].get('p99.9', float('nan')):.3f} | {how.get('kept', 'one call at a time')} | "
+                     f"{chosen} | {(r.get('parity') or {}).get('passed')} |")
     return lines
 
 
@@ -123,8 +149,9 @@ def main(out: Path) -> int:
     log = (out / "log.txt").read_text(errors="replace") if (out / "log.txt").exists() else ""
     ours = {"bs256": ok_rows(load(out / "bench-bs256.json")), "sweep": ok_rows(load(out / "bench.json"))}
     tests = re.findall(r"^(?:=+ )?(\d+ (?:passed|failed|error).*?) in [\d.]+s", log, re.M)
-    md = ["# GPU check", "", "```", (out / "env.txt").read_text().strip() if (out / "env.txt").exists() else "env.txt missing",
-          "```", "", "## Steps", "", "| step | outcome | s | command |", "|---|---|---:|---|"]
+    environment = log.split("\n===== ", 1)[0].strip() or "log.txt missing, or without its environment"
+    md = ["# GPU check", "", "```", environment, "```", "", "## Steps", "", "| step | outcome | s | command |",
+          "|---|---|---:|---|"]
     md += [f"| {s[0]} | {s[1]} | {s[2]} | `{s[3]}` |" for s in steps]
     md += ["", f"Kernel tests: {tests[-1] if tests else 'no pytest summary in log.txt'}", "",
            "## resnet50 fp16 batch 256 (bench-bs256.json)", ""]
@@ -133,6 +160,7 @@ def main(out: Path) -> int:
     layers = out / "layers.json"
     md += ["", "## Per layer (layers.json)", ""] + layer_lines(json.loads(layers.read_text()) if layers.exists() else None)
     md += ["", "## Layer profiles (bench-layers.json)", ""] + profile_lines(load(out / "bench-layers.json"))
+    md += ["", "## Requests in flight (bench-streams.json)", ""] + streams_lines(load(out / "bench-streams.json"))
     md += ["", "## Sweep (bench.json)", ""] + (bench_table(load(out / "bench.json")) if load(out / "bench.json") else
                                               ["bench.json missing: the sweep did not run"])
     (out / "summary.md").write_text("\n".join(md) + "\n")

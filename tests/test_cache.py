@@ -279,7 +279,7 @@ def test_an_exports_manifest_needs_what_bench_reads(tmp_path):
 ], ids=["strings", "missing-key", "min-above-max"])
 def test_bench_refuses_a_bad_batch_range_in_one_line(tmp_path, capsys, batch, message):
     path = artifact_with(tmp_path, batch=batch)
-    code = bench_cli.main(["--onnx", str(path), "--backend", "onnxruntime", "--iters", "1", "--warmup", "0"])
+    code = bench_cli.main(["--onnx", str(path), "--streams", "1", "--backend", "onnxruntime", "--iters", "1", "--warmup", "0"])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"python -m bench: error: --onnx {manifest_path(path)}: {message}"), err

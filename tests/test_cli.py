@@ -16,7 +16,7 @@ from bench.runners import RUNNERS
 from bench.runners.compile import CompileOptions
 from bench.runners.eager import EagerRunner
 
-SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3"]
+SMALL = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "2", "--warmup", "1", "--iters", "3"]
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +71,14 @@ def run_cli(capsys, *argv):
         (["--onnx", "/nonexistent.onnx"], "--onnx /nonexistent.onnx: no such file"),
         (["--onnx", ""], "--onnx '': give a file"),
         (["--engine", "/nonexistent.plan"], "--engine /nonexistent.plan: no such file"),
+        (["--streams", "0"], "argument --streams: '0' is not a positive integer"),
+        (["--streams", "-2"], "argument --streams: '-2' is not a positive integer"),
+        (["--streams", "1,x"], "argument --streams: 'x' is not a positive integer"),
+        (["--streams", ""], "argument --streams: expected a comma-separated list"),
+        (["--streams", "1000", "--device", "cpu"],
+         "--streams 1000: each stream needs a core and an intra-op thread of its own; this process may use"),
+        (["--streams", "2", "--threads", "1", "--device", "cpu"],
+         "--streams 2: each stream needs a core and an intra-op thread of its own"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
@@ -155,7 +163,8 @@ def test_json_and_csv_of_a_real_run(capsys, tmp_path):
         assert (r["model"], r["device"], r["precision"], r["batch_size"], r["image_size"]) == ("resnet18", "cpu", "fp32", 2, 32)
         assert r["status"] == "ok" and r["error"] is None
         assert r["iters"] == 3 and len(r["samples_ms"]) == 3
-        assert set(r["latency_ms"]) == {"mean", "p50", "p90", "p95", "p99", "min", "max", "std"}
+        assert set(r["latency_ms"]) == {"mean", "p50", "p90", "p95", "p99", "p99.9", "min", "max", "std"}
+        assert r["streams"] == 1 and r["streams_asked"] == 1  # SMALL asks for one request at a time
         assert r["latency_ms"]["min"] <= r["latency_ms"]["p50"] <= r["latency_ms"]["max"]
         assert r["throughput_ips"] == pytest.approx(2 * 3 / (sum(r["samples_ms"]) / 1e3))
         assert r["scenario"] == "offline" and r["loadgen"] is None
@@ -233,7 +242,7 @@ class OutOfMemoryRunner(EagerRunner):
 def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(RUNNERS, "oom", OutOfMemoryRunner)
     json_path = tmp_path / "run.json"
-    code, _, _ = run_cli(capsys, "--model", "resnet18", "--image-size", "32", "--batch-size", "2,4,8",
+    code, _, _ = run_cli(capsys, "--model", "resnet18", "--image-size", "32", "--batch-size", "2,4,8", "--streams", "1",
                          "--iters", "2", "--warmup", "0", "--backend", "oom,eager", "--json", str(json_path))
     assert code == 1
     rows = [(r["backend"], r["batch_size"], r["status"], r["error"]) for r in json.loads(json_path.read_text())["results"]]
@@ -247,8 +256,8 @@ def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path,
 def test_a_value_given_twice_in_any_list_is_measured_once(capsys, tmp_path):
     json_path = tmp_path / "run.json"
     code, _, _ = run_cli(capsys, "--model", "resnet18,resnet18", "--batch-size", "2,1,2", "--backend",
-                         "eager,eager", "--precision", "fp32,fp32", "--iters", "1", "--warmup", "0", "--image-size",
-                         "32", "--json", str(json_path))
+                         "eager,eager", "--precision", "fp32,fp32", "--streams", "1,1", "--iters", "1", "--warmup", "0",
+                         "--image-size", "32", "--json", str(json_path))
     assert code == 0
     assert [(r["model"], r["batch_size"]) for r in json.loads(json_path.read_text())["results"]] == [
         ("resnet18", 2), ("resnet18", 1)]

@@ -49,7 +49,7 @@ def test_a_row_reports_the_memory_its_backend_holds(capsys, tmp_path, monkeypatc
     monkeypatch.setitem(RUNNERS, AllocatingRunner.name, AllocatingRunner)
     monkeypatch.setattr(meter, "HostMemory", functools.partial(HostMemory, reset_peak=exact))
     path = tmp_path / "run.json"
-    code = cli.main(["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--iters", "3", "--warmup", "1",
+    code = cli.main(["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "2", "--iters", "3", "--warmup", "1",
                      "--backend", "eager,allocating", "--json", str(path), "--cache-dir", str(tmp_path / "cache")])
     assert code == 0, capsys.readouterr().err
     eager, allocating = (r["costs"] for r in json.loads(path.read_text())["results"])
@@ -83,7 +83,7 @@ def test_a_build_and_a_runtime_load_are_not_the_rows_memory(capsys, tmp_path, mo
     monkeypatch.setitem(RUNNERS, LoadingRunner.name, LoadingRunner)
     path = tmp_path / "run.json"
     try:
-        code = cli.main(["--model", "resnet18", "--image-size", "32", "--batch-size", "2,1", "--iters", "3",
+        code = cli.main(["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "2,1", "--iters", "3",
                          "--warmup", "1", "--backend", "eager,loading", "--json", str(path),
                          "--cache-dir", str(tmp_path / "cache")])
     finally:
@@ -100,7 +100,7 @@ def test_a_build_and_a_runtime_load_are_not_the_rows_memory(capsys, tmp_path, mo
 
 def test_every_ok_row_has_its_costs_and_the_file_reads_back(capsys, tmp_path):
     path = tmp_path / "run.json"
-    assert cli.main(["--model", "resnet18", "--image-size", "32", "--batch-size", "1", "--iters", "2", "--warmup", "0",
+    assert cli.main(["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "1", "--iters", "2", "--warmup", "0",
                      "--backend", "eager,onnxruntime", "--json", str(path), "--csv", str(tmp_path / "run.csv"),
                      "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
@@ -279,22 +279,65 @@ def cpufreq_root(tmp_path, khz: int):
     return tmp_path
 
 
-def test_a_row_meters_energy_and_clocks_over_its_windows_only(tmp_path):
+def test_a_row_meters_energy_clocks_and_cpu_over_its_windows_only(tmp_path):
     power, freq = rapl_root(tmp_path / "powercap", (0, 2**32 - 1)), cpufreq_root(tmp_path / "cpu", 3_000_000)
     gauges = meter.Gauges(torch.device("cpu"), rapl=Rapl(power), cpufreq=clocks.CpuFreq(freq, cpus=[0, 1]))
-    row = meter.RowMeter(gauges)
-    row.start()
-    set_energy(power, 0, 50_000_000)  # setup's energy: outside any window
-    row.begin()
-    set_energy(power, 0, 60_000_000)  # 10 J in the window
-    time.sleep(0.15)
-    cpufreq_root(freq, 2_400_000)  # the clock falls 20% inside the window
-    time.sleep(0.15)
-    costs = row.stop()
+    with meter.RowMeter(gauges) as row:
+        set_energy(power, 0, 50_000_000)  # setup's energy: outside any window
+        sum(i * i for i in range(2_000_000))  # setup's CPU: outside it too
+        with row.window():
+            set_energy(power, 0, 60_000_000)  # 10 J in the window
+            time.sleep(0.15)
+            cpufreq_root(freq, 2_400_000)  # the clock falls 20% inside the window
+            time.sleep(0.15)
+        costs = row.costs()
     assert costs["energy_j"] == pytest.approx(10.0) and costs["mean_power_w"] == pytest.approx(10 / costs["window_s"])
     assert costs["clock_min_mhz"] == 2400 and costs["throttled"]
     assert "fell 20%" in costs["throttle_reasons"][0]
+    # The window slept: its cores were all but idle, whatever setup burnt before it.
+    assert 0 <= costs["cpu_cores_busy"] < 0.2 and costs["cpu_cores_usable"] >= 1
     assert not any(t.name == "row-meter" for t in threading.enumerate())
+
+
+def test_the_first_window_ends_setups_memory_and_fresh_forgets_earlier_windows():
+    class Levels:
+        """A memory meter whose level the test sets; its peak since start and since mark."""
+
+        sampled_peak, source = False, "test"
+
+        def __init__(self):
+            self.level, self.marked = 0, None
+
+        def start(self):
+            self.setup = self.run = 0
+
+        def mark(self):
+            self.marked = self.setup
+
+        def sample(self):
+            pass
+
+        def grow(self, mb):
+            self.level = mb
+            if self.marked is None:
+                self.setup = max(self.setup, mb)
+            else:
+                self.run = max(self.run, mb)
+
+        def peaks_mb(self):
+            return float(self.setup), float(self.run)
+
+    memory = Levels()
+    gauges = meter.Gauges(torch.device("cpu"), host=memory)
+    with meter.RowMeter(gauges) as row:
+        memory.grow(300)  # building and loading: setup
+        with row.window():
+            memory.grow(120)
+        with row.window(fresh=True):
+            time.sleep(0.01)
+        costs = row.costs()
+    assert (costs["setup_peak_mem_mb"], costs["run_peak_mem_mb"], costs["peak_mem_mb"]) == (300.0, 120.0, 300.0)
+    assert 0.01 <= costs["window_s"] < 0.5  # the last, fresh window alone
 
 
 def test_a_clock_that_held_is_not_throttled():

@@ -53,7 +53,7 @@ def test_the_run_records_the_features_and_prints_them_first(capsys, tmp_path, mo
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(base, "native_bf16", lambda: False)
     json_path = tmp_path / "run.json"
-    code = cli.main(["--model", "resnet18", "--image-size", "32", "--batch-size", "1", "--iters", "1", "--warmup",
+    code = cli.main(["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "1", "--iters", "1", "--warmup",
                      "0", "--backend", "eager", "--device", "cpu", "--precision", "fp32,bf16", "--threads", "2",
                      "--json", str(json_path)])
     out = capsys.readouterr().out

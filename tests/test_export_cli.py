@@ -205,7 +205,7 @@ def test_bench_runs_an_exported_onnx_file(onnx_export, tmp_path):
     import bench.__main__ as bench_cli
 
     json_path = tmp_path / "run.json"
-    code = bench_cli.main(["--onnx", str(onnx_export), "--backend", "onnxruntime,eager", "--batch-size", "1,4",
+    code = bench_cli.main(["--onnx", str(onnx_export), "--streams", "1", "--backend", "onnxruntime,eager", "--batch-size", "1,4",
                            "--iters", "2", "--warmup", "0", "--json", str(json_path)])
     assert code == 0
     rows = json.loads(json_path.read_text())["results"]

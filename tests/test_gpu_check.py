@@ -30,7 +30,7 @@ def test_the_dry_run_runs_every_step(dry_run):
     proc, out = dry_run
     assert proc.returncode == 0, proc.stderr + (out / "log.txt").read_text()[-3000:]
     summary = (out / "summary.md").read_text()
-    for step in ("sm90-compile", "kernel-tests", "bench-bs256", "layers", "bench-layers", "bench-sweep"):
+    for step in ("sm90-compile", "kernel-tests", "bench-bs256", "layers", "bench-layers", "bench-streams", "bench-sweep"):
         assert f"| {step} | ok |" in summary, summary
     assert "| timm-bs256 | skipped |" in summary  # timm is not installed here
     assert "Kernel tests: 11 passed" in summary
@@ -40,8 +40,11 @@ def test_the_dry_run_leaves_few_files_that_parse(dry_run):
     _, out = dry_run
     files = sorted(p.name for p in out.iterdir())
     # The device tool returns at most 8 files from a run.
-    assert files == ["bench-bs256.json", "bench-layers.json", "bench.json", "env.txt", "layers.json", "log.txt",
+    assert files == ["bench-bs256.json", "bench-layers.json", "bench-streams.json", "bench.json", "layers.json", "log.txt",
                      "summary.md"]
+    assert (out / "log.txt").read_text().startswith("command: scripts/gpu_check.sh --dry-run")
+    streams = json.loads((out / "bench-streams.json").read_text())["results"]
+    assert [r["streams_asked"] for r in streams] == [1, "auto"] and streams[1]["streams_how"]["tried_ips"]
     rows = json.loads((out / "bench-bs256.json").read_text())["results"]
     assert {(r["backend"], r["status"], r["parity"]["passed"]) for r in rows} == {("eager", "ok", True), ("triton", "ok", True)}
     layers = json.loads((out / "layers.json").read_text())
@@ -85,6 +88,23 @@ def test_the_summary_shows_each_layer_profile_or_why_there_is_none(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "| eager | fp16 | 64 | 4.000 | 90.0% | 0.200 | 0.200 | 2 | layer1.0.conv1+bn1+relu 0.500; fc 0.100 |" in summary
     assert "| compile | fp16 | 64 | | | | | | no CompiledFxGraph scope |" in summary
+
+
+def test_the_summary_shows_each_rows_streams_and_how_auto_chose(tmp_path):
+    (tmp_path / "steps.tsv").write_text("")
+    (tmp_path / "log.txt").write_text("command: scripts/gpu_check.sh out\ngpu: NVIDIA H100\n\n===== warm-cache\n")
+    one = {**row("eager", 9_000, batch=64), "streams": 1, "streams_asked": 1, "streams_how": {
+        "kept": "1 CUDA stream(s), calls enqueued ahead", "chosen_by": "--streams", "tried_ips": None}}
+    auto = {**row("eager", 9_900, batch=64), "streams": 2, "streams_asked": "auto", "streams_how": {
+        "kept": "2 CUDA stream(s), calls enqueued ahead", "chosen_by": "the fastest of 1, 2, 4",
+        "tried_ips": {"1": 9000.0, "2": 9800.0, "4": 9700.0}}}
+    (tmp_path / "bench-streams.json").write_text(json.dumps({"results": [one, auto]}))
+    gpu_summary.main(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("# GPU check\n\n```\ncommand: scripts/gpu_check.sh out\ngpu: NVIDIA H100\n```")
+    assert "| eager | fp16 | 64 | 1 | 9,000 |" in summary
+    assert ("| eager | fp16 | 64 | 2 (auto) | 9,900 | 6.465 | nan | 2 CUDA stream(s), calls enqueued ahead | "
+            "the fastest of 1, 2, 4 (1: 9,000, 2: 9,800, 4: 9,700 img/s) | True |") in summary
 
 
 def test_the_summary_says_when_a_bar_is_missed(tmp_path):

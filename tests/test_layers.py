@@ -20,7 +20,7 @@ from bench.layers.onnx_nodes import ANCHORS, NodeLine, attribute, node_lines
 from bench.plot import layer_stages
 from bench.runners import RUNNERS, RunConfig
 
-SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "0", "--iters", "2",
+SMALL = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "2", "--warmup", "0", "--iters", "2",
          "--profile", "layers", "--profile-calls", "3"]
 
 

@@ -1,7 +1,7 @@
 """The openvino backend on resnet18 at 32 px: fp32 pinned to f32 and read back from the compiled
 model, int8 from the QDQ export with its convolutions on 8-bit integers, bf16 where the CPU has it
-(else refused with the reason), the throughput mode's waves, --onnx, and the message where
-openvino is not installed."""
+(else refused with the reason), requests in flight on OpenVINO's own streams, --onnx, and the
+message where openvino is not installed."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import torch
 import bench.__main__ as cli
 import resnet_perf
 from bench.runners import RUNNERS, RunConfig
-from bench.runners.openvino import OpenVINOOptions, OpenVINORunner, cpu_capabilities
+from bench.runners.openvino import OpenVINORunner, cpu_capabilities
 from resnet_perf import parity
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 
-RUN = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "2", "--device", "cpu"]
+RUN = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--warmup", "0", "--iters", "2", "--device", "cpu"]
 NATIVE_BF16 = importlib.util.find_spec("openvino") is not None and "BF16" in cpu_capabilities()
 
 
@@ -31,9 +31,8 @@ def bench(capsys, tmp_path, *argv) -> tuple[int, list[dict], str]:
     return code, rows, err
 
 
-def runner(model, tmp_path, precision: str, **options) -> OpenVINORunner:
-    config = RunConfig("resnet18-test", torch.device("cpu"), precision, 2, 32, 2, tmp_path,
-                       options=OpenVINOOptions(**options))
+def runner(model, tmp_path, precision: str, streams: int | str = 1) -> OpenVINORunner:
+    config = RunConfig("resnet18-test", torch.device("cpu"), precision, 2, 32, 2, tmp_path, streams=streams)
     return OpenVINORunner(model, config)
 
 
@@ -46,7 +45,7 @@ def test_fp32_is_pinned_and_read_back_as_f32(resnet18_32, tmp_path):
         expected = resnet18_32(x)
     assert parity.compare(expected, logits, "fp32")["passed"]
     assert facts["inference_precision"] == "f32" and set(facts["convolutions"]) == {"f32"}
-    assert facts["hint"] == "LATENCY" and facts["requests"] == 1 and facts["threads"] == 2
+    assert facts["hint"] == "LATENCY" and facts["streams"] == 1 and facts["threads"] == 2
     assert sum(facts["convolutions"].values()) == 20  # resnet18: 17 convs and 3 projection shortcuts
 
 
@@ -87,29 +86,20 @@ def test_fp32_and_int8_rows_pass_parity_and_say_what_ran(capsys, tmp_path):
     assert len(list((tmp_path / "cache" / "onnx").glob("*int8*.onnx"))) == 1
 
 
-def test_throughput_mode_counts_every_image_of_a_wave(capsys, tmp_path):
-    code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino", "--batch-size", "2", "--ov-hint", "throughput",
-                          "--ov-streams", "2", "--ov-requests", "3", "--iters", "4")
+def test_streams_are_openvinos_own_and_auto_takes_its_optimal_requests(capsys, tmp_path):
+    code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino", "--batch-size", "2", "--streams", "1,2,auto",
+                          "--iters", "4")
     assert code == 0
-    [row] = rows
-    assert row["runtime"]["hint"] == "THROUGHPUT" and row["runtime"]["streams"] == 2 and row["runtime"]["requests"] == 3
-    assert row["note"] == "3 requests on 2 streams per call; latency is the wave's"
-    mean_s = sum(row["samples_ms"]) / len(row["samples_ms"]) / 1e3
-    assert row["throughput_ips"] == pytest.approx(2 * 3 / mean_s, rel=1e-6)
-
-
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--backend", "openvino", "--ov-streams", "2"],
-     "--ov-streams sets OpenVINO's throughput mode: add --ov-hint throughput"),
-    (["--backend", "openvino", "--ov-hint", "throughput", "--ov-requests", "0"], "--ov-requests 0: give 1 to 1024"),
-    (["--backend", "eager", "--ov-hint", "throughput"], "--ov-hint applies to the openvino backend"),
-    (["--backend", "openvino", "--ov-hint", "throughput", "--scenario", "single-stream"],
-     "--ov-hint throughput runs waves of requests in the offline loop; --scenario single-stream issues its own"),
-])
-def test_bad_openvino_flags(capsys, argv, message):
-    code = cli.main([*RUN, *argv])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and message in err, err
+    one, two, auto = rows
+    assert one["runtime"]["hint"] == "LATENCY" and one["streams"] == 1 and one["streams_how"] is None
+    assert two["runtime"]["hint"] == "THROUGHPUT" and two["runtime"]["streams"] == 2 and two["streams"] == 2
+    assert two["streams_how"]["kept"] == "AsyncInferQueue, 2 requests on 2 OpenVINO stream(s)"
+    assert two["streams_how"]["chosen_by"] == "--streams" and len(two["samples_ms"]) == 2 * 4
+    assert auto["streams_asked"] == "auto" and auto["runtime"]["hint"] == "THROUGHPUT"
+    assert auto["streams_how"]["chosen_by"] == "OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS under the THROUGHPUT hint"
+    with runner(resnet_perf.build_model("resnet18", image_size=32), tmp_path, "fp32", "auto") as ov:
+        assert auto["streams"] == ov.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    assert all(r["parity"]["passed"] for r in rows)
 
 
 def test_an_exported_onnx_file_runs_in_openvino(capsys, tmp_path):
@@ -140,4 +130,4 @@ def test_a_loadgen_scenario_runs_openvino_like_any_backend(capsys, tmp_path):
     assert code == 0
     [row] = rows
     assert row["scenario"] == "single-stream" and row["loadgen"]["result"] in ("VALID", "INVALID")
-    assert row["parity"]["passed"] and row["runtime"]["requests"] == 1
+    assert row["parity"]["passed"] and row["runtime"]["hint"] == "LATENCY"

@@ -20,7 +20,7 @@ import bench.__main__ as cli
 import export.__main__ as export_cli
 import resnet_perf
 
-RUN = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "0", "--iters", "2",
+RUN = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "2", "--warmup", "0", "--iters", "2",
        "--backend", "eager", "--device", "cpu"]
 
 
@@ -135,7 +135,7 @@ def test_a_full_disk_while_saving_keeps_running_and_the_last_complete_file(capsy
     assert lines == [f"python -m bench: could not write {json_path} (No space left on device); the run goes on",
                      (f"python -m bench: the last write of {json_path} failed (No space left on device): it holds "
                       "the 1 row(s) of its last complete write")]
-    assert out.count("resnet18") == 3  # every row still ran and is in the table
+    assert out.count("│ resnet18 │") == 3  # every row still ran and is in the table
     assert [r["batch_size"] for r in json.loads(json_path.read_text())["results"]] == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left behind
 

@@ -145,7 +145,7 @@ def test_labelled_folders(tmp_path):
 
 def test_bench_int8_row(capsys, tmp_path):
     path = tmp_path / "run.json"
-    code = bench_cli.main([*SMALL, "--backend", "onnxruntime", "--precision", "fp32,int8", "--batch-size", "4",
+    code = bench_cli.main([*SMALL, "--streams", "1", "--backend", "onnxruntime", "--precision", "fp32,int8", "--batch-size", "4",
                            "--iters", "3", "--warmup", "0", "--json", str(path), "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     fp32, int8 = json.loads(path.read_text())["results"]
@@ -187,7 +187,7 @@ def test_calibrating_on_the_wrong_data_is_refused(capsys, tmp_path):
 @pytest.mark.parametrize("tool", ["bench", "export"])
 def test_bad_int8_flags(capsys, tmp_path, tool, argv, message):
     if tool == "bench":
-        code = bench_cli.main([*SMALL, "--backend", "onnxruntime", *argv])
+        code = bench_cli.main([*SMALL, "--streams", "1", "--backend", "onnxruntime", *argv])
     else:
         code = export_cli.main([*SMALL, "--format", "onnx", "--output", str(tmp_path / "out"), *argv])
     assert code == 2
@@ -216,7 +216,7 @@ def test_eval_data_reports_real_accuracy_beside_fp32(tmp_path):
         Image.fromarray(pixels).save(root / f"c{c:04d}" / f"{i}.png")
 
     path = tmp_path / "run.json"
-    assert bench_cli.main([*SMALL, "--backend", "onnxruntime", "--precision", "fp32,int8", "--batch-size", "4",
+    assert bench_cli.main([*SMALL, "--streams", "1", "--backend", "onnxruntime", "--precision", "fp32,int8", "--batch-size", "4",
                            "--iters", "2", "--eval-data", str(root), "--json", str(path),
                            "--cache-dir", str(tmp_path / "cache")]) == 0
     fp32, int8 = (r["accuracy"] for r in json.loads(path.read_text())["results"])
@@ -227,7 +227,7 @@ def test_eval_data_reports_real_accuracy_beside_fp32(tmp_path):
 
 def test_sensitivity_ranks_every_layer(capsys, tmp_path):
     path = tmp_path / "run.json"
-    assert bench_cli.main([*SMALL, "--backend", "onnxruntime", "--precision", "int8", "--batch-size", "8", "--iters",
+    assert bench_cli.main([*SMALL, "--streams", "1", "--backend", "onnxruntime", "--precision", "int8", "--batch-size", "8", "--iters",
                            "2", "--sensitivity", "--json", str(path), "--cache-dir", str(tmp_path / "cache")]) == 0
     (row,) = json.loads(path.read_text())["results"]
     analysis = row["sensitivity"]
@@ -250,7 +250,7 @@ def test_sensitivity_ranks_every_layer(capsys, tmp_path):
 ])
 def test_bad_evaluation_flags(capsys, argv, message):
     argv = argv if "--backend" in argv else [*argv, "--backend", "onnxruntime"]
-    assert bench_cli.main([*SMALL, *argv]) == 2
+    assert bench_cli.main([*SMALL, "--streams", "1", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
 

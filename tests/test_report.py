@@ -9,7 +9,7 @@ import pytest
 import bench.__main__ as cli
 from bench.report import SCHEMA
 
-SWEEP = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "3", "--backend", "eager,onnxruntime",
+SWEEP = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--warmup", "0", "--iters", "3", "--backend", "eager,onnxruntime",
          "--batch-size", "1,2,4"]
 
 
@@ -51,7 +51,8 @@ def test_report_writes_markdown_with_tables_and_plots(capsys, sweep, tmp_path):
     assert cli.main(["report", str(sweep / "sweep.json"), "--output", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert text.startswith("# resnet-perf report") and "## sweep.json" in text
-    assert "| model | backend | device | precision | batch | scenario | img/s | vs eager |" in text
+    assert "| model | backend | device | precision | batch | streams | scenario | img/s | vs eager |" in text
+    assert "best throughput (resnet18, parity passing): " in text
     assert text.count("| resnet18 | onnxruntime | cpu | fp32 |") == 3
     assert "![throughput and latency against batch size](sweep.png)" in text
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -12,7 +12,7 @@ import bench.__main__ as cli
 from bench.runners import RUNNERS
 from bench.runners.eager import EagerRunner
 
-SMALL = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "3"]
+SMALL = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--warmup", "0", "--iters", "3"]
 
 
 @pytest.fixture(autouse=True)

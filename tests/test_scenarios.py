@@ -4,7 +4,9 @@ each row says what LoadGen concluded. Short runs (1 s) of resnet18 at 32 px on o
 from __future__ import annotations
 
 import json
+import threading
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -49,13 +51,54 @@ def test_a_missed_latency_bound_is_the_reason_given(tmp_path):
 @pytest.mark.parametrize(("scenario", "batch"), [("single-stream", 1), ("multi-stream", 4), ("offline-loadgen", 8)])
 def test_other_scenarios(tmp_path, scenario, batch):
     argv = ["--scenario", scenario] + ([] if scenario == "single-stream" else ["--batch-size", str(batch)])
-    code, (row,) = run_rows(tmp_path, *argv)
+    code, (row,) = run_rows(tmp_path, *argv, *(["--streams", "1"] if scenario == "offline-loadgen" else []))
     assert code == 0 and row["status"] == "ok" and row["batch_size"] == batch and row["scenario"] == scenario
     assert row["loadgen"]["result"] in ("VALID", "INVALID") and row["throughput_ips"] > 0
     assert row["latency_ms"]["p99"] > 0 and row["achieved_qps"] is None
     if scenario == "single-stream":
         # LoadGen's single-stream metric is the 90th percentile; its estimate is reported under that name.
         assert set(row["loadgen"]["early_stopping_estimates_ms"]) <= {"p90", "p99"}
+
+
+def test_offline_loadgen_keeps_the_rows_streams_in_flight(tmp_path, monkeypatch):
+    """LoadGen's Offline scenario hands each batch to a free stream: with two streams, two batches
+    are in flight at once."""
+    from bench.runners.onnxruntime import OnnxRuntimeRunner
+
+    in_flight, most, lock = [0], [0], threading.Lock()
+    lanes = OnnxRuntimeRunner.lanes
+
+    def counted(self, n):
+        def wrap(lane):
+            def call(inputs):
+                with lock:
+                    in_flight[0] += 1
+                    most[0] = max(most[0], in_flight[0])
+                try:
+                    return lane.call(inputs)
+                finally:
+                    with lock:
+                        in_flight[0] -= 1
+            return replace(lane, call=call)
+
+        return [wrap(lane) for lane in lanes(self, n)]
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "lanes", counted)
+    code, rows = run_rows(tmp_path, "--scenario", "offline-loadgen", "--batch-size", "8", "--streams", "1,2")
+    assert code == 0 and [r["streams"] for r in rows] == [1, 2]
+    assert all(r["loadgen"]["result"] in ("VALID", "INVALID") and r["throughput_ips"] > 0 for r in rows)
+    assert rows[1]["streams_how"]["kept"].startswith("2 thread(s)") and most[0] == 2
+
+
+def test_default_streams_follow_the_scenario():
+    """A latency row and a throughput row where the loop can keep requests in flight; one stream
+    where LoadGen issues the queries one at a time, or at its own pace."""
+    def streams(*argv):
+        return cli.resolve(cli.build_parser().parse_args(["run", *SMALL, *argv])).streams
+
+    assert streams("--scenario", "offline-loadgen") == (1, "auto")
+    assert streams("--scenario", "single-stream") == (1,)
+    assert streams("--scenario", "server", "--target-qps", "10") == (1,)
 
 
 def test_find_max_qps_confirms_its_rate(tmp_path):
@@ -90,7 +133,8 @@ def test_the_batcher_groups_waiting_samples_and_pads_short_batches():
         shapes.append(batch[:, 0].tolist())
         return batch
 
-    sut = scenarios._BatchingSUT(lg, infer, inputs, batch_size=4, max_delay_s=0.05, device=torch.device("cpu"))
+    sut = scenarios._BatchingSUT(lg, scenarios.System(infer), inputs, batch_size=4, max_delay_s=0.05,
+                                 device=torch.device("cpu"))
     with sut:
         sut.issue([SimpleNamespace(id=i, index=i) for i in range(6)])
         time.sleep(0.2)
@@ -111,6 +155,8 @@ def test_the_batcher_groups_waiting_samples_and_pads_short_batches():
     (["--scenario", "server", "--target-qps", "9", "--max-batch", "4", "--batch-size", "8"],
      "--max-batch and --batch-size both set the server's batch: give one"),
     (["--scenario", "server", "--target-qps", "0"], "argument --target-qps: '0' is not a positive, finite number"),
+    (["--scenario", "single-stream", "--streams", "2"],
+     "--streams 2: --scenario single-stream issues its own queries; requests in flight apply to the offline loop"),
 ])
 def test_bad_scenario_flags(capsys, argv, message):
     assert cli.main(["--model", "resnet18", *argv]) == 2

@@ -25,7 +25,7 @@ from bench.serving.local import missing_reason
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
-SMALL = ["--model", "resnet18", "--image-size", "32", "--device", "cpu", "--warmup", "1", "--iters", "4"]
+SMALL = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--device", "cpu", "--warmup", "1", "--iters", "4"]
 
 
 @pytest.fixture(autouse=True)

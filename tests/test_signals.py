@@ -20,7 +20,7 @@ import export.__main__ as export_cli
 from bench.runners import RUNNERS
 from bench.runners.eager import EagerRunner
 
-RUN = ["--model", "resnet18", "--image-size", "32", "--warmup", "0", "--iters", "2", "--device", "cpu"]
+RUN = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--warmup", "0", "--iters", "2", "--device", "cpu"]
 
 
 class SignalledRunner(EagerRunner):

@@ -1,19 +1,26 @@
 """A row's costs: its peak memory from setup to the end of its timed calls, the energy and clocks
 of its timed window, and its achieved FLOP/s against this machine's GEMM peak.
 
-``Gauges`` are the machine's readers, opened once per run; a ``RowMeter`` uses them for one row.
-The harness calls ``start`` before the row's setup, ``begin``/``end`` around each timed window and
-``stop`` after the last; what a reader cannot give is null in the row, with the reason beside it.
-One thread samples what has no counter of its own (a sampled resident set, NVML's used memory,
-clocks) every 20 ms, and only while a row is metered; where nothing needs sampling none runs.
+``Gauges`` are the machine's readers, opened once per run; a ``RowMeter`` uses them for one row:
+
+    with RowMeter(gauges) as meter:      # memory from here: the row's setup
+        ...                              # build, prepare
+        with meter.window():             # each timed window: energy, clocks, CPU time;
+            ...                          # the first one ends setup's memory and starts running's
+        costs = meter.costs()
+
+What a reader cannot give is null in the row, with the reason beside it. One thread samples what
+has no counter of its own (a sampled resident set, NVML's used memory, clocks) every 20 ms, and only
+while a row is metered; where nothing needs sampling none runs.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import torch
 
@@ -102,18 +109,18 @@ class Gauges:
 
 
 class RowMeter:
-    """One row's memory, energy and clocks. ``device_memory`` is how the row's backend allocates on
-    a GPU: "torch" (PyTorch's allocator) or "nvml" (a runtime's own, seen device-wide)."""
+    """One row's memory, energy, clocks and CPU time. ``device_memory`` is how the row's backend
+    allocates on a GPU: "torch" (PyTorch's allocator) or "nvml" (a runtime's own, seen device-wide)."""
 
     def __init__(self, gauges: Gauges, device_memory: str = "nvml"):
         self.gauges = gauges
         self.memory = gauges.host
         if gauges.device.type == "cuda":
             self.memory = gauges.torch_memory if device_memory == "torch" else gauges.gpu_memory
-        self.joules = self.seconds = 0.0
+        self.joules = self.seconds = self.cpu_seconds = 0.0
+        self.windows = 0
         self.samples: list[tuple[float, int]] = []
         self.in_window = False
-        self.window_start: tuple[float, object] | None = None
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -127,7 +134,7 @@ class RowMeter:
             if self.in_window and self.gauges.clock is not None:
                 self.samples.append(self.gauges.clock.sample())
 
-    def start(self) -> None:
+    def __enter__(self) -> RowMeter:
         """Before the row's setup: memory levels are taken from here."""
         for meter in self._meters():
             meter.start()
@@ -136,42 +143,42 @@ class RowMeter:
         if meters or self.gauges.clock is not None:
             self.thread = threading.Thread(target=self._sample, args=(meters,), name="row-meter", daemon=True)
             self.thread.start()
+        return self
 
-    def setup_done(self) -> None:
-        """Setup is over: the peak from here on is the running one."""
-        for meter in self._meters():
-            meter.mark()
-
-    def begin(self, fresh: bool = False) -> None:
-        """A timed window starts; ``fresh`` forgets the windows before it (a rate search's trials)."""
-        if fresh:
-            self.joules = self.seconds = 0.0
-            self.samples = []
-        energy = self.gauges.energy
-        self.window_start = (time.perf_counter(), energy.read() if energy else None)
-        self.in_window = True
-
-    def end(self) -> None:
-        if self.window_start is None:
-            return
-        started, counter = self.window_start
-        energy = self.gauges.energy
-        if energy is not None:
-            self.joules += energy.joules(counter, energy.read())
-        self.seconds += time.perf_counter() - started
-        self.in_window, self.window_start = False, None
-
-    def close(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         """The sampling thread stopped, whatever happened to the row."""
         self.done.set()
         if self.thread is not None:
             self.thread.join()
             self.thread = None
 
-    def stop(self) -> dict:
-        """After the row's last timed call: its peak memory, energy and clocks, as the row's costs."""
-        self.end()
-        self.close()
+    @contextmanager
+    def window(self, fresh: bool = False) -> Iterator[None]:
+        """A timed window: its energy, seconds, clocks and the process's CPU time. The first one
+        ends setup (the peak from here on is the running one); ``fresh`` forgets the windows
+        before it (a rate search's trials)."""
+        if self.windows == 0:
+            for meter in self._meters():
+                meter.mark()
+        if fresh:
+            self.joules = self.seconds = self.cpu_seconds = 0.0
+            self.samples = []
+        energy = self.gauges.energy
+        counter, started, cpu = energy.read() if energy else None, time.perf_counter(), time.process_time()
+        self.in_window = True
+        try:
+            yield
+        finally:
+            self.in_window = False
+            self.seconds += time.perf_counter() - started
+            self.cpu_seconds += time.process_time() - cpu
+            if energy is not None:
+                self.joules += energy.joules(counter, energy.read())
+            self.windows += 1
+
+    def costs(self) -> dict:
+        """After the row's last timed window: its peak memory, energy, clocks and CPU, as the row's costs."""
+        self.__exit__()
         if self.gauges.clock is not None and not self.samples:
             self.samples.append(self.gauges.clock.sample())  # a window shorter than one sampling period
         setup, run = self.memory.peaks_mb() if self.memory else (None, None)
@@ -191,6 +198,10 @@ class RowMeter:
             **clocks.summary(self.samples),
             "clock_source": self.gauges.clock.source if self.gauges.clock else None,
             "clock_reason": self.gauges.clock_reason,
+            # How many cores the timed windows kept busy: the process's CPU time (all its threads,
+            # the runtimes' own pools included) over their wall time.
+            "cpu_cores_busy": self.cpu_seconds / self.seconds if self.seconds > 0 else None,
+            "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         })
         return costs
 

@@ -10,6 +10,14 @@ flags it adds (``add_arguments``), their values checked against the run (``resol
 whose result reaches the runner as ``config.options``), whether it runs here and in which
 precisions (both may depend on those options), and what must be checked before any row runs
 (``check_ready``). So a new backend is one runner file and one line in ``bench.runners``.
+
+Requests in flight (``--streams``): ``streams(n)`` keeps ``n`` at once, the backend's own way (see
+bench.streams). By default that is one host thread per stream on CPU and one CUDA stream per
+stream on CUDA, each calling a ``Lane``; ``lanes`` gives one per stream, sharing the runner's call
+where its runtime allows calls from several threads at once (a torch module), else each with
+resources of its own (an onnxruntime session, a TensorRT execution context). A backend with a
+mechanism of its own (OpenVINO's AsyncInferQueue, a server's concurrent requests) overrides
+``streams_impl``; one whose runtime picks its own number of requests says so in ``own_streams``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bench.streams import CudaStreams, Lane, Streams, ThreadedStreams, threads_each
 from export.quantize import Calibration
 from resnet_perf.cpu import native_bf16
 from resnet_perf.precision import PRECISIONS
@@ -68,6 +77,9 @@ class RunConfig:
     artifacts: Mapping[str, Path] = field(default_factory=dict)
     calibration: Calibration | None = None  # int8: what quantization is calibrated on
     options: Any = None  # the backend's own, from its resolve_options
+    # The row's requests in flight, N or "auto", for a runtime that compiles for them (OpenVINO's
+    # streams); what runs them is ``Runner.streams``.
+    streams: int | str = 1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -129,6 +141,12 @@ class Runner(abc.ABC):
         return None
 
     @classmethod
+    def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:
+        """The most requests this backend keeps in flight on ``device`` (with ``options``), and why,
+        where its runtime bounds them (beyond the machine's cores); None where it does not."""
+        return None
+
+    @classmethod
     def check_ready(cls, options: Any, run: RunContext) -> None:
         """What must hold before any row runs and needs this backend's runtime to tell (a server's
         readiness, an engine's target); raises UsageError."""
@@ -168,12 +186,6 @@ class Runner(abc.ABC):
         """What a reader of the row's figures must know: timings that are not performance figures
         (an interpreter), or what one timed call holds where it is not one batch."""
         return None
-
-    @property
-    def images_per_call(self) -> int:
-        """The images one timed call processes, which throughput counts: one batch, unless the
-        backend keeps several requests in flight per call."""
-        return self.config.batch_size
 
     @property
     def memory_note(self) -> str | None:
@@ -220,6 +232,17 @@ class Runner(abc.ABC):
         """An fp32 NCHW CPU batch to fp32 CPU logits: conversion, the call, and the copy back."""
         return self.to_logits(self.run(self.to_input(batch)))
 
+    def streams(self, n: int) -> Streams:
+        """``n`` requests in flight on the prepared runner, until the streams are closed."""
+        if not self.is_active:
+            raise RuntimeError(f"{self.name}: streams() before prepare()")
+        return self.streams_impl(n)
+
+    def own_streams(self) -> tuple[int, str] | None:
+        """For ``--streams auto``: the requests in flight this backend's runtime itself picks for
+        the prepared model, and how it picked them; None where the harness searches instead."""
+        return None
+
     def submit(self, batch: Tensor, done: Any) -> None:
         """Start inference on an fp32 NCHW CPU batch of any size up to the configured one without
         waiting; ``done(logits, None)`` or ``done(None, error)`` follows. Backends that serve requests."""
@@ -247,6 +270,18 @@ class Runner(abc.ABC):
     def build_impl(self) -> None:
         """Backends that load a built artifact build it here; the rest build nothing."""
 
+    def streams_impl(self, n: int) -> Streams:
+        c = self.config
+        if c.device.type == "cuda":
+            return CudaStreams(self.lanes(n), c.device, f"{n} CUDA stream(s), calls enqueued ahead")
+        each = threads_each(c.threads, n)
+        return ThreadedStreams(self.lanes(n), each, f"{n} thread(s), {each} intra-op thread(s) each")
+
+    def lanes(self, n: int) -> list[Lane]:
+        """One Lane per stream. By default the runner's own call on every one: for a runtime whose
+        call may run on several threads at once (a torch module under inference_mode)."""
+        return [Lane(self.run)] * n
+
     @abc.abstractmethod
     def prepare_impl(self) -> None: ...
 
@@ -261,6 +296,12 @@ class Runner(abc.ABC):
 
     def close_impl(self) -> None:
         pass
+
+
+# Why a backend that replays CUDA graphs (torch.compile's reduce-overhead and max-autotune) keeps one
+# request in flight: every replay of a graph runs in the same static memory, so replays on two
+# streams at once would overwrite each other's activations. One stream still enqueues ahead.
+CUDA_GRAPH_LIMIT = "its CUDA graph replays share one static memory pool, so they cannot overlap on two streams"
 
 
 class TorchRunner(Runner):

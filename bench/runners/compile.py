@@ -15,7 +15,7 @@ from torch import Tensor
 
 from bench.layers.compiled import profile_compiled
 from bench.layers.profile import LayerProfile
-from bench.runners.base import RunContext, TorchRunner
+from bench.runners.base import CUDA_GRAPH_LIMIT, RunContext, TorchRunner
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -36,6 +36,12 @@ class CompileRunner(TorchRunner):
     @classmethod
     def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> CompileOptions:
         return CompileOptions(flags["compile_mode"])
+
+    @classmethod
+    def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:
+        if device.type == "cuda" and (options or CompileOptions()).mode != "default":
+            return 1, CUDA_GRAPH_LIMIT
+        return None
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:

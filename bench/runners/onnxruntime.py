@@ -1,5 +1,12 @@
 """``onnxruntime``: the model exported to ONNX (cached), run by an InferenceSession with every graph
-optimisation on; the CPU execution provider on cpu, the CUDA provider on cuda."""
+optimisation on; the CPU execution provider on cpu, the CUDA provider on cuda.
+
+Requests in flight are a session per stream, as onnxruntime's threading documentation advises for
+concurrent requests, each with its share of the intra-op threads (one session shared by several
+threads would share one intra-op pool between their requests). On CUDA each session computes on a
+CUDA stream of its own (the provider's ``user_compute_stream``) and returns without synchronizing
+it (``disable_synchronize_execution_providers``), so calls are enqueued ahead.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from torch import Tensor
 from bench.layers.onnx_nodes import attribute, node_lines
 from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunConfig, Runner
+from bench.streams import Lane, threads_each
 from export.manifest import cached
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
 from export.quantize import quantize_onnx, weight_bits
@@ -93,9 +101,11 @@ class OnnxRuntimeRunner(Runner):
     def load_runtime(cls, device: torch.device) -> None:
         import onnxruntime  # noqa: F401 - its libraries, loaded once per process
 
-    def providers(self) -> list[Any]:
+    def providers(self, stream: torch.cuda.Stream | None = None) -> list[Any]:
+        """The session's providers; on CUDA, computing on ``stream`` where one is given."""
         if self.config.device.type == "cuda":
-            return [("CUDAExecutionProvider", {"device_id": self.config.device.index or 0}), "CPUExecutionProvider"]
+            return [("CUDAExecutionProvider", {"device_id": self.config.device.index or 0, **compute_stream(stream)}),
+                    "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
     def onnx_path(self) -> Path:
@@ -105,35 +115,47 @@ class OnnxRuntimeRunner(Runner):
     def build_impl(self) -> None:
         cached_onnx(self.model, self.config)
 
-    def _session(self, profile_prefix: Path | None = None) -> Any:
-        """The row's session; with ``profile_prefix``, one that profiles every node of every run
-        into a JSON trace there (a session of its own: profiling is set when a session is made)."""
+    def _session(self, profile_prefix: Path | None = None, threads: int | None = None,
+                 stream: torch.cuda.Stream | None = None) -> Any:
+        """The row's session (``threads`` intra-op threads, by default the row's; on CUDA computing
+        on ``stream`` where given); with ``profile_prefix``, one that profiles every node of every
+        run into a JSON trace there (a session of its own: profiling is set when a session is made)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.config.threads
+        options.intra_op_num_threads = threads or self.config.threads
         options.log_severity_level = 3  # errors only: provider fallbacks are checked below instead
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = str(profile_prefix)
-        session = ort.InferenceSession(str(self.onnx_path()), options, providers=self.providers())
-        wanted = self.providers()[0]
-        wanted = wanted[0] if isinstance(wanted, tuple) else wanted
+        providers = self.providers(stream)
+        session = ort.InferenceSession(str(self.onnx_path()), options, providers=providers)
+        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if session.get_providers()[0] != wanted:
             raise RuntimeError(f"onnxruntime fell back to {session.get_providers()[0]} instead of {wanted}")
         return session
 
+    def _bound(self, session: Any, run_options: Any = None) -> BoundSession:
+        """``session`` with our tensors bound: an output of the row's shape (from the config, not the
+        graph: a dynamic-batch graph names its batch axis), the input on first call."""
+        classes = session.get_outputs()[0].shape[-1]
+        output = torch.empty((self.config.batch_size, classes), dtype=self.config.dtype, device=self.config.device)
+        return BoundSession(session, self._bind, output, run_options)
+
     def prepare_impl(self) -> None:
-        self.session = self._session()
-        # IOBinding hands onnxruntime our tensors' memory: no copy into or out of the session
-        # inside the timed call, on CPU and on CUDA alike.
-        self.binding = self.session.io_binding()
-        # The output's shape from the config, not the graph: a dynamic-batch graph names its batch axis.
-        classes = self.session.get_outputs()[0].shape[-1]
-        self.output = torch.empty((self.config.batch_size, classes), dtype=self.config.dtype, device=self.config.device)
-        self._bind(self.binding.bind_output, OUTPUT_NAME, self.output)
-        self.bound_input: Tensor | None = None
+        self.session = self._bound(self._session())
+
+    def lanes(self, n: int) -> list[Lane]:
+        threads = threads_each(self.config.threads, n)
+        if self.config.device.type != "cuda":
+            return [Lane(self._bound(self._session(threads=threads))) for _ in range(n)]
+        import onnxruntime as ort
+
+        asynchronous = ort.RunOptions()
+        asynchronous.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        streams = [torch.cuda.Stream(self.config.device) for _ in range(n)]
+        return [Lane(self._bound(self._session(threads=threads, stream=s), asynchronous), s) for s in streams]
 
     def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
         """onnxruntime's own profiler (SessionOptions.enable_profiling) on a session of its own:
@@ -144,7 +166,7 @@ class OnnxRuntimeRunner(Runner):
             session = self._session(Path(folder) / "onnxruntime")
             binding = session.io_binding()
             self._bind(binding.bind_input, INPUT_NAME, inputs)
-            output = torch.empty_like(self.output)  # held here: the binding holds only its address
+            output = torch.empty_like(self.session.output)  # held here: the binding holds only its address
             self._bind(binding.bind_output, OUTPUT_NAME, output)
             run = functools.partial(session.run_with_iobinding, binding)
             run()
@@ -179,12 +201,31 @@ class OnnxRuntimeRunner(Runner):
         return batch.to(self.config.device, self.config.dtype).contiguous()
 
     def run_impl(self, inputs: Tensor) -> Tensor:
-        if inputs is not self.bound_input:
-            self._bind(self.binding.bind_input, INPUT_NAME, inputs)
-            self.bound_input = inputs
-        self.session.run_with_iobinding(self.binding)
-        return self.output
+        return self.session(inputs)
 
     def close_impl(self) -> None:
-        del self.binding, self.session, self.output
-        self.bound_input = None
+        del self.session
+
+
+def compute_stream(stream: torch.cuda.Stream | None) -> dict[str, str]:
+    """The provider option that has a CUDA (or TensorRT) provider compute on ``stream``."""
+    return {} if stream is None else {"user_compute_stream": str(stream.cuda_stream)}
+
+
+class BoundSession:
+    """A session with its IOBinding, which hands onnxruntime our tensors' memory: no copy into or
+    out of the session inside the timed call, on CPU and on CUDA alike. The input is bound on the
+    first call with it; every call writes into ``output``."""
+
+    def __init__(self, session: Any, bind: Any, output: Tensor, run_options: Any = None):
+        self.session, self.bind, self.output, self.run_options = session, bind, output, run_options
+        self.binding = session.io_binding()
+        self.bind(self.binding.bind_output, OUTPUT_NAME, output)
+        self.bound_input: Tensor | None = None
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        if inputs is not self.bound_input:
+            self.bind(self.binding.bind_input, INPUT_NAME, inputs)
+            self.bound_input = inputs
+        self.session.run_with_iobinding(self.binding, self.run_options)
+        return self.output

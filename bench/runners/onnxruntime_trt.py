@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bench.runners.onnxruntime import OnnxRuntimeRunner, _available_providers
+from bench.runners.onnxruntime import OnnxRuntimeRunner, _available_providers, compute_stream
 from export import tensorrt
 
 
@@ -32,12 +32,14 @@ class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
         # TensorRT's provider builds int8 from QDQ models too, but that path has not run anywhere here.
         return ("fp32", "fp16")
 
-    def providers(self) -> list[Any]:
+    def providers(self, stream: torch.cuda.Stream | None = None) -> list[Any]:
+        # Both providers on the one stream: TensorRT's engines and the CUDA provider's leftovers.
         options = {
             "device_id": self.config.device.index or 0,
             "trt_fp16_enable": self.config.precision == "fp16",
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(self.config.cache_dir / "ort-trt"),
             "trt_timing_cache_enable": True,
+            **compute_stream(stream),
         }
-        return [("TensorrtExecutionProvider", options), *super().providers()]
+        return [("TensorrtExecutionProvider", options), *super().providers(stream)]

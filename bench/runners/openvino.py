@@ -15,11 +15,11 @@ AVX2-only AMD EPYC (2026-12-02), the symmetric int8 flavour was slower and faile
 0.966 on resnet18 at 64 px, where the uint8 model, with the 7-bit weights onnxruntime needs on
 that CPU, reached 0.993).
 
-``--ov-hint latency`` (the default) times one synchronous request per call, as every other backend
-is timed. ``--ov-hint throughput`` is benchmark_app's throughput mode: OpenVINO's streams (each a
-share of the cores running its own request), fed by an AsyncInferQueue; each timed call starts one
-request per slot and waits for all of them, so the row's throughput counts every image of the
-wave and its latency is the wave's.
+Requests in flight are OpenVINO's own, as benchmark_app keeps them: one stream is the LATENCY hint,
+every core on one synchronous request; N streams compile the model under the THROUGHPUT hint with N
+OpenVINO streams (each a share of the cores running its own request) and feed them from an
+AsyncInferQueue of N requests; ``auto`` takes the THROUGHPUT hint's own choice of streams and its
+OPTIMAL_NUMBER_OF_INFER_REQUESTS, as benchmark_app does by default.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from bench.layers.onnx_nodes import attribute, node_lines
 from bench.layers.profile import LayerProfile, RuntimeLayer
 from bench.runners.base import RunContext, Runner
 from bench.runners.onnxruntime import cached_onnx, export_path
+from bench.streams import Completion, Done, Streams
 from resnet_perf.atomic import write_text
 from resnet_perf.cli import UsageError
 
@@ -49,11 +49,9 @@ from resnet_perf.cli import UsageError
 RUNTIME_PRECISIONS = {"fp32": ("f32",), "bf16": ("bf16",), "int8": ("u8", "i8")}
 
 
-@dataclass(frozen=True)
-class OpenVINOOptions:
-    hint: str = "latency"  # latency | throughput: OpenVINO's PERFORMANCE_HINT
-    streams: int | None = None  # --ov-streams: throughput's streams (default: the hint's choice)
-    requests: int | None = None  # --ov-requests: requests in flight (default: the compiled model's optimum)
+# The flags that set OpenVINO's requests in flight before --streams set them for every backend.
+RETIRED_FLAGS = {"ov_hint": "--ov-hint throughput is --streams auto (or --streams N); --streams 1 is the latency hint",
+                 "ov_streams": "--ov-streams N is --streams N", "ov_requests": "--ov-requests N is --streams N"}
 
 
 @functools.cache
@@ -70,29 +68,15 @@ class OpenVINORunner(Runner):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--ov-hint", choices=("latency", "throughput"), default="latency",
-                           help="latency: one request at a time (default); throughput: streams and requests "
-                                "in flight, as benchmark_app -hint throughput")
-        group.add_argument("--ov-streams", type=int, default=None, metavar="N",
-                           help="with --ov-hint throughput: OpenVINO streams (default: the hint's choice)")
-        group.add_argument("--ov-requests", type=int, default=None, metavar="N",
-                           help="with --ov-hint throughput: requests in flight per timed call (default: "
-                                "the compiled model's optimal number)")
+        for dest in RETIRED_FLAGS:  # refused with the new spelling, not taken as a second one
+            group.add_argument(f"--{dest.replace('_', '-')}", dest=dest, default=None, help=argparse.SUPPRESS)
 
     @classmethod
-    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> OpenVINOOptions:
-        options = OpenVINOOptions(flags["ov_hint"], flags["ov_streams"], flags["ov_requests"])
-        for flag, value in (("--ov-streams", options.streams), ("--ov-requests", options.requests)):
-            if value is None:
-                continue
-            if options.hint != "throughput":
-                raise UsageError(f"{flag} sets OpenVINO's throughput mode: add --ov-hint throughput")
-            if not 1 <= value <= 1024:
-                raise UsageError(f"{flag} {value}: give 1 to 1024")
-        if options.hint == "throughput" and run.scenario != "offline":
-            raise UsageError(f"--ov-hint throughput runs waves of requests in the offline loop; --scenario "
-                             f"{run.scenario} issues its own queries (leave the hint at latency)")
-        return options
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> None:
+        for dest, spelling in RETIRED_FLAGS.items():
+            if flags[dest] is not None:
+                raise UsageError(f"{spelling}: requests in flight are one flag for every backend now")
+        return None
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
@@ -114,10 +98,6 @@ class OpenVINORunner(Runner):
                     "and asked for bf16 it would compile f32 instead")
         return None
 
-    @property
-    def options(self) -> OpenVINOOptions:
-        return self.config.options or OpenVINOOptions()
-
     def onnx_path(self) -> Path:
         """The file OpenVINO compiles: the row's ONNX, or for bf16, which is OpenVINO's own lowering
         of the fp32 graph on the CPU's bf16 instructions, the fp32 one."""
@@ -135,29 +115,24 @@ class OpenVINORunner(Runner):
         import openvino.properties.hint as hints
 
         c = self.config
-        throughput = self.options.hint == "throughput"
         settings = {
             props.inference_num_threads: c.threads,
-            hints.performance_mode: hints.PerformanceMode.THROUGHPUT if throughput else hints.PerformanceMode.LATENCY,
+            hints.performance_mode: hints.PerformanceMode.LATENCY if c.streams == 1 else hints.PerformanceMode.THROUGHPUT,
             # An int8 model's layers left unquantized run in f32, not in the bf16 OpenVINO would pick.
             hints.inference_precision: ov.Type.bf16 if c.precision == "bf16" else ov.Type.f32,
             props.enable_profiling: profiling,
         }
-        if self.options.streams is not None:
-            settings[props.num_streams] = self.options.streams
+        if isinstance(c.streams, int) and c.streams > 1:
+            settings[props.num_streams] = c.streams
         core = ov.Core()
         return core.compile_model(core.read_model(str(self.onnx_path())), "CPU", settings)
 
     def prepare_impl(self) -> None:
         import openvino as ov
 
-        throughput = self.options.hint == "throughput"
         self.compiled = self._compile()
         self.runtime = self._what_ran()
-
-        count = (self.options.requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
-        self.queue = ov.AsyncInferQueue(self.compiled, count)
-        self.runtime["requests"] = count
+        self.request = self.compiled.create_infer_request()
         self.shared_tensor = ov.Tensor  # wraps the caller's memory: bound in the first timed call, not copied
         self.bound_input: Tensor | None = None
 
@@ -186,16 +161,17 @@ class OpenVINORunner(Runner):
                 **({"int8_model": "uint8 activations, int8 weights per channel (QDQ)"} if precision == "int8" else {})}
 
     @property
-    def images_per_call(self) -> int:
-        return self.config.batch_size * len(self.queue)
-
-    @property
     def timing_note(self) -> str | None:
-        r = self.runtime
-        notes = ["uint8 QDQ model"] if self.config.precision == "int8" else []
-        if self.options.hint == "throughput":
-            notes.append(f"{r['requests']} requests on {r['streams']} streams per call; latency is the wave's")
-        return "; ".join(notes) or None
+        return "uint8 QDQ model" if self.config.precision == "int8" else None
+
+    def own_streams(self) -> tuple[int, str] | None:
+        if self.config.streams != "auto":
+            return None
+        return (self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"),
+                "OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS under the THROUGHPUT hint")
+
+    def streams_impl(self, n: int) -> Streams:
+        return InferQueueStreams(self.compiled, n)
 
     def run_facts(self) -> dict | None:
         return self.runtime
@@ -205,15 +181,11 @@ class OpenVINORunner(Runner):
 
     def run_impl(self, inputs: Tensor) -> Any:
         if inputs is not self.bound_input:
-            # Every request reads the caller's tensor in place: no copy inside the timed call.
-            shared = self.shared_tensor(inputs.numpy(), shared_memory=True)
-            for index in range(len(self.queue)):
-                self.queue[index].set_input_tensor(shared)
+            # The request reads the caller's tensor in place: no copy inside the timed call.
+            self.request.set_input_tensor(self.shared_tensor(inputs.numpy(), shared_memory=True))
             self.bound_input = inputs
-        for _ in range(len(self.queue)):
-            self.queue.start_async()
-        self.queue.wait_all()
-        return self.queue[0].get_output_tensor().data
+        self.request.infer()
+        return self.request.get_output_tensor().data
 
     def to_logits_impl(self, outputs: Any) -> Tensor:
         return torch.from_numpy(outputs)
@@ -246,8 +218,39 @@ class OpenVINORunner(Runner):
                                            "original_layers": fused.get(layer.name, "")} for layer in layers], indent=1))
         return LayerProfile(source="OpenVINO PERF_COUNT, per layer of the CPU plugin's runtime graph", calls=calls,
                             wall_ms=wall_s / calls * 1e3, layers=layers, trace=trace,
-                            notes=["one synchronous request"] if self.options.hint == "throughput" else [])
+                            notes=["one synchronous request"] if self.config.streams != 1 else [])
 
     def close_impl(self) -> None:
-        del self.queue, self.compiled
+        del self.request, self.compiled
         self.bound_input = None
+
+
+class InferQueueStreams(Streams):
+    """OpenVINO's own requests in flight: an AsyncInferQueue of ``n`` requests on a model compiled
+    for its streams. A request is started on whichever of the queue's requests is idle; its
+    callback, on OpenVINO's thread, reports it."""
+
+    def __init__(self, compiled: Any, n: int):
+        import openvino as ov
+
+        self.count = n
+        self.how = f"AsyncInferQueue, {n} requests on {compiled.get_property('NUM_STREAMS')} OpenVINO stream(s)"
+        self.queue = ov.AsyncInferQueue(compiled, n)
+        self.queue.set_callback(self._finished)
+
+    @staticmethod
+    def _finished(request: Any, userdata: tuple[float, Done]) -> None:
+        end = time.perf_counter()
+        start, done = userdata
+        done(Completion((end - start) * 1e3, end))
+
+    def submit(self, slot: int, inputs: Tensor, done: Done) -> None:
+        try:
+            # share_inputs: the request reads the caller's memory, as the latency path does.
+            self.queue.start_async(inputs.numpy(), (time.perf_counter(), done), share_inputs=True)
+        except Exception as exc:  # noqa: BLE001 - a request that did not start is a failed one
+            done(exc)
+
+    def close(self) -> None:
+        self.queue.wait_all()
+        del self.queue

@@ -4,7 +4,8 @@ The engine is the one given with ``--engine`` (its manifest checked first), or o
 model's ONNX export for this batch size, precision, GPU and TensorRT version and cached, with a
 timing cache beside it so a rebuild takes seconds. ``--cuda-graph`` captures the engine's launches
 once and replays them as one CUDA graph, which removes the per-kernel launch cost that dominates
-small batches.
+small batches. Requests in flight are an execution context per CUDA stream, as trtexec's
+``--infStreams`` runs them, each enqueued ahead without a host synchronization between calls.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 from bench.layers.onnx_nodes import attribute, node_lines
 from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunContext, Runner
+from bench.streams import Lane
 from export import tensorrt
 from export.manifest import ManifestError, cached, check_engine_target, load_manifest, sha256_file
 from export.onnx import BatchRange
@@ -98,8 +100,10 @@ class TensorRTRunner(Runner):
     def prepare_impl(self) -> None:
         c = self.config
         self.engine = tensorrt.Engine(self.plan_path(), c.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.cuda_graph = (c.options or TensorRTOptions()).cuda_graph
+        self.launch = Launch(self.engine, (c.options or TensorRTOptions()).cuda_graph)
+
+    def lanes(self, n: int) -> list[Lane]:
+        return [Lane(self.launch), *(Lane(Launch(self.engine.sibling(), self.launch.cuda_graph)) for _ in range(n - 1))]
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.engine.input_dtype).contiguous()
@@ -137,21 +141,29 @@ class TensorRTRunner(Runner):
             notes=[] if same else ["the ONNX written again differs from the engine's source: names may not match"])
 
     def run_impl(self, inputs: Tensor) -> Tensor:
-        if self.cuda_graph:
-            return self._replay(inputs)
-        return self.engine(inputs)
+        return self.launch(inputs)
 
-    def _replay(self, inputs: Tensor) -> Tensor:
-        """The engine's launches for ``inputs``, captured on first use and replayed after. A graph
-        holds device addresses, so a new input tensor means a new capture."""
+    def close_impl(self) -> None:
+        del self.engine, self.launch
+
+
+class Launch:
+    """One execution context's call: the engine enqueued on ``inputs``, or with ``cuda_graph`` its
+    launches captured on first use and replayed after (a graph holds device addresses, so a new
+    input tensor means a new capture)."""
+
+    def __init__(self, engine: tensorrt.Engine, cuda_graph: bool):
+        self.engine, self.cuda_graph = engine, cuda_graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        if not self.cuda_graph:
+            return self.engine(inputs)
         if self.graph is None or inputs is not self.engine.bound:
             self.engine(inputs)  # TensorRT allocates on its first enqueue, which a capture must not see
-            torch.cuda.synchronize(self.config.device)
+            torch.cuda.synchronize(self.engine.device)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, stream=self.engine.stream):
                 self.engine.enqueue()
         self.graph.replay()
         return self.engine.output
-
-    def close_impl(self) -> None:
-        del self.engine, self.graph

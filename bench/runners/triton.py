@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from bench.layers.groups import Op
 from bench.layers.profile import LayerProfile
 from bench.layers.torch_modules import module_ops, profile_module
-from bench.runners.base import TorchRunner
+from bench.runners.base import CUDA_GRAPH_LIMIT, TorchRunner
 
 
 def fused_ops(path: str, by_name: dict[str, nn.Module]) -> tuple[Op, ...]:
@@ -59,6 +59,13 @@ class TritonRunner(TorchRunner):
     def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         # The kernels' own dtypes, on CPU too: the interpreter runs all three, if slowly.
         return ("fp32", "fp16", "bf16")
+
+    @classmethod
+    def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:
+        if device.type == "cpu":
+            # Seen here: two threads in the interpreter at once fail with "Did you forget to add @triton.jit ?".
+            return 1, "Triton's interpreter runs one launch at a time (it is not thread-safe)"
+        return 1, CUDA_GRAPH_LIMIT
 
     @property
     def timing_note(self) -> str | None:

@@ -6,6 +6,9 @@ through PyTriton hosts another of our runners (``--served-backend``). Every call
 HTTP: latency is from send to receive, and each measured window also carries the server's own
 split of that time from its statistics (queue, compute), the client's share, and for a local
 server the hosted backend's time when called directly, so a row shows what serving costs.
+
+Requests in flight are concurrent requests from the client, as perf_analyzer's ``--concurrency-range``
+keeps them; a local server then runs as many instances of the hosted backend.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from bench.runners.base import RunContext, Runner
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving import local
 from bench.serving.client import Endpoint, ModelInterface, ServerError, TritonClient
+from bench.streams import Completion, Done, Streams
 from resnet_perf.cli import UsageError, one_line
 from resnet_perf.parity import cycled
 from resnet_perf.precision import PRECISIONS, by_triton
@@ -190,12 +194,19 @@ class TritonServerRunner(Runner):
             self.served.build()
 
     def prepare_impl(self) -> None:
-        c, options = self.config, self.config.options
         self.hosted = self.local = self.client = None
         self.direct_ms = None
+        self.request_ms: list[float] = []
+        self.marked: tuple | None = None
+        self._connect(self.config.streams if isinstance(self.config.streams, int) else 1)
+
+    def _connect(self, instances: int) -> None:
+        """Reach the server (for a local one: start it, with ``instances`` of the hosted backend)
+        and check the model it serves."""
+        c, options = self.config, self.config.options
         try:
             if options.url is None:
-                self._start_local(options)
+                self._start_local(options, instances)
                 endpoint, model = self.local.grpc, self.local.name
             else:
                 endpoint, model = Endpoint.parse(options.url), options.model
@@ -208,22 +219,31 @@ class TritonServerRunner(Runner):
             self.close_impl()
             raise
         self.dtype = by_triton(self.interface.datatype).numpy
-        self.request_ms: list[float] = []
-        self.marked: tuple | None = None
-        # The server's count of requests before this runner sent any (others may share the server).
-        self.counted_before = _counted(self._statistics()) or 0
+        # The server's count of requests before this runner sent any to it (others may share the
+        # server; a local one started again counts from zero).
+        self.counted_before = (_counted(self._statistics()) or 0) - len(self.request_ms)
 
-    def _start_local(self, options: ServerOptions) -> None:
+    def _start_local(self, options: ServerOptions, instances: int) -> None:
         """The hosted backend prepared and timed on its own (the direct time), then served."""
         c = self.config
-        self.hosted = self.served
-        self.hosted.prepare()
-        batch = torch.randn(c.input_shape, generator=torch.Generator().manual_seed(0))
-        # Host batch to host logits, as the server calls it.
-        direct = timing.measure(lambda: self.hosted.infer(batch), torch.device("cpu"), warmup=3, iters=10)
-        self.direct_ms = float(np.median(direct.samples_ms))
-        self.local = local.LocalServer(self.hosted, c.model_id, options.max_queue_delay_ms)
+        if self.hosted is None:
+            self.hosted = self.served
+            self.hosted.prepare()
+            batch = torch.randn(c.input_shape, generator=torch.Generator().manual_seed(0))
+            # Host batch to host logits, as the server calls it.
+            direct = timing.measure(lambda: self.hosted.infer(batch), torch.device("cpu"), warmup=3, iters=10)
+            self.direct_ms = float(np.median(direct.samples_ms))
+        self.local = local.LocalServer(self.hosted, c.model_id, options.max_queue_delay_ms, instances)
         self.local.start()
+
+    def streams_impl(self, n: int) -> Streams:
+        if self.local is not None and self.local.instances != n:
+            # A local server runs as many instances as there are requests in flight: started again.
+            self.client.close()
+            self.local.stop()
+            self.client = self.local = None
+            self._connect(n)
+        return ClientStreams(self, n)
 
     def _padded(self, batch: Tensor) -> np.ndarray:
         # A model the server does not batch takes one shape: a short request is padded by cycling.
@@ -317,6 +337,12 @@ class TritonServerRunner(Runner):
         report["transport_ms"] = client_ms - server_ms
         return report
 
+    @property
+    def timing_note(self) -> str | None:
+        if self.local is not None and self.local.instances > 1:
+            return f"the local server runs {self.local.instances} instances of {self.hosted.name}"
+        return None
+
     def close_impl(self) -> None:
         # The client first, then the server, then what it hosted: each even if an earlier one fails.
         with contextlib.ExitStack() as stack:
@@ -324,3 +350,22 @@ class TritonServerRunner(Runner):
                 if part is not None:
                     stack.callback(getattr(part, stop))
             self.client = self.local = self.hosted = None
+
+
+class ClientStreams(Streams):
+    """``n`` requests open at once from the client, each sent the moment the previous one on its
+    stream came back; latency is from send to receive."""
+
+    def __init__(self, runner: TritonServerRunner, n: int):
+        self.runner, self.count = runner, n
+        self.how = f"{n} concurrent request(s) from the {runner.client.endpoint.protocol} client"
+
+    def submit(self, slot: int, inputs: np.ndarray, done: Done) -> None:
+        start = time.perf_counter()
+
+        def finished(outputs: np.ndarray | None, error: BaseException | None) -> None:
+            end = time.perf_counter()
+            self.runner.request_ms.append((end - start) * 1e3)
+            done(error if error is not None else Completion((end - start) * 1e3, end))
+
+        self.runner.client.submit(self.runner.interface, inputs, finished)

@@ -4,7 +4,9 @@ PyTriton's wheel carries the ``tritonserver`` binary; it runs as a child process
 Python backend, whose stub hands each batch Triton's dynamic batcher forms to a callable in this
 process: here, the runner's ``infer``. Clients reach it over real gRPC and HTTP, so everything a
 deployment adds around the model (the protocol, the server's queue and batcher, its statistics)
-is there; only the model runs in this process instead of in a Triton backend.
+is there; only the model runs in this process instead of in a Triton backend. With several
+instances, each is a Lane of the runner (its own session or execution context where the runtime
+needs one) with its share of the intra-op threads, and Triton runs them concurrently.
 
 Ports are chosen free on 127.0.0.1; the server is stopped on ``stop``, and dies with this process
 whatever happens to it (PyTriton sets the child's parent-death signal).
@@ -20,6 +22,7 @@ import signal
 import socket
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from bench.serving.client import Endpoint
+from bench.streams import threads_each
 from export.onnx import INPUT_NAME, OUTPUT_NAME
 from resnet_perf.cli import one_line
 from resnet_perf.parity import cycled
@@ -89,29 +93,46 @@ def _kill_under(folder: str) -> None:
 
 
 class LocalServer:
-    """``runner`` (prepared by the caller, batch size B) served as ``name``: inputs fp32
-    (3, H, W), outputs fp32 logits, Triton's dynamic batcher forming batches of up to B requests'
-    samples within ``max_queue_delay_ms``. A batch of fewer than B samples is padded to B by
-    cycling its samples, as the in-process server scenario does, since runners take one static shape."""
+    """``runner`` (prepared by the caller, batch size B) served as ``name`` by ``instances`` model
+    instances: inputs fp32 (3, H, W), outputs fp32 logits, Triton's dynamic batcher forming batches
+    of up to B requests' samples within ``max_queue_delay_ms``. A batch of fewer than B samples is
+    padded to B by cycling its samples, as the in-process server scenario does, since runners take
+    one static shape."""
 
-    def __init__(self, runner: Runner, name: str, max_queue_delay_ms: float):
+    def __init__(self, runner: Runner, name: str, max_queue_delay_ms: float, instances: int = 1):
         self.runner = runner
         self.name = name
         self.max_queue_delay_ms = max_queue_delay_ms
+        self.instances = instances
         self.triton = None
         self.scratch: tempfile.TemporaryDirectory | None = None
 
-    def _infer(self, requests):
+    def _infers(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Each instance's call, host batch to host logits."""
+        if self.instances == 1:
+            return [self.runner.infer]
+        runner, threads = self.runner, threads_each(self.runner.config.threads, self.instances)
+
+        def on(lane):
+            def infer(x: torch.Tensor) -> torch.Tensor:
+                torch.set_num_threads(threads)  # this instance's thread: its share of the cores
+                return runner.to_logits(lane.call(runner.to_input(x)))
+
+            return infer
+
+        return [on(lane) for lane in runner.lanes(self.instances)]
+
+    def _handler(self, infer: Callable[[torch.Tensor], torch.Tensor]):
         from pytriton.decorators import batch
 
         @batch
         def run(**inputs: np.ndarray) -> dict[str, np.ndarray]:
             x = torch.from_numpy(inputs[INPUT_NAME])
             n, size = len(x), self.runner.config.batch_size
-            logits = self.runner.infer(cycled(x, size) if n < size else x)
+            logits = infer(cycled(x, size) if n < size else x)
             return {OUTPUT_NAME: logits[:n].numpy()}
 
-        return run(requests)
+        return run
 
     def start(self) -> None:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -134,7 +155,7 @@ class LocalServer:
         self.triton = Triton(config=config, workspace=Path(self.scratch.name) / "workspace", security_config=security)
         # fp32 whatever the runner's precision: Runner.infer takes fp32 batches and returns fp32 logits.
         self.triton.bind(
-            self.name, self._infer,
+            self.name, [self._handler(infer) for infer in self._infers()],
             inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=(3, image, image))],
             outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
             config=ModelConfig(max_batch_size=size, batcher=DynamicBatcher(
