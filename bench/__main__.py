@@ -55,6 +55,7 @@ from resnet_perf.cli import (
     stop_on_signals,
 )
 from resnet_perf.images import ImageFolderError, load_labelled
+from resnet_perf.cpu import usable_cores
 from resnet_perf.parity import PARITY_BATCH
 from resnet_perf.precision import PRECISIONS
 
@@ -489,7 +490,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     for name in backends:
         RUNNERS[name].check_ready(options[name], context)
     threads = args.threads or torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if threads > THREADS_PER_CORE * cores:
         raise UsageError(f"--threads {threads}: this process may use {cores} core(s); more than "
                          f"{THREADS_PER_CORE * cores} threads ({THREADS_PER_CORE} per core) only oversubscribe them")

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from bench.costs.meter import Gauges, nvml_handle
-from resnet_perf.cpu import speed_features
+from resnet_perf.cpu import speed_features, usable_cores
 from resnet_perf.versions import installed_version
 
 
@@ -34,7 +34,7 @@ def _cpu_state() -> dict:
     use, and the thread-count variables the math libraries read."""
     return {
         "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores_usable": usable_cores(),
         "interop_threads": torch.get_num_interop_threads(),
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
     }

@@ -194,7 +194,7 @@ def _notes(r: Row) -> list[str]:
     """What a reader of a row's figures must know: the runner's note, copies in the timed call,
     the clocks during it, and costs that need explaining."""
     c = r.costs or {}
-    notes = [n for n in (r.note, "incl. host-device copies" if r.host_io else None) if n]
+    notes = [n for n in (r.note, "incl. host-device copies" if r.host_io else None, _auto_note(r)) if n]
     if c.get("clock_min_mhz") is not None:
         notes.append(f"clock min/mean {c['clock_min_mhz']:.0f}/{c['clock_mean_mhz']:.0f} MHz")
     if c.get("throttled"):
@@ -202,6 +202,17 @@ def _notes(r: Row) -> list[str]:
     if (c.get("pct_of_peak") or 0) > ABOVE_PEAK:
         notes.append("above the GEMM probe: Winograd, or a low probe")
     return notes
+
+
+def _auto_note(r: Row) -> str | None:
+    """Why an auto row kept what it kept: each candidate's trial, or the runtime's own choice."""
+    how = r.streams_how
+    if r.streams_asked != "auto" or not how:
+        return None
+    if how.get("tried_ips"):
+        trials = ", ".join(f"{n}: {ips:.1f}" for n, ips in how["tried_ips"].items())
+        return f"auto kept {r.streams} of trials {trials} img/s"
+    return f"auto kept {r.streams}: {how['chosen_by']}"
 
 
 def _cost_cells(r: Row) -> list[str]:
@@ -347,10 +358,10 @@ def sensitivity_table(row: Row, top: int = 15) -> Table:
 
 
 def console() -> Console:
-    """stdout, at least 250 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
+    """stdout, at least 300 columns wide: rich assumes 80 when stdout is a pipe or a file, and the
     table would then be squeezed into unreadable ellipses in every log a user keeps."""
     out = Console()
-    return out if out.is_terminal and out.width >= 250 else Console(width=max(out.width, 250))
+    return out if out.is_terminal and out.width >= 300 else Console(width=max(out.width, 300))
 
 
 class Saver:

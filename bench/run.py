@@ -13,7 +13,7 @@ call at a time on every thread (on CUDA, enqueued ahead on one stream, as trtexe
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -34,6 +34,7 @@ from bench.streams import Streams
 from export import quantize, sensitivity
 from resnet_perf import parity
 from resnet_perf.cli import Stopped, one_line
+from resnet_perf.cpu import usable_cores
 from resnet_perf.flops import macs_per_image
 from resnet_perf.synthetic import parity_inputs
 
@@ -228,15 +229,12 @@ def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan, gauges
 
 # --streams auto: each candidate's trial, and how much faster more requests in flight must be to be
 # kept over fewer (which answer sooner): these VMs drift by more than the noise of a short trial.
+AUTO_TRIAL_WARMUP = 2  # per stream: a new stream's first calls start its threads and caches
 AUTO_TRIAL_ITERS = 3
 AUTO_MARGIN = 0.05
 # On a GPU, more streams than this only queue on the same SMs (perf_analyzer's and trtexec's users
 # rarely go past it for one model).
 GPU_AUTO_MAX = 4
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def auto_candidates(device: torch.device, threads: int) -> list[int]:
@@ -248,13 +246,18 @@ def auto_candidates(device: torch.device, threads: int) -> list[int]:
 
 def open_streams(runner: Runner, row: Row, loop: Loop) -> Streams | None:
     """The row's requests in flight, opened on the prepared runner and recorded in the row; None
-    for one call at a time (a single stream on CPU, or with --host-io)."""
-    if row.streams_asked == 1 and (runner.config.device.type != "cuda" or loop.host_io):
+    for one call at a time: one stream on the CPU (asked for, or what auto chose), --host-io, or a
+    LoadGen scenario's single stream (its calls go from host memory to host logits)."""
+    cpu = runner.config.device.type != "cuda"
+    if row.streams_asked == 1 and (cpu or loop.host_io or row.scenario != "offline"):
         return None
     count, chosen_by, tried = streams_count(runner, row.streams_asked)
-    streams = runner.streams(count)
     row.streams = count
-    row.streams_how = {"kept": streams.how, "chosen_by": chosen_by, "tried_ips": tried}
+    row.streams_how = {"kept": "one call at a time", "chosen_by": chosen_by, "tried_ips": tried}
+    if count == 1 and cpu:
+        return None
+    streams = runner.streams(count)
+    row.streams_how["kept"] = streams.how
     return streams
 
 
@@ -274,7 +277,7 @@ def streams_count(runner: Runner, asked: int | str) -> tuple[int, str, dict[int,
         return 1, limit[1] if limit is not None and limit[0] == 1 else "1: the usable cores and threads allow no more", None
     count, tried = search_streams(runner, runner.config.batch_size, candidates)
     return count, (f"the fastest of {', '.join(map(str, tried))} in flight over {AUTO_TRIAL_ITERS} requests per "
-                   f"stream (more kept only if {AUTO_MARGIN:.0%} faster)"), tried
+                   f"stream after {AUTO_TRIAL_WARMUP} (more kept only if {AUTO_MARGIN:.0%} faster)"), tried
 
 
 def search_streams(runner: Runner, batch_size: int, candidates: list[int]) -> tuple[int, dict[int, float]]:
@@ -284,9 +287,19 @@ def search_streams(runner: Runner, batch_size: int, candidates: list[int]) -> tu
     tried = {}
     for count in candidates:
         with runner.streams(count) as streams:
-            tried[count] = timing.measure_streams(streams, inputs, warmup=1, iters=AUTO_TRIAL_ITERS).throughput(batch_size)
+            trial = timing.measure_streams(streams, inputs, warmup=AUTO_TRIAL_WARMUP, iters=AUTO_TRIAL_ITERS)
+        tried[count] = trial.throughput(batch_size)
     best = max(tried.values())
     return next(n for n in candidates if tried[n] >= best * (1 - AUTO_MARGIN)), tried
+
+
+@contextlib.contextmanager
+def timed_window(runner: Runner, meter: RowMeter, fresh: bool = False) -> Iterator[None]:
+    """A timed window: the backend's own account of it starts (a server's statistics), and the
+    row's meter runs over it (``fresh``: forgetting the windows before)."""
+    runner.mark()
+    with meter.window(fresh):
+        yield
 
 
 def timed_call(runner: Runner, batch: torch.Tensor, host_io: bool) -> Callable[[], object]:
@@ -313,13 +326,8 @@ def loop_row(runner: Runner, streams: Streams | None, row: Row, batch: torch.Ten
     or with the row's streams kept busy. The backend's own report (a server's statistics) covers
     the last repetition's timed calls; energy, clocks and CPU time cover every repetition's."""
 
-    @contextlib.contextmanager
-    def window() -> Iterator[None]:
-        runner.mark()
-        with meter.window():
-            yield
-
-    settings = {"warmup": loop.warmup, "iters": loop.iters, "min_time": loop.min_time, "window": window}
+    settings = {"warmup": loop.warmup, "iters": loop.iters, "min_time": loop.min_time,
+                "window": functools.partial(timed_window, runner, meter)}
     if streams is None:
         call = timed_call(runner, batch, loop.host_io)
         runs = [timing.measure(call, runner.config.device, **settings) for _ in range(loop.repeat)]
@@ -395,17 +403,11 @@ def loadgen_row(runner: Runner, streams: Streams | None, row: Row, inputs: torch
     if plan.find_max_qps:
         # The backend's own report (a server's statistics), energy and clocks cover the last,
         # confirming run.
-        @contextlib.contextmanager
-        def window() -> Iterator[None]:
-            runner.mark()
-            with meter.window(fresh=True):
-                yield
-
         result, target, search = scenarios.find_max_qps(sut, inputs, row.batch_size, settings, runner.config.device,
-                                                        expected_s, window=window)
+                                                        expected_s, window=functools.partial(timed_window, runner,
+                                                                                             meter, fresh=True))
     else:
-        runner.mark()
-        with meter.window():
+        with timed_window(runner, meter):
             result = scenarios.run(sut, inputs, row.batch_size, settings, runner.config.device, expected_s)
         target = settings.target_qps
     row.serving = runner.window()

@@ -133,7 +133,7 @@ class CudaStreams(Streams):
         self.count, self.depth, self.how = len(lanes), depth, how
         self.cuda, self.device = cuda, device
         self.lanes = lanes
-        self.streams = [lane.stream or cuda.Stream(device) for lane in lanes]
+        self.streams = [cuda.Stream(device) if lane.stream is None else lane.stream for lane in lanes]
         # The events' clock, tied to the host's: an event recorded once the device is idle.
         cuda.synchronize(device)
         self.origin = cuda.Event(enable_timing=True)

@@ -8,6 +8,7 @@ fp32; without VNNI, int8 products saturate (see export.quantize). A figure is re
 from __future__ import annotations
 
 import functools
+import os
 import platform
 
 # The instruction-set features that decide CPU inference speed, in the order a reader weighs them.
@@ -42,6 +43,12 @@ def describe(features: dict[str, bool] | None) -> str:
         return f"ISA: none of {', '.join(SPEED_FEATURES)}"
     absent = [f for f, has in features.items() if not has]
     return f"ISA: {' '.join(present)}" + (f"; lacks {', '.join(absent)}" if absent else "")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask), which may be fewer than the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
 
 def native_bf16(features: dict[str, bool] | None = None) -> bool:
     """Whether the CPU computes bf16 itself (AVX-512 bf16 or AMX) rather than through fp32."""

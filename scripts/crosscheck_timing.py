@@ -1,5 +1,5 @@
-"""Cross-check the harness's throughput against plain timing loops written without it, and the
-openvino rows against OpenVINO's own benchmark_app, each pair measured alternately in one process.
+"""Cross-check the harness's throughput against plain timing loops written without it, and our rows
+against OpenVINO's own benchmark_app, each pair measured alternately in one process.
 
 For each backend, precision and streams value, the harness's figure (its runner and streams, timed
 by bench.timing) and a plain loop over the framework's own call (the torch module, the compiled
@@ -10,11 +10,14 @@ streams for OpenVINO, the shared module with its share of the intra-op threads f
 over the wall time from their start to the last one's end. A harness that added overhead, or
 skipped work, would show as a ratio away from 1.
 
-With --benchmark-app, each round then also runs ``benchmark_app -hint latency`` and ``-hint
-throughput`` (its defaults, as a user runs it) and ``-hint none -nstreams N -nireq N`` (the streams
-our row kept, pinned to our inference precision: benchmark_app takes -nstreams only without a hint) on the very ONNX file the openvino rows
-ran, right after our rows: a tool nobody here wrote, on the same model, batch and machine, and the
-ratio of our best row to the better of its two defaults, round by round.
+With --benchmark-app, every row is then measured again, round after round, each round followed by
+``benchmark_app -hint latency`` and ``-hint throughput`` (its defaults, as a user runs it) and
+``-hint none -nstreams N -nireq N`` (the streams an openvino row kept, pinned to its inference
+precision: benchmark_app takes -nstreams only without a hint) on the very ONNX file the int8 rows
+ran (the project's own QDQ model; else the openvino rows' file), each measurement as long as
+benchmark_app's: a tool nobody here wrote, on the same model, batch and machine, and the ratio of
+our best row to the better of its two defaults, round by round. These VMs drift by 25% and more
+within minutes: read the ratios within one round, not figures of different rounds.
 
     python scripts/crosscheck_timing.py --model resnet50 --batch-size 8 --image-size 224 \\
         --backend eager,compile,onnxruntime,openvino --precision fp32,bf16,int8 --streams 1,auto --benchmark-app
@@ -121,14 +124,16 @@ def plain_loops(calls: list, iters: int, warmup: int, threads: int) -> float:
     return len(calls) * iters / (time.perf_counter() - start)
 
 
-def harness(runner: Runner, streams: int, iters: int) -> float:
-    """The harness's images/s on ``runner`` with ``streams`` in flight, as bench times a row."""
+def harness(runner: Runner, streams: int, iters: int, seconds: float | None = None) -> float:
+    """The harness's images/s on ``runner`` with ``streams`` in flight, as bench times a row (for at
+    least ``seconds`` where given, as --min-time does)."""
     native = runner.to_input(resnet_perf.parity_inputs(runner.config.batch_size, runner.config.image_size))
+    settings = {"warmup": 3, "iters": iters, "min_time": seconds}
     if streams == 1:
-        measured = timing.measure(lambda: runner.run(native), runner.config.device, warmup=3, iters=iters)
+        measured = timing.measure(lambda: runner.run(native), runner.config.device, **settings)
     else:
         with runner.streams(streams) as kept:
-            measured = timing.measure_streams(kept, native, warmup=3, iters=iters)
+            measured = timing.measure_streams(kept, native, **settings)
     return measured.throughput(runner.config.batch_size)
 
 
@@ -165,8 +170,9 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--streams", default="1,auto")
     p.add_argument("--rounds", type=int, default=2, help="alternations of each pair (medians are reported)")
-    p.add_argument("--benchmark-app", action="store_true", help="also run benchmark_app beside the openvino rows")
-    p.add_argument("--seconds", type=float, default=10.0, help="benchmark_app's run time per hint")
+    p.add_argument("--benchmark-app", action="store_true",
+                   help="also alternate every row with benchmark_app on the int8 (else the openvino) rows' file")
+    p.add_argument("--seconds", type=float, default=10.0, help="benchmark_app's run time per hint, and ours per row")
     args = p.parse_args()
 
     model = resnet_perf.build_model(args.model, image_size=args.image_size)
@@ -181,8 +187,8 @@ def main() -> None:
     x = resnet_perf.parity_inputs(args.batch_size, args.image_size)
     asked = [s if s == "auto" else int(s) for s in args.streams.split(",")]
     print(f"{'backend':<12} {'prec':<5} {'streams':>9} {'harness':>9} {'plain':>9} {'harness/plain':>14}")
+    rows: list[tuple[str, int, Runner]] = []
     for precision in args.precision.split(","):
-        openvino_rows = []
         for backend in args.backend.split(","):
             if precision not in RUNNERS[backend].precisions(device):
                 continue
@@ -199,38 +205,45 @@ def main() -> None:
                 for _ in range(args.rounds):
                     ours.append(harness(runner, count, args.iters))
                     plain.append(args.batch_size * plain_loops(calls, args.iters, 3, threads))
+                del calls
                 label = f"{count} ({streams})" if streams == "auto" else str(count)
                 h, q = statistics.median(ours), statistics.median(plain)
                 print(f"{backend:<12} {precision:<5} {label:>9} {h:>9.1f} {q:>9.1f} {h / q:>14.3f}", flush=True)
-                if backend == "openvino" and args.benchmark_app:
-                    openvino_rows.append((label, count, runner))
+                if args.benchmark_app:
+                    rows.append((f"{backend} {precision} {label}", count, runner))
                 else:
                     runner.close()
-        if openvino_rows:
-            alternate_with_benchmark_app(openvino_rows, precision, args)
+    if rows:
+        alternate_with_benchmark_app(rows, args)
     shutil.rmtree(cache, ignore_errors=True)
 
 
-def alternate_with_benchmark_app(rows: list[tuple[str, int, Runner]], precision: str, args: argparse.Namespace) -> None:
-    """Our openvino rows and benchmark_app on the same file, one after the other, ``rounds`` times."""
-    onnx_path = rows[0][2].onnx_path()
-    pinned = "bf16" if precision == "bf16" else "f32"
-    print(f"\nopenvino {precision} against benchmark_app on {onnx_path.name}, alternating; images/s")
+def alternate_with_benchmark_app(rows: list[tuple[str, int, Runner]], args: argparse.Namespace) -> None:
+    """Every row, then benchmark_app on the file the int8 rows ran (else the openvino rows'), one
+    after the other, ``rounds`` times, each timed for ``seconds``; per round, our best row over the
+    better of benchmark_app's two defaults."""
+    ran = [r for _, _, r in rows if r.artifact == "onnx"]
+    if not ran:
+        raise SystemExit("--benchmark-app needs a row that runs an ONNX file (onnxruntime or openvino)")
+    source = next((r for r in ran if r.config.precision == "int8"), ran[0])
+    onnx_path = source.onnx_path()
+    print(f"\nevery row against benchmark_app on {onnx_path.name} ({source.config.precision}), alternating; images/s")
     figures: dict[str, list[float]] = defaultdict(list)
     for round_ in range(args.rounds):
-        measured = {f"ours, {label} in flight": harness(runner, count, args.iters) for label, count, runner in rows}
+        measured = {label: harness(runner, count, args.iters, args.seconds) for label, count, runner in rows}
+        ours = max(measured, key=measured.get)
         for hint in ("latency", "throughput"):
             # As a user runs it: OpenVINO's defaults (for the layers an int8 model leaves in floating
-            # point that is bf16 on a CPU with AMX; our rows pin f32 there, bf16 only for bf16 rows).
+            # point that is bf16 on a CPU with AMX; our int8 rows pin f32 there).
             measured[f"benchmark_app -hint {hint}"] = benchmark_app(onnx_path, hint, args.seconds)["throughput_ips"]
-        for label, count, _ in rows:
-            if count > 1:
+        for label, count, runner in rows:
+            if runner.name == "openvino" and runner.config.precision == source.config.precision and count > 1:
+                pinned = "bf16" if runner.config.precision == "bf16" else "f32"
                 app = benchmark_app(onnx_path, "none", args.seconds, pinned, count)
-                measured[f"benchmark_app -hint none -nstreams {count} -infer_precision {pinned}"] = app["throughput_ips"]
-        ours = max(v for k, v in measured.items() if k.startswith("ours"))
+                measured[f"benchmark_app -nstreams {count} -infer_precision {pinned}"] = app["throughput_ips"]
         app_best = max(measured["benchmark_app -hint latency"], measured["benchmark_app -hint throughput"])
-        print(f"round {round_ + 1}: " + "; ".join(f"{k} {v:.1f}" for k, v in measured.items())
-              + f"; our best / the better benchmark_app default: {ours / app_best:.3f}", flush=True)
+        print(f"round {round_ + 1}: " + "; ".join(f"{k} {v:.1f}" for k, v in measured.items()), flush=True)
+        print(f"  our best, {ours}, over the better benchmark_app default: {measured[ours] / app_best:.3f}", flush=True)
         for k, v in measured.items():
             figures[k].append(v)
     print("medians: " + "; ".join(f"{k} {statistics.median(v):.1f}" for k, v in figures.items()))

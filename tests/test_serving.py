@@ -118,6 +118,19 @@ def test_local_server_row_has_parity_and_the_servers_split(capsys, tmp_path):
     assert not tritonservers(os.getpid()) and stubs() <= before, "the row's server outlived it"
 
 
+def test_streams_are_concurrent_requests_and_the_local_server_runs_as_many_instances(capsys, tmp_path):
+    code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
+                                "--streams", "2")
+    assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
+    assert row["streams"] == 2 and row["streams_how"]["kept"] == "2 concurrent request(s) from the grpc client"
+    assert row["note"] == "the local server runs 2 instances of onnxruntime"
+    s = row["serving"]
+    # Every request the client sent from the window's start (those drained after it included) reached
+    # the server, which answered each as a full batch of 4.
+    assert s["requests"] == s["server"]["requests"] >= len(row["samples_ms"]) == 2 * 4
+    assert s["server"]["mean_batch"] == 4 and s["server"]["failed"] == 0
+
+
 def test_server_scenario_sends_single_requests_the_server_batches(capsys, tmp_path):
     code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--scenario", "server",
                                 "--target-qps", "60", "--duration", "2", "--max-batch", "4")

@@ -37,9 +37,12 @@ def test_the_default_run_has_a_latency_row_and_a_throughput_row_per_backend(caps
     # auto searched 1, 2, ... up to the cores, recorded each trial, and kept one of them.
     how = auto["streams_how"]
     assert auto["streams"] in [int(n) for n in how["tried_ips"]] and how["tried_ips"]["1"] > 0
-    assert how["chosen_by"].startswith("the fastest of 1")
-    assert how["kept"] == f"{auto['streams']} thread(s), {max(1, 2 // auto['streams'])} intra-op thread(s) each"
-    assert len(auto["samples_ms"]) == 3 * auto["streams"]
+    assert how["chosen_by"].startswith("the fastest of 1") and "after 2 (more kept only if 5% faster)" in how["chosen_by"]
+    n = auto["streams"]
+    # One stream on the CPU, asked for or chosen, is one call at a time: timed exactly as the latency row.
+    assert how["kept"] == ("one call at a time" if n == 1 else f"{n} thread(s), {max(1, 2 // n)} intra-op thread(s) each")
+    assert len(auto["samples_ms"]) == 3 * n
+    assert f"auto kept {n} of trials 1: " in " ".join(out.split())
     assert 0 < auto["costs"]["cpu_cores_busy"] and auto["costs"]["cpu_cores_usable"] >= 1
     assert "p99.9" in auto["latency_ms"]
     # The table: the streams column, a starred best row and the line that names it.

@@ -258,8 +258,10 @@ def test_cuda_streams_enqueue_ahead_without_a_host_sync_per_call():
     def launch(inputs):  # a CUDA call: its kernel queued on the current stream, the host back at once
         cuda.current_stream().enqueue(lambda: time.sleep(kernel_s))
 
-    lanes = [Lane(launch), Lane(launch)]
+    own = FakeCuda.Stream()  # a runtime told to compute on a stream of its own (onnxruntime's user stream)
+    lanes = [Lane(launch), Lane(launch, stream=own)]
     with CudaStreams(lanes, torch.device("cuda"), "test", depth=2, cuda=cuda) as streams:
+        assert streams.streams[1] is own and streams.streams[0] is not own
         start = time.perf_counter()
         streams.submit(0, None, lambda result: None)
         streams.submit(0, None, lambda result: None)

@@ -16,7 +16,6 @@ while a row is metered; where nothing needs sampling none runs.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from bench.costs import clocks, peak
 from bench.costs.energy import NvmlEnergy, Rapl
 from bench.costs.memory import HostMemory, NvmlMemory, TorchCudaMemory
 from resnet_perf.cli import one_line
+from resnet_perf.cpu import usable_cores
 
 SAMPLE_S = 0.02
 
@@ -201,7 +201,7 @@ class RowMeter:
             # How many cores the timed windows kept busy: the process's CPU time (all its threads,
             # the runtimes' own pools included) over their wall time.
             "cpu_cores_busy": self.cpu_seconds / self.seconds if self.seconds > 0 else None,
-            "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpu_cores_usable": usable_cores(),
         })
         return costs
 

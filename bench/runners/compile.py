@@ -16,6 +16,7 @@ from torch import Tensor
 from bench.layers.compiled import profile_compiled
 from bench.layers.profile import LayerProfile
 from bench.runners.base import CUDA_GRAPH_LIMIT, RunContext, TorchRunner
+from bench.streams import Lane, threads_each
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -99,6 +100,22 @@ class CompileRunner(TorchRunner):
             profile.notes.append("CUDA graphs replay the kernels without the ops that name the convolutions: "
                                  "those are under their kernels' names, unattributed (--compile-mode default names them)")
         return profile
+
+    def lanes(self, n: int) -> list[Lane]:
+        """On CPU, one build for the streams' share of the threads, called by every stream: Inductor
+        writes the thread count into its C++ kernels' OpenMP pragmas when it compiles, so the timed
+        build would run all the threads in each stream whatever the stream's share."""
+        c = self.config
+        if c.device.type == "cuda" or n == 1:
+            return super().lanes(n)
+        compiled = self._compile(self.module, self.to_input(torch.zeros(c.input_shape)),
+                                 **{"cpp.threads": threads_each(c.threads, n)})
+
+        def call(inputs: Tensor) -> Tensor:
+            with torch.inference_mode():
+                return compiled(inputs)
+
+        return [Lane(call)] * n
 
     def run_impl(self, inputs: Tensor) -> Tensor:
         with torch.inference_mode():

@@ -164,11 +164,7 @@ class OnnxRuntimeRunner(Runner):
         original tensor it ends in plus ``_nchwc``."""
         with tempfile.TemporaryDirectory() as folder:
             session = self._session(Path(folder) / "onnxruntime")
-            binding = session.io_binding()
-            self._bind(binding.bind_input, INPUT_NAME, inputs)
-            output = torch.empty_like(self.session.output)  # held here: the binding holds only its address
-            self._bind(binding.bind_output, OUTPUT_NAME, output)
-            run = functools.partial(session.run_with_iobinding, binding)
+            run = functools.partial(self._bound(session), inputs)
             run()
             wall_ms = mean_wall_ms(run, calls, self.config.device)
             text = Path(session.end_profiling()).read_text()
