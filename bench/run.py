@@ -255,6 +255,9 @@ def open_streams(runner: Runner, row: Row, loop: Loop) -> Streams | None:
     row.streams = count
     row.streams_how = {"kept": "one call at a time", "chosen_by": chosen_by, "tried_ips": tried}
     if count == 1 and cpu:
+        # Opened and closed: a runtime that auto's trials reconfigured (a local server's instances)
+        # is back to one stream for the calls one at a time.
+        runner.streams(1).close()
         return None
     streams = runner.streams(count)
     row.streams_how["kept"] = streams.how

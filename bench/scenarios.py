@@ -156,7 +156,11 @@ class _BatchingSUT:
                 self._complete(batch)
                 continue
             slot = self.free.get()
-            inputs = self.system.to_input(padded)  # held by the closure until its request is done
+            try:
+                inputs = self.system.to_input(padded)  # held by the closure until its request is done
+            except BaseException as exc:  # noqa: BLE001 - as a failed call: LoadGen must still finish
+                self._finished(slot, batch, exc)
+                continue
             streams.submit(slot % streams.count, inputs,
                            lambda result, slot=slot, batch=batch, inputs=inputs: self._finished(slot, batch, result))
 

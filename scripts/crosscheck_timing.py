@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import shutil
 import statistics
@@ -187,7 +188,7 @@ def main() -> None:
     x = resnet_perf.parity_inputs(args.batch_size, args.image_size)
     asked = [s if s == "auto" else int(s) for s in args.streams.split(",")]
     print(f"{'backend':<12} {'prec':<5} {'streams':>9} {'harness':>9} {'plain':>9} {'harness/plain':>14}")
-    rows: list[tuple[str, int, Runner]] = []
+    rows: list[tuple[str, int, functools.partial]] = []
     for precision in args.precision.split(","):
         for backend in args.backend.split(","):
             if precision not in RUNNERS[backend].precisions(device):
@@ -196,49 +197,54 @@ def main() -> None:
                 config = RunConfig(f"{args.model}-crosscheck", device, precision, args.batch_size, args.image_size,
                                    threads, cache, calibration=calibration if precision == "int8" else None,
                                    streams=streams)
-                runner = RUNNERS[backend](model, config)
-                runner.prepare()
-                count, _, _ = streams_count(runner, streams)
-                onnx_path = runner.onnx_path() if runner.artifact == "onnx" else None
-                calls = plain_calls(backend, precision, model, x, onnx_path, count, threads)
-                ours, plain = [], []
-                for _ in range(args.rounds):
-                    ours.append(harness(runner, count, args.iters))
-                    plain.append(args.batch_size * plain_loops(calls, args.iters, 3, threads))
-                del calls
+                make = functools.partial(RUNNERS[backend], model, config)
+                with make() as runner:
+                    count, _, _ = streams_count(runner, streams)
+                    onnx_path = runner.onnx_path() if runner.artifact == "onnx" else None
+                    calls = plain_calls(backend, precision, model, x, onnx_path, count, threads)
+                    ours, plain = [], []
+                    for _ in range(args.rounds):
+                        ours.append(harness(runner, count, args.iters))
+                        plain.append(args.batch_size * plain_loops(calls, args.iters, 3, threads))
+                    del calls
                 label = f"{count} ({streams})" if streams == "auto" else str(count)
                 h, q = statistics.median(ours), statistics.median(plain)
                 print(f"{backend:<12} {precision:<5} {label:>9} {h:>9.1f} {q:>9.1f} {h / q:>14.3f}", flush=True)
-                if args.benchmark_app:
-                    rows.append((f"{backend} {precision} {label}", count, runner))
-                else:
-                    runner.close()
-    if rows:
+                rows.append((f"{backend} {precision} {label}", count, make))
+    if args.benchmark_app:
         alternate_with_benchmark_app(rows, args)
     shutil.rmtree(cache, ignore_errors=True)
 
 
-def alternate_with_benchmark_app(rows: list[tuple[str, int, Runner]], args: argparse.Namespace) -> None:
+def alternate_with_benchmark_app(rows: list[tuple[str, int, functools.partial]], args: argparse.Namespace) -> None:
     """Every row, then benchmark_app on the file the int8 rows ran (else the openvino rows'), one
     after the other, ``rounds`` times, each timed for ``seconds``; per round, our best row over the
-    better of benchmark_app's two defaults."""
-    ran = [r for _, _, r in rows if r.artifact == "onnx"]
-    if not ran:
+    better of benchmark_app's two defaults. Each row is prepared, measured and closed in turn, as
+    bench runs its rows: one runtime in the process at a time (several prepared OpenVINO models
+    and torch's and onnxruntime's thread pools beside them made every figure noisier here)."""
+    files = {}
+    for label, _, make in rows:
+        runner = make()
+        if runner.artifact == "onnx":
+            files[label] = (runner.config.precision, runner.onnx_path())
+    if not files:
         raise SystemExit("--benchmark-app needs a row that runs an ONNX file (onnxruntime or openvino)")
-    source = next((r for r in ran if r.config.precision == "int8"), ran[0])
-    onnx_path = source.onnx_path()
-    print(f"\nevery row against benchmark_app on {onnx_path.name} ({source.config.precision}), alternating; images/s")
+    precision, onnx_path = next((f for f in files.values() if f[0] == "int8"), next(iter(files.values())))
+    print(f"\nevery row against benchmark_app on {onnx_path.name} ({precision}), alternating; images/s")
     figures: dict[str, list[float]] = defaultdict(list)
     for round_ in range(args.rounds):
-        measured = {label: harness(runner, count, args.iters, args.seconds) for label, count, runner in rows}
+        measured = {}
+        for label, count, make in rows:
+            with make() as runner:
+                measured[label] = harness(runner, count, args.iters, args.seconds)
         ours = max(measured, key=measured.get)
         for hint in ("latency", "throughput"):
             # As a user runs it: OpenVINO's defaults (for the layers an int8 model leaves in floating
             # point that is bf16 on a CPU with AMX; our int8 rows pin f32 there).
             measured[f"benchmark_app -hint {hint}"] = benchmark_app(onnx_path, hint, args.seconds)["throughput_ips"]
-        for label, count, runner in rows:
-            if runner.name == "openvino" and runner.config.precision == source.config.precision and count > 1:
-                pinned = "bf16" if runner.config.precision == "bf16" else "f32"
+        for label, count, make in rows:
+            if label.startswith(f"openvino {precision} ") and count > 1:
+                pinned = "bf16" if precision == "bf16" else "f32"
                 app = benchmark_app(onnx_path, "none", args.seconds, pinned, count)
                 measured[f"benchmark_app -nstreams {count} -infer_precision {pinned}"] = app["throughput_ips"]
         app_best = max(measured["benchmark_app -hint latency"], measured["benchmark_app -hint throughput"])
@@ -247,8 +253,6 @@ def alternate_with_benchmark_app(rows: list[tuple[str, int, Runner]], args: argp
         for k, v in measured.items():
             figures[k].append(v)
     print("medians: " + "; ".join(f"{k} {statistics.median(v):.1f}" for k, v in figures.items()))
-    for _, _, runner in rows:
-        runner.close()
 
 
 if __name__ == "__main__":

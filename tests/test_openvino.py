@@ -93,7 +93,7 @@ def test_streams_are_openvinos_own_and_auto_takes_its_optimal_requests(capsys, t
     one, two, auto = rows
     assert one["runtime"]["hint"] == "LATENCY" and one["streams"] == 1 and one["streams_how"] is None
     assert two["runtime"]["hint"] == "THROUGHPUT" and two["runtime"]["streams"] == 2 and two["streams"] == 2
-    assert two["streams_how"]["kept"] == "AsyncInferQueue, 2 requests on 2 OpenVINO stream(s)"
+    assert two["streams_how"]["kept"] == "2 infer requests on 2 OpenVINO stream(s), started async"
     assert two["streams_how"]["chosen_by"] == "--streams" and len(two["samples_ms"]) == 2 * 4
     assert auto["streams_asked"] == "auto" and auto["runtime"]["hint"] == "THROUGHPUT"
     assert auto["streams_how"]["chosen_by"] == "OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS under the THROUGHPUT hint"

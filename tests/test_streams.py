@@ -165,3 +165,28 @@ def test_a_runtime_that_runs_one_request_at_a_time_keeps_auto_at_one_and_skips_m
     assert RUNNERS["compile"].streams_limit(cuda, CompileOptions("max-autotune"))[0] == 1
     assert RUNNERS["compile"].streams_limit(cuda, CompileOptions()) is None
     assert RUNNERS["eager"].streams_limit(cuda) is None
+
+
+def test_an_auto_row_that_keeps_one_stream_puts_the_runtime_back_to_one(resnet18_32, tmp_path, monkeypatch):
+    """auto's trials reconfigure some runtimes (a local server runs as many instances as there are
+    streams): keeping one, the row is timed one call at a time on a runtime set for one, not for
+    the last trial's two."""
+    from bench import run as bench_run
+    from bench.plan import Loop
+    from bench.runners import RunConfig
+    from bench.runners.eager import EagerRunner
+
+    opened = []
+
+    class Recording(EagerRunner):
+        def streams_impl(self, n):
+            opened.append(n)
+            return super().streams_impl(n)
+
+    monkeypatch.setattr(bench_run, "AUTO_MARGIN", 1.0)  # fewer streams always come within it: keep one
+    monkeypatch.setattr(bench_run, "usable_cores", lambda: 2)
+    config = RunConfig("resnet18-test", torch.device("cpu"), "fp32", 2, 32, 2, tmp_path, streams="auto")
+    row = Row("resnet18", "eager", "cpu", "fp32", 2, 32, streams=None, streams_asked="auto")
+    with Recording(resnet18_32, config) as runner:
+        assert bench_run.open_streams(runner, row, Loop()) is None
+    assert opened == [1, 2, 1] and row.streams == 1 and row.streams_how["kept"] == "one call at a time"

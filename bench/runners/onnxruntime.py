@@ -149,6 +149,8 @@ class OnnxRuntimeRunner(Runner):
     def lanes(self, n: int) -> list[Lane]:
         threads = threads_each(self.config.threads, n)
         if self.config.device.type != "cuda":
+            if n == 1:  # the row's own session has every thread already
+                return [Lane(self.session)]
             return [Lane(self._bound(self._session(threads=threads))) for _ in range(n)]
         import onnxruntime as ort
 

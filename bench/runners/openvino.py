@@ -17,9 +17,10 @@ that CPU, reached 0.993).
 
 Requests in flight are OpenVINO's own, as benchmark_app keeps them: one stream is the LATENCY hint,
 every core on one synchronous request; N streams compile the model under the THROUGHPUT hint with N
-OpenVINO streams (each a share of the cores running its own request) and feed them from an
-AsyncInferQueue of N requests; ``auto`` takes the THROUGHPUT hint's own choice of streams and its
-OPTIMAL_NUMBER_OF_INFER_REQUESTS, as benchmark_app does by default.
+OpenVINO streams (each a share of the cores running its own request) and keep N infer requests
+started asynchronously on them (RequestStreams: an AsyncInferQueue without its Python callback);
+``auto`` takes the THROUGHPUT hint's own choice of streams and its OPTIMAL_NUMBER_OF_INFER_REQUESTS,
+as benchmark_app does by default.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import argparse
 import functools
 import importlib.util
 import json
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -171,7 +174,7 @@ class OpenVINORunner(Runner):
                 "OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS under the THROUGHPUT hint")
 
     def streams_impl(self, n: int) -> Streams:
-        return InferQueueStreams(self.compiled, n)
+        return RequestStreams(self.compiled, n)
 
     def run_facts(self) -> dict | None:
         return self.runtime
@@ -225,32 +228,59 @@ class OpenVINORunner(Runner):
         self.bound_input = None
 
 
-class InferQueueStreams(Streams):
-    """OpenVINO's own requests in flight: an AsyncInferQueue of ``n`` requests on a model compiled
-    for its streams. A request is started on whichever of the queue's requests is idle; its
-    callback, on OpenVINO's thread, reports it."""
+class RequestStreams(Streams):
+    """OpenVINO's own requests in flight: ``n`` infer requests on a model compiled for its streams,
+    each started with ``start_async`` and waited on by a watcher thread of its own (``wait``
+    releases the GIL). This is what an AsyncInferQueue of ``n`` does, without its Python callback:
+    that callback runs on OpenVINO's executor threads, and destroying the compiled model while one
+    of them waits for the GIL hangs the process (seen here with OpenVINO 2026.4.1 in the compiled
+    model's destructor, joining its stream executor; openvino PR 37073 and ultralytics issue 25923
+    report the same). Here no Python runs on OpenVINO's threads."""
 
     def __init__(self, compiled: Any, n: int):
         import openvino as ov
 
         self.count = n
-        self.how = f"AsyncInferQueue, {n} requests on {compiled.get_property('NUM_STREAMS')} OpenVINO stream(s)"
-        self.queue = ov.AsyncInferQueue(compiled, n)
-        self.queue.set_callback(self._finished)
-
-    @staticmethod
-    def _finished(request: Any, userdata: tuple[float, Done]) -> None:
-        end = time.perf_counter()
-        start, done = userdata
-        done(Completion((end - start) * 1e3, end))
+        self.how = f"{n} infer requests on {compiled.get_property('NUM_STREAMS')} OpenVINO stream(s), started async"
+        self.tensor = ov.Tensor
+        self.requests = [compiled.create_infer_request() for _ in range(n)]
+        self.bound: list[Tensor | None] = [None] * n
+        self.pending = [queue.SimpleQueue() for _ in range(n)]
+        self.watchers = [threading.Thread(target=self._watch, args=(request, pending), daemon=True,
+                                          name=f"resnet-perf-openvino-{i}")
+                         for i, (request, pending) in enumerate(zip(self.requests, self.pending))]
+        for watcher in self.watchers:
+            watcher.start()
 
     def submit(self, slot: int, inputs: Tensor, done: Done) -> None:
+        request = self.requests[slot]
         try:
-            # share_inputs: the request reads the caller's memory, as the latency path does.
-            self.queue.start_async(inputs.numpy(), (time.perf_counter(), done), share_inputs=True)
+            if inputs is not self.bound[slot]:
+                # The request reads the caller's tensor in place, as the latency path does.
+                request.set_input_tensor(self.tensor(inputs.numpy(), shared_memory=True))
+                self.bound[slot] = inputs
+            start = time.perf_counter()
+            request.start_async()
         except Exception as exc:  # noqa: BLE001 - a request that did not start is a failed one
             done(exc)
+            return
+        self.pending[slot].put((start, done))
+
+    @staticmethod
+    def _watch(request: Any, pending: queue.SimpleQueue) -> None:
+        while (job := pending.get()) is not None:
+            start, done = job
+            try:
+                request.wait()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who stops the run
+                done(exc)
+                continue
+            end = time.perf_counter()
+            done(Completion((end - start) * 1e3, end))
 
     def close(self) -> None:
-        self.queue.wait_all()
-        del self.queue
+        for pending in self.pending:
+            pending.put(None)
+        for watcher in self.watchers:
+            watcher.join()
+        del self.requests
