@@ -131,13 +131,10 @@ class OpenVINORunner(Runner):
         return core.compile_model(core.read_model(str(self.onnx_path())), "CPU", settings)
 
     def prepare_impl(self) -> None:
-        import openvino as ov
-
         self.compiled = self._compile()
         self.runtime = self._what_ran()
         self.request = self.compiled.create_infer_request()
-        self.shared_tensor = ov.Tensor  # wraps the caller's memory: bound in the first timed call, not copied
-        self.bound_input: Tensor | None = None
+        self.bound_input: Tensor | None = None  # bound in the first timed call
 
     def _what_ran(self) -> dict:
         """The compiled model's own account of what runs: its precision, streams and threads, and the
@@ -184,8 +181,7 @@ class OpenVINORunner(Runner):
 
     def run_impl(self, inputs: Tensor) -> Any:
         if inputs is not self.bound_input:
-            # The request reads the caller's tensor in place: no copy inside the timed call.
-            self.request.set_input_tensor(self.shared_tensor(inputs.numpy(), shared_memory=True))
+            bind_shared(self.request, inputs)
             self.bound_input = inputs
         self.request.infer()
         return self.request.get_output_tensor().data
@@ -199,7 +195,7 @@ class OpenVINORunner(Runner):
         (``brgconv_avx512_1x1_I8``), and the ONNX nodes it fused (``originalLayersNames``)."""
         compiled = self._compile(profiling=True)
         request = compiled.create_infer_request()
-        request.set_input_tensor(self.shared_tensor(inputs.numpy(), shared_memory=True))
+        bind_shared(request, inputs)
         request.infer()
         wall_s, counted = 0.0, {}
         for _ in range(calls):
@@ -228,6 +224,14 @@ class OpenVINORunner(Runner):
         self.bound_input = None
 
 
+def bind_shared(request: Any, inputs: Tensor) -> None:
+    """Point ``request`` at ``inputs``' own memory: the request reads the caller's tensor in place,
+    with no copy inside a timed call."""
+    import openvino as ov
+
+    request.set_input_tensor(ov.Tensor(inputs.numpy(), shared_memory=True))
+
+
 class RequestStreams(Streams):
     """OpenVINO's own requests in flight: ``n`` infer requests on a model compiled for its streams,
     each started with ``start_async`` and waited on by a watcher thread of its own (``wait``
@@ -238,11 +242,8 @@ class RequestStreams(Streams):
     report the same). Here no Python runs on OpenVINO's threads."""
 
     def __init__(self, compiled: Any, n: int):
-        import openvino as ov
-
         self.count = n
         self.how = f"{n} infer requests on {compiled.get_property('NUM_STREAMS')} OpenVINO stream(s), started async"
-        self.tensor = ov.Tensor
         self.requests = [compiled.create_infer_request() for _ in range(n)]
         self.bound: list[Tensor | None] = [None] * n
         self.pending = [queue.SimpleQueue() for _ in range(n)]
@@ -256,8 +257,7 @@ class RequestStreams(Streams):
         request = self.requests[slot]
         try:
             if inputs is not self.bound[slot]:
-                # The request reads the caller's tensor in place, as the latency path does.
-                request.set_input_tensor(self.tensor(inputs.numpy(), shared_memory=True))
+                bind_shared(request, inputs)
                 self.bound[slot] = inputs
             start = time.perf_counter()
             request.start_async()
