@@ -54,8 +54,8 @@ from resnet_perf.cli import (
     rng_seed,
     stop_on_signals,
 )
-from resnet_perf.images import ImageFolderError, load_labelled
 from resnet_perf.cpu import usable_cores
+from resnet_perf.images import ImageFolderError, load_labelled
 from resnet_perf.parity import PARITY_BATCH
 from resnet_perf.precision import PRECISIONS
 
@@ -71,8 +71,8 @@ THREADS_PER_CORE = 4
 # channels at half the resolution) alone, 4 bytes a value, before any layer after the stem.
 STEM_BYTES_PER_PIXEL = 4 * (3 + 64 / 4)
 
-# The flag that gives each kind of exported file a backend can run (Runner.artifact).
-ARTIFACT_FLAGS = {"onnx": "--onnx", "tensorrt": "--engine"}
+# The flag that gives each kind of exported file a backend can run (Runner.artifacts).
+ARTIFACT_FLAGS = {"onnx": "--onnx", "tensorrt": "--engine", "openvino": "--ir", "aoti": "--pt2"}
 
 
 def streams_value(text: str) -> int | str:
@@ -106,7 +106,7 @@ def backend_flags(runner: type[Runner]) -> dict[str, Any]:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     backends = ", ".join(RUNNERS)
-    # --model, --image-size, --precision and --seed default to what a given --onnx/--engine was
+    # --model, --image-size, --precision and --seed default to what a given artifact (--onnx...) was
     # exported with, else to the values in their help.
     p.add_argument("--model", type=list_of(str), default=None, help="resnet18|34|50|101|152, comma-separated; resnet50")
     p.add_argument("--backend", type=list_of(str), default=["all"], help=f"{backends}, or all")
@@ -125,6 +125,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=rng_seed, default=None, help="seed of the synthetic model and inputs; 0")
     p.add_argument("--onnx", default=None, help="run this exported ONNX file in the backends that run ONNX")
     p.add_argument("--engine", default=None, help="run this TensorRT engine in the tensorrt backend")
+    p.add_argument("--ir", default=None, help="run this OpenVINO IR (.xml, its .bin beside it) in the openvino backend")
+    p.add_argument("--pt2", default=None, help="run this AOTInductor package in the aoti backend")
     p.add_argument("--host-io", action="store_true",
                    help="on CUDA, time the copies of the batch to the GPU and of the logits back as well")
     p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
@@ -197,10 +199,10 @@ def _listed(value: Any) -> str:
 
 
 def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
-    """The manifests of --onnx and --engine by artifact kind, checked against their files, and what
-    the artifacts fix about the run (model, image size, precision, seed), each checked against the
-    flag where it was given too: an artifact computes one thing. Batch sizes default to the size it
-    was tuned for."""
+    """The manifests of the given artifacts (--onnx, --engine, --ir, --pt2) by kind, checked against
+    their files, and what the artifacts fix about the run (model, image size, precision, seed), each
+    checked against the flag where it was given too: an artifact computes one thing. Batch sizes
+    default to the size it was tuned for."""
     manifests, fixed = {}, {}
     paths = artifact_paths(args)
     for kind, path in paths.items():
@@ -227,7 +229,8 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
         fixed.setdefault("--batch-size", [manifest["batch"]["opt"]])
         manifests[kind] = manifest
     if len({m["weights_digest"] for m in manifests.values()}) > 1:
-        raise UsageError("--onnx and --engine were exported from different weights")
+        given = " and ".join(ARTIFACT_FLAGS[kind] for kind in manifests)
+        raise UsageError(f"{given} were exported from different weights")
     return manifests, fixed
 
 
@@ -293,7 +296,7 @@ def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: 
         for dest, default in backend_flags(runner).items():
             applies.append((f"--{dest.replace('_', '-')}", getattr(args, dest) != default, names))
     for kind, flag in ARTIFACT_FLAGS.items():
-        names = [name for name, runner in RUNNERS.items() if runner.artifact == kind]
+        names = [name for name, runner in RUNNERS.items() if kind in runner.artifacts]
         applies.append((flag, kind in artifact_paths(args), names))
     for flag, given, names in applies:
         if given and not set(names) & reading:
@@ -406,7 +409,7 @@ def check_memory(image_size: int, batch_sizes: list[int], device: torch.device) 
 def resolve_outputs(args: argparse.Namespace) -> Outputs:
     """The files the run writes, each a regular file (or none yet) with its symlinks followed, none
     the same file as another output or as an input of the run."""
-    inputs = {"--weights": args.weights, "--onnx": args.onnx, "--engine": args.engine}
+    inputs = {"--weights": args.weights, **{flag: getattr(args, flag[2:]) for flag in ARTIFACT_FLAGS.values()}}
     for kind, path in artifact_paths(args).items():
         inputs[f"{ARTIFACT_FLAGS[kind]}'s manifest"] = str(manifest_path(path))
     taken = {Path(os.path.realpath(path)): flag for flag, path in inputs.items() if path}
@@ -502,7 +505,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         artifacts=artifacts, not_run=not_run,
         loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile,
                   args.profile_calls, Path(args.profile_dir) if args.profile_dir else None),
-        streams=streams,
+        streams=streams, quantizers={name: RUNNERS[name].quantizers(options[name]) for name in backends},
         scenario=ScenarioSettings(args.scenario, args.duration, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
         find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,

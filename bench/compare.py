@@ -1,8 +1,8 @@
 """``python -m bench compare BASE.json NEW.json``: did anything get slower, beyond the noise?
 
-Rows are matched by model, backend, device, precision, batch size, image size, scenario and the
-streams asked for (files from before streams read as one). For each pair the change is the ratio of
-the mean time per batch delivered (new / base): a call's latency with one stream; with N requests in
+Rows are matched by model, backend, device, precision (and for int8 the quantizer), batch size, image
+size, scenario and the streams asked for (files from before streams read as one). For each pair the
+change is the ratio of the mean time per batch delivered (new / base): a call's latency with one stream; with N requests in
 flight, a request's latency over N (Little's law: N in flight, each taking L, deliver N per L), so an
 auto row that chose another N is still judged on its throughput. For the fixed-batch loop this is
 the inverse of the throughput ratio. Its 95% confidence interval comes from a bootstrap over both
@@ -191,7 +191,7 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
             cells = [f"{per_batch_ms(b).mean():.2f}", f"{per_batch_ms(n).mean():.2f}", f"{change.ratio - 1:+.1%}",
                      f"{change.low - 1:+.1%} .. {change.high - 1:+.1%}", *(cell for cell, _ in costs.values()),
                      ", ".join(verdicts)]
-        grid.add_row(n.model, n.backend, n.device, n.precision, str(n.batch_size), report.streams_cell(n), n.scenario,
+        grid.add_row(n.model, n.backend, n.device, report.precision_cell(n), str(n.batch_size), report.streams_cell(n), n.scenario,
                      *cells)
     out = report.console()
     out.print(grid)

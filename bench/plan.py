@@ -28,6 +28,7 @@ class RowSpec:
     batch_size: int
     backend: str
     streams: int | str = 1  # requests in flight, or "auto"
+    quantizer: str | None = None  # int8: what quantizes the model the backend runs
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Plan:
     not_run: Mapping[str, str] = field(default_factory=dict)  # backend -> why, for `--backend all`
     loop: Loop = Loop()
     streams: tuple[int | str, ...] = (1,)  # requests in flight per row: counts, or "auto"
+    # int8 rows: the quantizers each backend runs, a row each (Runner.quantizers)
+    quantizers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # "offline" (the fixed-batch loop) or a LoadGen scenario; its log_dir is the root under which
     # each row keeps its LoadGen logs in a folder of its own.
     scenario: ScenarioSettings = ScenarioSettings("offline")
@@ -88,6 +91,10 @@ class Plan:
 
     @property
     def rows(self) -> list[RowSpec]:
-        """Every row, model by model, then precision, batch size, backend and streams, as the table shows them."""
-        return [RowSpec(*spec) for spec in itertools.product(self.models, self.precisions, self.batch_sizes,
-                                                             self.backends, self.streams)]
+        """Every row, model by model, then precision, batch size, backend, its int8 quantizers and
+        streams, as the table shows them."""
+        return [RowSpec(model, precision, batch, backend, streams, quantizer)
+                for model, precision, batch, backend in itertools.product(self.models, self.precisions,
+                                                                          self.batch_sizes, self.backends)
+                for quantizer in (self.quantizers.get(backend, ("qdq",)) if precision == "int8" else (None,))
+                for streams in self.streams]

@@ -20,7 +20,8 @@ def _series(rows: list[dict]) -> dict[str, list[dict]]:
             scenario = "" if r["scenario"] == "offline" else f" {r['scenario']}"
             asked = r.get("streams_asked", r.get("streams", 1))
             streams = "" if asked == 1 else f" {asked} streams"
-            lines[f"{r['model']} {r['backend']} {r['precision']}{scenario}{streams}"].append(r)
+            quantizer = f" {r['quantizer']}" if r.get("quantizer") else ""
+            lines[f"{r['model']} {r['backend']} {r['precision']}{quantizer}{scenario}{streams}"].append(r)
     return {label: sorted(points, key=lambda r: r["batch_size"]) for label, points in lines.items()}
 
 

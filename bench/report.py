@@ -44,6 +44,9 @@ class Row:
     # streams, which kept one in flight.
     streams: int | None = 1
     streams_asked: int | str | None = None
+    # int8 rows: what quantized the model ("qdq": onnxruntime's QDQ file, "nncf": OpenVINO's NNCF IR,
+    # "pt2e": PyTorch's PT2E); files from before it was recorded held only QDQ files.
+    quantizer: str | None = None
     status: str = "ok"  # ok | failed | skipped
     error: str | None = None
     throughput_ips: float | None = None
@@ -74,6 +77,8 @@ class Row:
     def __post_init__(self) -> None:
         if self.streams_asked is None:
             self.streams_asked = self.streams
+        if self.quantizer is None and self.precision == "int8":
+            self.quantizer = "qdq"
 
     @property
     def ok(self) -> bool:
@@ -87,11 +92,17 @@ class Row:
 
 # What tells two rows of a table apart: rows of two runs with the same key measured the same thing.
 # Streams count as asked: an auto row is compared with an auto row, whatever N each chose.
-KEY = ("model", "backend", "device", "precision", "batch_size", "image_size", "scenario", "streams_asked")
+# int8 rows count their quantizer: one run may hold a runtime's int8 from two quantizers side by side.
+KEY = ("model", "backend", "device", "precision", "quantizer", "batch_size", "image_size", "scenario", "streams_asked")
 
 
 def row_key(row: Row) -> tuple:
     return tuple(getattr(row, name) for name in KEY)
+
+
+def precision_cell(r: Row) -> str:
+    """The row's precision, and for int8 what quantized it: "int8 nncf"."""
+    return f"{r.precision} {r.quantizer}" if r.quantizer else r.precision
 
 
 def streams_cell(r: Row) -> str:
@@ -128,7 +139,8 @@ def to_csv(rows: list[Row]) -> str:
     """One line per row; nested figures flattened (latency_p50_ms, parity_cosine), samples left out."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    scalar = ["model", "backend", "device", "precision", "batch_size", "streams", "streams_asked", "image_size", "status", "error",
+    scalar = ["model", "backend", "device", "precision", "quantizer", "batch_size", "streams", "streams_asked",
+              "image_size", "status", "error",
               "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
     writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY),
                      *(f"costs_{k}" for k in _CSV_COSTS), "loadgen_result", "loadgen_reasons", "loadgen_target_qps"])
@@ -183,7 +195,7 @@ def best_rows(rows: list[Row]) -> dict[tuple, Row]:
 
 
 def best_line(r: Row) -> str:
-    return (f"best throughput ({r.model}, parity passing): {r.backend} {r.precision} batch {r.batch_size}, "
+    return (f"best throughput ({r.model}, parity passing): {r.backend} {precision_cell(r)} batch {r.batch_size}, "
             f"{streams_cell(r)} in flight: {r.throughput_ips:.1f} img/s")
 
 
@@ -263,7 +275,7 @@ def table(rows: list[Row]) -> Table:
         grid.add_column(name, justify=justify)
 
     for r in rows:
-        head = [r.model, r.backend, r.device, r.precision, str(r.batch_size), streams_cell(r)]
+        head = [r.model, r.backend, r.device, precision_cell(r), str(r.batch_size), streams_cell(r)]
         if with_loadgen:
             target = (r.loadgen or {}).get("target_qps")
             rate = f"{_fmt(target, '.1f')}/{_fmt(r.achieved_qps, '.1f')}" if r.achieved_qps is not None else "-"
@@ -311,7 +323,7 @@ def profile_table(rows: list[Row]) -> Table:
     for r in profiled:
         total = sum(r.profile["stages"].values())
         cells = [f"{ms:.2f} ({ms / total:.0%})" for ms in r.profile["stages"].values()]
-        grid.add_row(r.model, r.backend, r.precision, str(r.batch_size), *cells, f"{total:.2f}")
+        grid.add_row(r.model, r.backend, precision_cell(r), str(r.batch_size), *cells, f"{total:.2f}")
     return grid
 
 
@@ -332,7 +344,7 @@ def serving_table(rows: list[Row]) -> Table:
         compute = sum(server.get(f"{k}_ms", math.nan) for k in ("compute_input", "compute_infer", "compute_output"))
         hosted = f" ({s['hosted_backend']})" if s.get("hosted_backend") else ""
         grid.add_row(
-            r.model, r.precision, str(r.batch_size), r.scenario, escape(f"{s['url']}{hosted}"), str(s["requests"]),
+            r.model, precision_cell(r), str(r.batch_size), r.scenario, escape(f"{s['url']}{hosted}"), str(s["requests"]),
             _fmt(server.get("mean_batch"), ".2f"), _fmt(server.get("queue_ms"), ".2f"), _fmt(compute, ".2f"),
             _fmt(server.get("request_ms"), ".2f"), _fmt(s["client_ms"], ".2f"), _fmt(s.get("transport_ms"), ".2f"),
             _fmt(s["direct_ms"], ".2f"), _fmt(s["overhead_ms"], "+.2f"), _fmt(s["client_cpu_ms"], ".3f"),
@@ -463,9 +475,9 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
         if r.profile and r.profile.get("layers"):
             out.print(layers.top_layers(r))
             for note in r.profile["layers"]["notes"]:
-                out.print(f"[dim]{r.backend} {r.precision} b{r.batch_size}: {escape(note)}[/dim]", highlight=False)
+                out.print(f"[dim]{r.backend} {precision_cell(r)} b{r.batch_size}: {escape(note)}[/dim]", highlight=False)
         elif r.profile and "reason" in r.profile:
-            out.print(f"[dim]no layer profile: {r.backend} {r.precision} b{r.batch_size}: {escape(r.profile['reason'])}[/dim]",
+            out.print(f"[dim]no layer profile: {r.backend} {precision_cell(r)} b{r.batch_size}: {escape(r.profile['reason'])}[/dim]",
                       highlight=False)
     if any(r.serving for r in rows):
         out.print(serving_table(rows))
@@ -581,7 +593,7 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
               "| p99.9 ms | cv | peak/run MB | J/img | % peak | CPU busy | cosine | top-1 | top-5 | parity | LoadGen |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        head = (f"| {r.model} | {r.backend} | {r.device} | {r.precision} | {r.batch_size} | {streams_cell(r)} "
+        head = (f"| {r.model} | {r.backend} | {r.device} | {precision_cell(r)} | {r.batch_size} | {streams_cell(r)} "
                 f"| {r.scenario} |")
         if r.status != "ok":
             lines.append(f"{head} {'- | ' * 13}{r.status}: {r.error} | - |")

@@ -28,7 +28,7 @@ import resnet_perf
 from bench import scenarios, timing
 from bench.costs.meter import Gauges, RowMeter, complete
 from bench.plan import Loop, Plan, RowSpec
-from bench.report import Row, row_key
+from bench.report import Row, precision_cell, row_key
 from bench.runners import RunConfig, Runner
 from bench.streams import Streams
 from export import quantize, sensitivity
@@ -137,11 +137,11 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
         task = progress.add_task("starting", total=len(plan.rows))
         try:
             for spec in plan.rows:
-                progress.update(task, description=f"{spec.model} {spec.backend} {spec.precision} batch {spec.batch_size} "
-                                                  f"streams {spec.streams}")
                 row = Row(spec.model, spec.backend, plan.device.type, spec.precision, spec.batch_size, plan.image_size,
                           scenario=plan.scenario.scenario, streams=spec.streams if spec.streams != "auto" else None,
-                          streams_asked=spec.streams)
+                          streams_asked=spec.streams, quantizer=spec.quantizer)
+                progress.update(task, description=f"{spec.model} {spec.backend} {precision_cell(row)} batch "
+                                                  f"{spec.batch_size} streams {spec.streams}")
                 row = plan.resumed.get(row_key(row)) or run_row(spec, row, plan, runners, references, gauges,
                                                                 out_of_memory_at, loaded)
                 if row.error == "out of memory":
@@ -179,7 +179,7 @@ def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runn
         return row
     config = RunConfig(reference.ident, plan.device, spec.precision, spec.batch_size, plan.image_size, plan.threads,
                        plan.cache_dir, artifacts=plan.artifacts, options=plan.options.get(spec.backend),
-                       calibration=calibration, streams=spec.streams)
+                       calibration=calibration, streams=spec.streams, quantizer=spec.quantizer)
     if spec.backend not in loaded:
         loaded[spec.backend] = gauges.runtime_load(lambda: runners[spec.backend].load_runtime(plan.device))
     row = bench_row(runners[spec.backend](reference.model, config), row, reference, plan, gauges)

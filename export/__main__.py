@@ -1,5 +1,5 @@
-"""python -m export: write a deployable artifact (ONNX, a TensorRT engine, or a Triton Inference
-Server model repository), prove it against the fp32 PyTorch model, and record what it was built for.
+"""python -m export: write a deployable artifact (ONNX, a TensorRT engine, OpenVINO IR, or a Triton
+Inference Server model repository), prove it against the fp32 PyTorch model, and record what it was built for.
 
 Read top to bottom: argument parsing, resolving the arguments into a plan (every bad input stops
 here with exit 2, before anything is written), the model and its reference logits, then the
@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 import resnet_perf
-from export import quantize, tensorrt, triton_repo
+from export import openvino_ir, quantize, tensorrt, triton_repo
 from export.manifest import sha256_file, versions, write_manifest
 from export.onnx import DEFAULT_OPSET, ONNX_PRECISIONS, BatchRange, cpu_session, export_onnx, graph_io
 from resnet_perf import parity
@@ -50,7 +50,8 @@ from resnet_perf.cli import (
     stop_on_signals,
 )
 
-FORMATS = ("onnx", "tensorrt", "triton-repo")
+FORMATS = ("onnx", "tensorrt", "triton-repo", "openvino")
+SUFFIXES = {"onnx": "onnx", "tensorrt": "plan", "openvino": "xml"}
 DEFAULT_BATCH = "1:8:32"
 
 
@@ -116,6 +117,9 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--dynamic-batch {exc}") from None
     if not 7 <= args.opset <= onnx.defs.onnx_opset_version():
         raise UsageError(f"--opset {args.opset}: this onnx supports opsets 7 to {onnx.defs.onnx_opset_version()}")
+    if args.format == "openvino" and args.precision not in ("fp32", "int8"):
+        raise UsageError(f"--precision {args.precision}: OpenVINO IR is exported fp32 or int8 (OpenVINO runs an fp32 "
+                         "IR in bf16 or fp16 itself where the CPU has them)")
     if args.format == "triton-repo":
         if batch.dynamic and batch.min != 1:
             raise UsageError(f"--dynamic-batch {batch}: Triton's dynamic batcher sends every batch size from 1 "
@@ -182,6 +186,12 @@ def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module,
         fields = {"format": "tensorrt", **describe, **built}
         write_manifest(path, fields)  # the engine loader reads it: the version and GPU check runs here too
         run = engine_run(path, plan.device)
+    elif plan.format == "openvino":
+        built = openvino_ir.export_ir(model, path, batch=plan.batch, image_size=args.image_size, opset=args.opset,
+                                      calibration=calibration)
+        fields = {"format": "openvino", **describe, **built, "opset": args.opset,
+                  "versions": {**describe["versions"], **openvino_ir.versions()}, "gpu": None, "tensorrt": None}
+        run = openvino_ir.cpu_run(path)
     else:
         quantization = None
         if calibration is not None:
@@ -235,7 +245,7 @@ def export(plan: Plan, args: argparse.Namespace, model: torch.nn.Module) -> tupl
                                               max_queue_delay_us=round(args.max_queue_delay_ms * 1000))
             write_text(stage / name / "config.pbtxt", config)
         else:
-            suffix = "plan" if plan.engine else "onnx"
+            suffix = SUFFIXES["tensorrt" if plan.engine else plan.format]
             manifest = build_artifact(plan, args, model, stage / f"{plan.model}-{plan.precision}.{suffix}", describe)
         return publish(stage, plan.output), manifest
 

@@ -52,7 +52,9 @@ def versions(tensorrt: str | None = None) -> dict:
 
 def write_manifest(artifact: str | os.PathLike, fields: dict) -> dict:
     """Write ``<artifact>.json``, atomically: ``fields`` plus the schema, the artifact's file name,
-    its sha256 and the time of writing. Returns the document written."""
+    its sha256 and the time of writing. Returns the document written. ``fields["companions"]``
+    names the files beside the artifact it is not whole without (an OpenVINO IR's ``.bin``): each
+    is recorded with its sha256, and checked as the artifact is."""
     artifact = Path(artifact)
     document = {
         "schema": SCHEMA,
@@ -61,6 +63,8 @@ def write_manifest(artifact: str | os.PathLike, fields: dict) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **fields,
     }
+    if "companions" in fields:
+        document["companions"] = {name: sha256_file(artifact.with_name(name)) for name in fields["companions"]}
     write_text(manifest_path(artifact), json.dumps(document, indent=2) + "\n")
     return document
 
@@ -89,6 +93,12 @@ def load_manifest(artifact: str | os.PathLike) -> dict:
             f"{artifact} does not match its manifest: sha256 {actual[:16]}... on disk, "
             f"{str(document.get('sha256'))[:16]}... in {path.name} (the file changed after export)"
         )
+    for name, digest in document.get("companions", {}).items():
+        companion = artifact.with_name(name)
+        if not companion.is_file():
+            raise ManifestError(f"{artifact} comes with {name}, which is not beside it")
+        if sha256_file(companion) != digest:
+            raise ManifestError(f"{companion} does not match {path.name}: the file changed after export")
     return document
 
 
@@ -107,6 +117,10 @@ def _check_fields(document: dict, path: Path) -> None:
         raise ManifestError(f"{path}: image_size is {document['image_size']!r}, not a positive integer")
     if "weights" in document:
         _check_weights(document["weights"], path)
+    companions = document.get("companions", {})
+    if not (isinstance(companions, dict) and all(isinstance(n, str) and n and Path(n).name == n
+                                                 and isinstance(d, str) for n, d in companions.items())):
+        raise ManifestError(f"{path}: companions is {companions!r}, not file names beside it with their sha256")
     if "batch" in document:
         _check_batch(document["batch"], path)
 

@@ -1,5 +1,5 @@
 """The openvino backend on resnet18 at 32 px: fp32 pinned to f32 and read back from the compiled
-model, int8 from the QDQ export with its convolutions on 8-bit integers, bf16 where the CPU has it
+model, int8 (NNCF's IR by default) with its convolutions on 8-bit integers, bf16 where the CPU has it
 (else refused with the reason), requests in flight on OpenVINO's own streams, --onnx, and the
 message where openvino is not installed."""
 
@@ -81,9 +81,11 @@ def test_fp32_and_int8_rows_pass_parity_and_say_what_ran(capsys, tmp_path):
     fp32, int8 = by["openvino", "fp32"]["runtime"], by["openvino", "int8"]["runtime"]
     assert set(fp32["convolutions"]) == {"f32"}
     assert set(int8["convolutions"]) <= {"u8", "i8"} and int8["inference_precision"] == "f32"
-    assert int8["int8_model"].startswith("uint8 activations") and by["openvino", "int8"]["note"] == "uint8 QDQ model"
-    # One cached QDQ model serves both int8 backends.
+    # openvino's int8 is NNCF's IR by default, onnxruntime's its QDQ file: each row says which.
+    assert by["openvino", "int8"]["quantizer"] == "nncf" and int8["int8_model"].startswith("nncf: activations int8")
+    assert by["onnxruntime", "int8"]["quantizer"] == "qdq"
     assert len(list((tmp_path / "cache" / "onnx").glob("*int8*.onnx"))) == 1
+    assert len(list((tmp_path / "cache" / "openvino").glob("*int8*.xml"))) == 1
 
 
 def test_streams_are_openvinos_own_and_auto_takes_its_optimal_requests(capsys, tmp_path):

@@ -80,6 +80,7 @@ class RunConfig:
     # The row's requests in flight, N or "auto", for a runtime that compiles for them (OpenVINO's
     # streams); what runs them is ``Runner.streams``.
     streams: int | str = 1
+    quantizer: str | None = None  # int8: which of the backend's quantizers made the model (Runner.quantizers)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,9 +104,9 @@ class Runner(abc.ABC):
     # A backend with a queue and batcher of its own (a server) takes LoadGen's queries as they come,
     # through submit(), instead of the harness's batcher calling infer().
     serves_requests: ClassVar[bool] = False
-    # The kind of exported file this backend can run instead of exporting its own ("onnx" for
-    # --onnx, "tensorrt" for --engine), or None.
-    artifact: ClassVar[str | None] = None
+    # The kinds of exported file this backend can run instead of exporting its own ("onnx" for
+    # --onnx, "tensorrt" for --engine, "openvino" for --ir, "aoti" for --pt2).
+    artifacts: ClassVar[tuple[str, ...]] = ()
     # How the backend allocates GPU memory, which decides how its peak is read: "torch" (PyTorch's
     # caching allocator, exact per row) or "nvml" (a runtime's own allocator, seen device-wide).
     device_memory: ClassVar[str] = "nvml"
@@ -139,6 +140,12 @@ class Runner(abc.ABC):
         CPU without native bf16), for the skipped row's or the refused flag's message; None where
         the backend simply does not run it."""
         return None
+
+    @classmethod
+    def quantizers(cls, options: Any = None) -> tuple[str, ...]:
+        """What quantizes the model of this backend's int8 rows, a row each: by default "qdq", the
+        onnxruntime-quantized QDQ file (export.quantize)."""
+        return ("qdq",)
 
     @classmethod
     def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:

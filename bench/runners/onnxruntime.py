@@ -82,7 +82,7 @@ def cached_onnx(model: torch.nn.Module, config: RunConfig, precision: str | None
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
-    artifact = "onnx"
+    artifacts = ("onnx",)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:

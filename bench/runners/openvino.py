@@ -1,6 +1,6 @@
-"""``openvino``: the model's ONNX export (the onnxruntime backend's cached file, or --onnx) compiled
-by OpenVINO's CPU plugin: the runtime an inference engineer often ships ResNet on, on Intel and AMD
-servers alike.
+"""``openvino``: the model compiled by OpenVINO's CPU plugin, the runtime an inference engineer
+often ships ResNet on, on Intel and AMD servers alike: its ONNX export (the onnxruntime backend's
+cached file, or --onnx), or OpenVINO IR (cached, or --ir).
 
 What ran is read back, not assumed. OpenVINO picks its own inference precision (bf16 wherever the
 CPU has AMX or AVX-512 bf16, silently), so every row pins it, then reads the compiled model's
@@ -8,12 +8,11 @@ precision and the precision each convolution runs in from its runtime graph, and
 they are not the row's own: an "fp32" row is f32 throughout, an int8 row runs its convolutions on
 8-bit integers.
 
-int8 runs the QDQ model the onnxruntime backend quantizes (the same cached file): uint8 activations,
-int8 weights per channel. OpenVINO runs QDQ models as int8. uint8 activations are the operand x86's
-int8 instructions (VPMADDUBSW, VNNI's VPDPBUSD, AMX's TDPBUSD) multiply natively; measured on an
-AVX2-only AMD EPYC (2026-12-02), the symmetric int8 flavour was slower and failed parity (cosine
-0.966 on resnet18 at 64 px, where the uint8 model, with the 7-bit weights onnxruntime needs on
-that CPU, reached 0.993).
+int8 runs what an OpenVINO user ships by default: the IR NNCF quantized (export.openvino_ir),
+built from the cached fp32 ONNX on the row's calibration and cached beside it. ``--ov-int8 qdq``
+runs the QDQ file the onnxruntime backend quantizes instead (the same cached file: uint8
+activations, int8 weights per channel), and ``--ov-int8 nncf,qdq`` both, a row each, to hold the
+two quantizers side by side on one runtime.
 
 Requests in flight are OpenVINO's own, as benchmark_app keeps them: one stream is the LATENCY hint,
 every core on one synchronous request; N streams compile the model under the THROUGHPUT hint with N
@@ -34,6 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,23 @@ from torch import Tensor
 
 from bench.layers.onnx_nodes import attribute, node_lines
 from bench.layers.profile import LayerProfile, RuntimeLayer
-from bench.runners.base import RunContext, Runner
+from bench.runners.base import RunConfig, RunContext, Runner
 from bench.runners.onnxruntime import cached_onnx, export_path
 from bench.streams import Completion, Done, Streams
+from export.manifest import cached, load_manifest
+from export.onnx import BatchRange
+from export.openvino_ir import convert_ir
+from export.openvino_ir import versions as ir_versions
 from resnet_perf.atomic import write_text
-from resnet_perf.cli import UsageError
+from resnet_perf.cli import UsageError, list_of
 
 # OpenVINO's name for each precision a row may run in, as its runtime graph reports it.
 RUNTIME_PRECISIONS = {"fp32": ("f32",), "bf16": ("bf16",), "int8": ("u8", "i8")}
 
+
+QUANTIZERS = ("nncf", "qdq")  # the int8 models the openvino backend runs: NNCF's IR, onnxruntime's QDQ file
+# The artifact kind, and its flag, that gives the openvino backend each quantizer's model.
+GIVEN_BY = {"nncf": ("openvino", "--ir"), "qdq": ("onnx", "--onnx")}
 
 # The flags that set OpenVINO's requests in flight before --streams set them for every backend.
 RETIRED_FLAGS = {"ov_hint": "--ov-hint throughput is --streams auto (or --streams N); --streams 1 is the latency hint",
@@ -65,21 +73,48 @@ def cpu_capabilities() -> tuple[str, ...]:
     return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+def ir_path(config: RunConfig) -> Path:
+    """Where the cache keeps the NNCF-quantized IR for ``config`` (beside the ONNX exports)."""
+    versions = ir_versions()
+    stem = f"{config.artifact_stem()}-nncf{versions['nncf']}-ov{versions['openvino']}-torch{torch.__version__}"
+    return config.cache_dir / "openvino" / f"{stem}.xml"
+
+
 class OpenVINORunner(Runner):
     name = "openvino"
-    artifact = "onnx"
+    artifacts = ("onnx", "openvino")
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--ov-int8", type=list_of(str), default=None, metavar="nncf,qdq",
+                           help="openvino's int8 rows: the IR NNCF quantizes (nncf, the default), the QDQ file "
+                                "onnxruntime quantizes (qdq), or both, a row each")
         for dest in RETIRED_FLAGS:  # refused with the new spelling, not taken as a second one
             group.add_argument(f"--{dest.replace('_', '-')}", dest=dest, default=None, help=argparse.SUPPRESS)
 
     @classmethod
-    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> None:
+    def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> tuple[str, ...]:
+        """The quantizers of the int8 rows: as --ov-int8 names them, else those of the files given
+        (--ir: NNCF's; --onnx: the QDQ file), else NNCF's IR."""
         for dest, spelling in RETIRED_FLAGS.items():
             if flags[dest] is not None:
                 raise UsageError(f"{spelling}: requests in flight are one flag for every backend now")
-        return None
+        given = [q for q, (kind, _) in GIVEN_BY.items() if kind in run.artifacts]
+        if flags["ov_int8"] is None:
+            return tuple(given) or ("nncf",)
+        if "int8" not in run.precisions:
+            raise UsageError("--ov-int8 applies to --precision int8")
+        for name in flags["ov_int8"]:
+            if name not in QUANTIZERS:
+                raise UsageError(f"--ov-int8 {name!r}: choose from {', '.join(QUANTIZERS)}")
+            if given and name not in given:
+                raise UsageError(f"--ov-int8 {name}: this run gives the openvino backend its int8 model "
+                                 f"({' and '.join(GIVEN_BY[q][1] for q in given)}), not a {name} one")
+        return tuple(dict.fromkeys(flags["ov_int8"]))
+
+    @classmethod
+    def quantizers(cls, options: Any = None) -> tuple[str, ...]:
+        return options or ("nncf",)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
@@ -101,14 +136,32 @@ class OpenVINORunner(Runner):
                     "and asked for bf16 it would compile f32 instead")
         return None
 
-    def onnx_path(self) -> Path:
-        """The file OpenVINO compiles: the row's ONNX, or for bf16, which is OpenVINO's own lowering
-        of the fp32 graph on the CPU's bf16 instructions, the fp32 one."""
+    def model_path(self) -> Path:
+        """The file OpenVINO compiles: for int8 by NNCF the IR (--ir, or the cached one); otherwise
+        the row's ONNX (--onnx, or the cached export; for bf16, which is OpenVINO's own lowering of
+        the fp32 graph on the CPU's bf16 instructions, the fp32 one), or an fp32 --ir."""
         c = self.config
+        if c.quantizer == "nncf" or ("openvino" in c.artifacts and c.precision != "int8"):
+            return c.artifacts.get("openvino") or ir_path(c)
         return c.artifacts.get("onnx") or export_path(c, "int8" if c.precision == "int8" else "fp32")
 
+    def onnx_path(self) -> Path:
+        """The ONNX file the layer profile names layers by: the one run, or the fp32 export an IR
+        was converted from (its layers carry the ONNX nodes' names)."""
+        path = self.model_path()
+        return path if path.suffix == ".onnx" else cached_onnx(self.model, self.config, "fp32")
+
     def build_impl(self) -> None:
-        cached_onnx(self.model, self.config, "int8" if self.config.precision == "int8" else "fp32")
+        c = self.config
+        if c.quantizer != "nncf":
+            cached_onnx(self.model, c, "int8" if c.precision == "int8" else "fp32")
+        elif "openvino" not in c.artifacts:
+            batch = BatchRange.static(c.batch_size)
+            fields = {"format": "openvino", "model": c.model_id, "precision": "int8", "image_size": c.image_size,
+                      "batch": asdict(batch), "calibration": c.calibration.key(), "versions": ir_versions()}
+            source = cached_onnx(self.model, c, "fp32")
+            cached(ir_path(c), fields, lambda xml: convert_ir(source, xml, batch, c.calibration))
+        self.quantization = load_manifest(self.model_path()).get("quantization") if c.precision == "int8" else None
 
     def _compile(self, profiling: bool = False) -> Any:
         """The row's ONNX compiled for the CPU plugin with the row's settings; with ``profiling``,
@@ -128,7 +181,7 @@ class OpenVINORunner(Runner):
         if isinstance(c.streams, int) and c.streams > 1:
             settings[props.num_streams] = c.streams
         core = ov.Core()
-        return core.compile_model(core.read_model(str(self.onnx_path())), "CPU", settings)
+        return core.compile_model(core.read_model(str(self.model_path())), "CPU", settings)
 
     def prepare_impl(self) -> None:
         self.compiled = self._compile()
@@ -158,11 +211,11 @@ class OpenVINORunner(Runner):
                 "hint": compiled.get_property("PERFORMANCE_HINT"), "streams": compiled.get_property("NUM_STREAMS"),
                 "threads": compiled.get_property("INFERENCE_NUM_THREADS"),
                 "convolutions": dict(convolutions), "kernels": dict(kernels),
-                **({"int8_model": "uint8 activations, int8 weights per channel (QDQ)"} if precision == "int8" else {})}
+                **({"int8_model": self._int8_model()} if precision == "int8" else {})}
 
-    @property
-    def timing_note(self) -> str | None:
-        return "uint8 QDQ model" if self.config.precision == "int8" else None
+    def _int8_model(self) -> str:
+        q = self.quantization or {}
+        return f"{q.get('quantizer', 'qdq')}: activations {q.get('activations')}, weights {q.get('weights')}"
 
     def own_streams(self) -> tuple[int, str] | None:
         if self.config.streams != "auto":

@@ -40,7 +40,7 @@ class TensorRTOptions:
 
 class TensorRTRunner(Runner):
     name = "tensorrt"
-    artifact = "tensorrt"
+    artifacts = ("tensorrt",)
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -66,8 +66,8 @@ class TensorRTRunner(Runner):
     @classmethod
     def check_ready(cls, options: TensorRTOptions, run: RunContext) -> None:
         # An --engine built with another TensorRT or for another GPU would fail every row it is in.
-        if cls.artifact in run.artifacts:
-            manifest = load_manifest(run.artifacts[cls.artifact])
+        if "tensorrt" in run.artifacts:
+            manifest = load_manifest(run.artifacts["tensorrt"])
             try:
                 check_engine_target(manifest, tensorrt_version=tensorrt.version(), gpu=tensorrt.gpu_target(run.device))
             except ManifestError as exc:
@@ -75,8 +75,8 @@ class TensorRTRunner(Runner):
 
     def plan_path(self) -> Path:
         c = self.config
-        if self.artifact in c.artifacts:
-            return c.artifacts[self.artifact]
+        if "tensorrt" in c.artifacts:
+            return c.artifacts["tensorrt"]
         gpu = re.sub(r"[^A-Za-z0-9]+", "_", tensorrt.gpu_target(c.device)["name"])
         return c.cache_dir / "tensorrt" / f"{c.artifact_stem()}-trt{tensorrt.version()}-{gpu}.plan"
 
@@ -87,7 +87,7 @@ class TensorRTRunner(Runner):
 
     def build_impl(self) -> None:
         c = self.config
-        if self.artifact not in c.artifacts:  # a given --engine was checked by check_ready already
+        if "tensorrt" not in c.artifacts:  # a given --engine was checked by check_ready already
             settings = self._settings()
             fields = {"format": "tensorrt", "model": c.model_id, "precision": c.precision, "image_size": c.image_size,
                       "batch": asdict(settings.batch)}
