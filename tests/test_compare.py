@@ -152,3 +152,19 @@ def test_bad_input_is_exit_2(capsys, tmp_path, files, message):
     assert cli.main(["compare", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_int8_rows_are_matched_by_quantizer_and_older_files_held_only_qdq(capsys, tmp_path):
+    """An int8 row of a file from before quantizers were recorded ran the QDQ file: it is compared
+    with the new QDQ row, never with the NNCF row beside it, which has no base to be judged on."""
+    def int8(quantizer, mean_ms, seed):
+        record = {**row("openvino", samples(mean_ms, 0.03, seed=seed)), "precision": "int8"}
+        return record if quantizer is None else {**record, "quantizer": quantizer}
+
+    base = write_run(tmp_path / "base.json", [int8(None, 10.0, 1)])
+    new = write_run(tmp_path / "new.json", [int8("qdq", 10.0, 2), int8("nncf", 20.0, 3)])
+    assert cli.main(["compare", base, new]) == 0
+    out = capsys.readouterr().out
+    assert "0 regression(s) among 1 compared row(s)" in out and "int8 qdq" in out
+    slower = write_run(tmp_path / "slower.json", [int8("qdq", 12.0, 2)])
+    assert cli.main(["compare", base, slower]) == 1

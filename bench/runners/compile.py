@@ -1,10 +1,16 @@
-"""``compile``: the model through torch.compile (TorchInductor), compile time reported as setup."""
+"""``compile``: the model through torch.compile (TorchInductor), compile time reported as setup.
+
+int8 is PyTorch's own: the model quantized by PT2E with torchao's X86InductorQuantizer (export.pt2e),
+which Inductor with freezing lowers to oneDNN's int8 kernels on x86 CPUs. The row reads the kernels
+back from the code Inductor generated, and fails where none is int8.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +18,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._inductor.utils import run_and_get_code
 
 from bench.layers.compiled import profile_compiled
 from bench.layers.profile import LayerProfile
 from bench.runners.base import CUDA_GRAPH_LIMIT, RunContext, TorchRunner
 from bench.streams import Lane, threads_each
+from export import pt2e
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -37,6 +45,23 @@ class CompileRunner(TorchRunner):
     @classmethod
     def resolve_options(cls, flags: Mapping[str, Any], run: RunContext) -> CompileOptions:
         return CompileOptions(flags["compile_mode"])
+
+    @classmethod
+    def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
+        native = super().precisions(device, options)
+        return (*native, "int8") if device.type == "cpu" and pt2e.missing_reason() is None else native
+
+    @classmethod
+    def why_unsupported(cls, precision: str, device: torch.device, options: Any = None) -> str | None:
+        if precision != "int8":
+            return None
+        if device.type != "cpu":
+            return "PT2E's X86InductorQuantizer lowers to oneDNN's x86 CPU int8 kernels"
+        return pt2e.missing_reason()
+
+    @classmethod
+    def quantizers(cls, options: Any = None) -> tuple[str, ...]:
+        return ("pt2e",)
 
     @classmethod
     def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:
@@ -62,9 +87,27 @@ class CompileRunner(TorchRunner):
             torch.compile(tiny.eval().to(device), fullgraph=True)(torch.zeros(1, 3, 16, 16, device=device))
         torch._dynamo.reset()
 
+    def build_impl(self) -> None:
+        # PT2E's capture and calibration, like an export, before the row's memory is metered.
+        self.quantized = None
+        if self.config.precision == "int8":
+            self.quantized = pt2e.quantize_pt2e(self.model, self.config.calibration, self.config.batch_size)
+
+    def make_module(self) -> torch.nn.Module:
+        return super().make_module() if self.quantized is None else self.quantized
+
     def prepare_impl(self) -> None:
         self.module = self.make_module()
         self.compiled = self._compile(self.module, self.to_input(torch.zeros(self.config.input_shape)))
+        self.facts = None
+        if self.quantized is not None:
+            kernels = pt2e.int8_kernels("\n".join(self.code))
+            if not kernels:
+                raise RuntimeError("Inductor compiled the PT2E graph without any oneDNN int8 kernel")
+            self.facts = {**pt2e.describe(self.config.calibration), "int8_kernels": kernels}
+
+    def run_facts(self) -> dict | None:
+        return self.facts
 
     def _compile(self, module: torch.nn.Module, example: Tensor, **options: Any) -> Callable[[Tensor], Tensor]:
         """``module`` compiled, and compiled now, on ``example``; ``options``: inductor's config
@@ -77,14 +120,18 @@ class CompileRunner(TorchRunner):
         # pre-packs weights for oneDNN: on 2 Xeon cores (AVX-512), ResNet-50 fp32 bs8 224 px ran
         # 1.18x eager without it and 1.46x with it. It is read when the graph compiles, which is
         # the first call, so it is patched around that call only.
-        with torch._inductor.config.patch(freezing=True), torch.inference_mode():
-            compiled(example)
+        with torch._inductor.config.patch(freezing=True), torch.inference_mode(), warnings.catch_warnings():
+            # Inductor's oneDNN int8 lowering copies a tensor the way torch itself warns against.
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+            _, self.code = run_and_get_code(compiled, example)
         return compiled
 
     def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
         """On CPU a second build of the same graph, whose C++ kernels report themselves to the
         profiler (a record_function each, which the timed build goes without); on CUDA the
         profiler sees every kernel of the timed build."""
+        if self.quantized is not None:
+            raise NotImplementedError("compile int8 runs PT2E's exported graph, whose ops name no module of the model")
         compiled = self.compiled
         if self.config.device.type == "cpu":
             compiled = self._compile(self.module, inputs, **{"cpp.enable_kernel_profile": True})
@@ -121,9 +168,11 @@ class CompileRunner(TorchRunner):
         with torch.inference_mode():
             return self.compiled(inputs)
 
-    def stages(self) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
+    def stages(self) -> list[tuple[str, Callable[[Tensor], Tensor]]] | None:
         """Each stage compiled on its own: fusion stops at stage boundaries, which costs a little
         against the whole-model graph, the price of seeing where the time goes."""
+        if self.quantized is not None:  # one exported graph: its stages are not modules to compile apart
+            return None
         x, compiled = self.to_input(torch.zeros(self.config.input_shape)), []
         for name, stage in self.module.stages():
             compiled.append((name, self._compile(stage, x)))
