@@ -1,5 +1,6 @@
-"""python -m export: write a deployable artifact (ONNX, a TensorRT engine, OpenVINO IR, or a Triton
-Inference Server model repository), prove it against the fp32 PyTorch model, and record what it was built for.
+"""python -m export: write a deployable artifact (ONNX, a TensorRT engine, OpenVINO IR, an
+AOTInductor package, or a Triton Inference Server model repository), prove it against the fp32
+PyTorch model, and record what it was built for.
 
 Read top to bottom: argument parsing, resolving the arguments into a plan (every bad input stops
 here with exit 2, before anything is written), the model and its reference logits, then the
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 import resnet_perf
-from export import openvino_ir, quantize, tensorrt, triton_repo
+from export import aoti, openvino_ir, quantize, tensorrt, triton_repo
 from export.manifest import sha256_file, versions, write_manifest
 from export.onnx import DEFAULT_OPSET, ONNX_PRECISIONS, BatchRange, cpu_session, export_onnx, graph_io
 from resnet_perf import parity
@@ -50,8 +51,8 @@ from resnet_perf.cli import (
     stop_on_signals,
 )
 
-FORMATS = ("onnx", "tensorrt", "triton-repo", "openvino")
-SUFFIXES = {"onnx": "onnx", "tensorrt": "plan", "openvino": "xml"}
+FORMATS = ("onnx", "tensorrt", "triton-repo", "openvino", "aoti")
+SUFFIXES = {"onnx": "onnx", "tensorrt": "plan", "openvino": "xml", "aoti": "pt2"}
 DEFAULT_BATCH = "1:8:32"
 
 
@@ -69,11 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--dynamic-batch", default=None, metavar="MIN:OPT:MAX",
                       help=f"a dynamic batch axis (default {DEFAULT_BATCH}); OPT is the size TensorRT tunes for")
     p.add_argument("--image-size", type=positive_int, default=224)
-    p.add_argument("--precision", choices=(*ONNX_PRECISIONS, "int8"), default="fp32")
+    p.add_argument("--precision", choices=(*ONNX_PRECISIONS, "bf16", "int8"), default="fp32")
     p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET)
     p.add_argument("--weights", default=None, help="state_dict file (torchvision or ours); default: synthetic")
     p.add_argument("--seed", type=rng_seed, default=0, help="seed of the synthetic model and of the parity inputs")
-    p.add_argument("--device", default="auto", help="GPU for TensorRT: cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto",
+                   help="the GPU a TensorRT engine, or the device an AOTInductor package, is built for: cpu (aoti), "
+                        "cuda, cuda:N or auto")
     trt = p.add_argument_group("TensorRT")
     trt.add_argument("--timing-cache", default=None, help="TensorRT timing cache, read if present and saved")
     trt.add_argument("--workspace-mib", type=positive_int, default=4096, help="builder workspace limit")
@@ -98,7 +101,7 @@ class Plan:
     output: Path
     batch: BatchRange
     precision: str
-    device: torch.device | None  # the GPU an engine is built for
+    device: torch.device | None  # the GPU an engine is built for, the device an AOTInductor package is
     trt_version: str | None
     calibration_flags: quantize.CalibrationFlags
     calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
@@ -120,6 +123,15 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.format == "openvino" and args.precision not in ("fp32", "int8"):
         raise UsageError(f"--precision {args.precision}: OpenVINO IR is exported fp32 or int8 (OpenVINO runs an fp32 "
                          "IR in bf16 or fp16 itself where the CPU has them)")
+    if args.precision == "bf16" and args.format != "aoti":
+        raise UsageError(f"--precision bf16: --format {args.format} is exported fp32, fp16 or int8")
+    if args.format == "aoti":
+        device = resolve_device(args.device)
+        if args.precision == "int8":
+            raise UsageError("--precision int8: an AOTInductor package is exported fp32, fp16 or bf16")
+        if device.type == "cpu" and args.precision == "fp16":
+            raise UsageError("--precision fp16: CPU convolutions in fp16 run PyTorch's slow reference kernels; "
+                             "build fp32 or bf16 for the CPU")
     if args.format == "triton-repo":
         if batch.dynamic and batch.min != 1:
             raise UsageError(f"--dynamic-batch {batch}: Triton's dynamic batcher sends every batch size from 1 "
@@ -128,7 +140,8 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--name {args.name!r}: not a usable folder name")
 
     engine = args.format == "tensorrt" or (args.format == "triton-repo" and args.triton_platform == "tensorrt_plan")
-    device = trt_version = None
+    device = resolve_device(args.device) if args.format == "aoti" else None
+    trt_version = None
     if engine:
         missing = tensorrt.missing_reason()
         if missing:
@@ -192,6 +205,11 @@ def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module,
         fields = {"format": "openvino", **describe, **built, "opset": args.opset,
                   "versions": {**describe["versions"], **openvino_ir.versions()}, "gpu": None, "tensorrt": None}
         run = openvino_ir.cpu_run(path)
+    elif plan.format == "aoti":
+        built = aoti.build_package(model, path, batch=plan.batch, image_size=args.image_size,
+                                   precision=plan.precision, device=plan.device)
+        fields = {"format": "aoti", **describe, **built, "gpu": (built["target"].get("gpu")), "tensorrt": None}
+        run = aoti.runner_for_parity(path, plan.device, plan.precision)
     else:
         quantization = None
         if calibration is not None:

@@ -5,6 +5,7 @@ A backend is one runner class (bench/runners/base.py says what it implements) an
 
 from __future__ import annotations
 
+from bench.runners.aoti import AotiRunner
 from bench.runners.base import RunConfig, RunContext, Runner
 from bench.runners.compile import CompileRunner
 from bench.runners.eager import EagerRunner
@@ -20,6 +21,7 @@ RUNNERS: dict[str, type[Runner]] = {
     for runner in (
         EagerRunner,
         CompileRunner,
+        AotiRunner,
         OnnxRuntimeRunner,
         OpenVINORunner,
         OnnxRuntimeTrtRunner,

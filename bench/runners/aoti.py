@@ -1,0 +1,103 @@
+"""``aoti``: an AOTInductor package (export.aoti), what a PyTorch user ships to start without compiling:
+the row's package built and cached like the ONNX export, or the one given with --pt2 (its manifest
+checked, and its torch release, CPU instruction sets or GPU held against this machine's).
+
+Its setup is the load, the cold start a user weighs against compile's compile time; the row's note
+says how long the load took, and the build where this run built the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bench.runners.base import RunContext, TorchRunner
+from bench.runners.compile import CompileRunner
+from export import aoti
+from export.manifest import ManifestError, cached, load_manifest
+from export.onnx import BatchRange
+from resnet_perf.cli import UsageError
+
+# Measured with torch 2.13 (a Python thread spinning beside a 485 ms call stalled 479 ms): the loaded
+# package's Python call holds the GIL throughout, so calls from several threads run one at a time.
+GIL_LIMIT = "the loaded package's Python call holds the GIL for the whole call, so a second one waits for it"
+
+
+class AotiRunner(TorchRunner):
+    name = "aoti"
+    artifacts = ("aoti",)
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
+        return CompileRunner.unavailable_reason(device, options)  # Inductor builds the package
+
+    @classmethod
+    def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:
+        return 1, GIL_LIMIT
+
+    @classmethod
+    def check_ready(cls, options: Any, run: RunContext) -> None:
+        if "aoti" in run.artifacts:
+            try:
+                aoti.check_target(load_manifest(run.artifacts["aoti"]), run.device)
+            except ManifestError as exc:
+                raise UsageError(f"--pt2 {exc}") from None
+
+    def package_path(self) -> Path:
+        c = self.config
+        if "aoti" in c.artifacts:
+            return c.artifacts["aoti"]
+        built_for = aoti.target(c.device)
+        # The GPU by name; the CPU by its extensions, a digest of them (thirteen names are too long).
+        where = (re.sub(r"[^A-Za-z0-9]+", "_", built_for["gpu"]["name"]) if c.device.type == "cuda"
+                 else "isa" + hashlib.sha256(" ".join(built_for["cpu_isa"]).encode()).hexdigest()[:10])
+        return c.cache_dir / "aoti" / f"{c.artifact_stem()}-torch{torch.__version__}-{where}.pt2"
+
+    def build_impl(self) -> None:
+        c = self.config
+        self.built_s = None
+        if "aoti" in c.artifacts:  # checked by check_ready
+            return
+        batch = BatchRange.static(c.batch_size)
+        fields = {"format": "aoti", "model": c.model_id, "precision": c.precision, "image_size": c.image_size,
+                  "batch": asdict(batch), "target": aoti.target(c.device)}
+
+        def build(path: Path) -> dict:
+            start = time.perf_counter()
+            built = aoti.build_package(self.model, path, batch=batch, image_size=c.image_size, precision=c.precision,
+                                       device=c.device)
+            self.built_s = time.perf_counter() - start
+            return built
+
+        cached(self.package_path(), fields, build)
+
+    def prepare_impl(self) -> None:
+        start = time.perf_counter()
+        self.package = aoti.load(self.package_path(), self.config.device)
+        self.load_s = time.perf_counter() - start
+
+    @property
+    def timing_note(self) -> str | None:
+        built = f"; built in {self.built_s:.0f} s" if self.built_s is not None else ""
+        return f"package loaded in {self.load_s:.2f} s{built}"
+
+    def run_facts(self) -> dict | None:
+        return {"runtime": "aotinductor", "package": self.package_path().name, "load_s": self.load_s,
+                "build_s": self.built_s, **self.package.get_metadata()}
+
+    def run_impl(self, inputs: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.package(inputs)
+
+    def stages(self) -> None:
+        return None  # one compiled library: no stage runs apart
+
+    def close_impl(self) -> None:
+        del self.package
