@@ -49,8 +49,9 @@ else
     device=cuda
     bench_size=(--model resnet50 --device cuda)
     bench_must=(--precision fp16 --batch-size 256 --backend eager,triton,compile --compile-mode max-autotune --streams 1)
-    # Requests in flight on CUDA streams, enqueued ahead: one stream, and auto's search up to four.
-    bench_streams=(--precision fp16 --batch-size 64 --backend eager,compile,triton)
+    # Requests in flight on CUDA streams, enqueued ahead: one stream, and auto's search up to four;
+    # and an AOTInductor package built for this GPU, loaded on it, its load beside compile's compile.
+    bench_streams=(--precision fp16 --batch-size 64 --backend eager,compile,triton,aoti)
     bench_sweep=(--precision fp16,bf16 --batch-size 1,64,256 --backend eager,compile,triton --streams 1)
     layers=(--batch-size 256 --dtype fp16,bf16)
     # compile in its default mode: CUDA graphs would hide the ops that name its convolutions
@@ -132,7 +133,7 @@ step layers 90 "$PY" tests/benchmarks/conv_layers.py "${layers[@]}" --json "$out
 # 6. Each backend's time per layer from its own profiler (the CUDA paths of --profile layers).
 step bench-layers 120 "$PY" -m bench "${bench_size[@]}" "${profile[@]}" --profile layers --json "$out/bench-layers.json"
 # 7. Requests in flight: streams 1 and auto (streams.json's rows say what auto tried and kept).
-step bench-streams 150 "$PY" -m bench "${bench_size[@]}" "${bench_streams[@]}" --streams 1,auto \
+step bench-streams 210 "$PY" -m bench "${bench_size[@]}" "${bench_streams[@]}" --streams 1,auto \
     --json "$out/bench-streams.json"
 # 8. The sweep: both half precisions, three batch sizes, compile in its default mode.
 step bench-sweep 200 "$PY" -m bench "${bench_size[@]}" "${bench_sweep[@]}" --json "$out/bench.json"

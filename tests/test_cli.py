@@ -132,7 +132,7 @@ def test_list_backends(capsys):
     assert code == 0
     lines = out.strip().splitlines()
     assert [line.split()[0] for line in lines] == [
-        "eager", "compile", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt", "triton", "triton-server"
+        "eager", "compile", "aoti", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt", "triton", "triton-server"
     ]
     assert lines[0].split()[1] == "available"
     assert "onnxruntime-trt  unavailable: needs --device cuda" in out

@@ -159,7 +159,7 @@ def parse_model_config(path):
     (["--format", "onnx", "--dynamic-batch", "2:4"], "--dynamic-batch '2:4' is not MIN:OPT:MAX"),
     (["--format", "onnx", "--dynamic-batch", "1:2:4", "--batch-size", "2"], "not allowed with argument"),
     (["--format", "onnx", "--batch-size", "0"], "argument --batch-size: '0' is not a positive integer"),
-    (["--format", "onnx", "--precision", "bf16"], "argument --precision: invalid choice: 'bf16'"),
+    (["--format", "onnx", "--precision", "bf16"], "--precision bf16: --format onnx is exported fp32, fp16 or int8"),
     (["--format", "onnx", "--opset", "99"], "--opset 99: this onnx supports opsets 7 to"),
     (["--format", "triton-repo", "--dynamic-batch", "2:4:8"], "Triton's dynamic batcher sends every batch size from 1"),
     (["--format", "triton-repo", "--name", "../up"], "--name '../up': not a usable folder name"),

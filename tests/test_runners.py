@@ -13,6 +13,7 @@ from bench.runners.onnxruntime import OnnxRuntimeRunner
 from bench.runners.triton import TritonRunner
 from bench.runners.triton_server import ServerOptions, TritonServerRunner
 from bench.serving.local import missing_reason
+from export import pt2e
 from resnet_perf import parity_inputs
 from resnet_perf.parity import compare, predict
 
@@ -88,7 +89,7 @@ def test_onnx_export_is_cached(resnet18_32, tmp_path):
 
 
 def test_every_contract_backend_is_listed():
-    assert tuple(RUNNERS) == ("eager", "compile", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt", "triton",
+    assert tuple(RUNNERS) == ("eager", "compile", "aoti", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt", "triton",
                               "triton-server")
     assert all(name == runner.name for name, runner in RUNNERS.items())
 
@@ -126,10 +127,13 @@ def test_cpu_precisions():
 def test_no_module_runner_claims_int8(device):
     """A runner that executes the PyTorch module in its row's dtype would run int8 as fp32 (the
     dtype of int8's inputs) under an int8 label, judged by int8's looser tolerances: int8 belongs to
-    the runners that quantize the model."""
+    the runners that quantize the model: of the module runners, compile alone, on CPU, through PT2E
+    (tests/test_pt2e.py checks its rows run oneDNN int8 kernels)."""
     for runner in RUNNERS.values():
-        if issubclass(runner, TorchRunner):
+        if issubclass(runner, TorchRunner) and runner is not CompileRunner:
             assert "int8" not in runner.precisions(device), runner.name
+    assert ("int8" in CompileRunner.precisions(device)) == (device.type == "cpu" and pt2e.missing_reason() is None)
+    assert CompileRunner.quantizers() == ("pt2e",)
     assert TritonRunner.precisions(device) == ("fp32", "fp16", "bf16")
 
 

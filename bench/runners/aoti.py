@@ -89,7 +89,8 @@ class AotiRunner(TorchRunner):
         return f"package loaded in {self.load_s:.2f} s{built}"
 
     def run_facts(self) -> dict | None:
-        return {"runtime": "aotinductor", "package": self.package_path().name, "load_s": self.load_s,
+        return {"runtime": "aotinductor", "package": self.package_path().name,
+                "package_mb": round(self.package_path().stat().st_size / 2**20, 1), "load_s": self.load_s,
                 "build_s": self.built_s, **self.package.get_metadata()}
 
     def run_impl(self, inputs: Tensor) -> Tensor:

@@ -115,6 +115,10 @@ class OnnxRuntimeRunner(Runner):
     def build_impl(self) -> None:
         cached_onnx(self.model, self.config)
 
+    def run_facts(self) -> dict | None:
+        path = self.onnx_path()
+        return {"runtime": "onnxruntime", "model_file": path.name, "model_mb": round(path.stat().st_size / 2**20, 1)}
+
     def _session(self, profile_prefix: Path | None = None, threads: int | None = None,
                  stream: torch.cuda.Stream | None = None) -> Any:
         """The row's session (``threads`` intra-op threads, by default the row's; on CUDA computing

@@ -47,7 +47,7 @@ from bench.runners.onnxruntime import cached_onnx, export_path
 from bench.streams import Completion, Done, Streams
 from export.manifest import cached, load_manifest
 from export.onnx import BatchRange
-from export.openvino_ir import convert_ir
+from export.openvino_ir import convert_ir, weights_path
 from export.openvino_ir import versions as ir_versions
 from resnet_perf.atomic import write_text
 from resnet_perf.cli import UsageError, list_of
@@ -207,7 +207,11 @@ class OpenVINORunner(Runner):
         strays = {p: n for p, n in convolutions.items() if p not in RUNTIME_PRECISIONS[precision]}
         if strays or not convolutions:
             raise RuntimeError(f"OpenVINO runs the convolutions in {dict(convolutions)}, not in {precision} alone")
-        return {"runtime": "openvino", "inference_precision": inference,
+        path = self.model_path()
+        files = [path, weights_path(path)] if path.suffix == ".xml" else [path]
+        return {"runtime": "openvino", "model_file": path.name,
+                "model_mb": round(sum(f.stat().st_size for f in files) / 2**20, 1),
+                "inference_precision": inference,
                 "hint": compiled.get_property("PERFORMANCE_HINT"), "streams": compiled.get_property("NUM_STREAMS"),
                 "threads": compiled.get_property("INFERENCE_NUM_THREADS"),
                 "convolutions": dict(convolutions), "kernels": dict(kernels),

@@ -1,0 +1,38 @@
+"""The deployment table of docs/deployment.md, generated from a ``python -m bench --json`` file: per
+row the artifact it ran, its size on disk, the setup (for aoti the load; for compile the compile),
+throughput, and parity against the fp32 model.
+
+    python scripts/deployment_table.py results/cpu/RUN.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench import report
+
+KINDS = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".pt2": "AOTInductor package"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a python -m bench --json file")
+    args = p.parse_args()
+    rows = report.rows_from_json(report.load(args.run))
+    print("| backend | precision | streams | artifact | MB on disk | setup s | load s | img/s | cosine | rel_l2 |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if r.status != "ok":
+            continue
+        facts = r.runtime or {}
+        artifact = KINDS.get(Path(facts.get("model_file") or facts.get("package") or "").suffix, "the PyTorch model")
+        size = facts.get("model_mb", facts.get("package_mb"))
+        load = facts.get("load_s")
+        print(f"| {r.backend} | {report.precision_cell(r)} | {report.streams_cell(r)} | {artifact} "
+              f"| {'-' if size is None else f'{size:.1f}'} | {r.setup_s:.1f} | {'-' if load is None else f'{load:.2f}'} "
+              f"| {r.throughput_ips:.1f} | {r.parity['cosine']:.5f} | {r.parity['rel_l2']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
