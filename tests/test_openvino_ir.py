@@ -158,3 +158,12 @@ def test_export_refuses_what_ir_is_not_written_in(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "OpenVINO IR is exported fp32 or int8" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_default_ir_is_static_so_benchmark_app_takes_it_as_it_is(capsys, tmp_path):
+    args = ["--model", "resnet18", "--image-size", "32", "--format", "openvino"]
+    assert export_cli.main([*args, "--output", str(tmp_path / "static")]) == 0
+    assert load_manifest(tmp_path / "static" / "resnet18-fp32.xml")["batch"] == {"min": 8, "opt": 8, "max": 8}
+    assert export_cli.main([*args, "--dynamic-batch", "1:2:4", "--output", str(tmp_path / "dynamic")]) == 0
+    manifest = load_manifest(tmp_path / "dynamic" / "resnet18-fp32.xml")
+    assert manifest["batch"] == {"min": 1, "opt": 2, "max": 4} and manifest["inputs"][0]["shape"][0] == "batch"
