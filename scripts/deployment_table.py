@@ -17,9 +17,9 @@ KINDS = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".pt2": "AOTInductor package"}
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="a python -m bench --json file")
+    p.add_argument("runs", nargs="+", help="python -m bench --json files")
     args = p.parse_args()
-    rows = report.rows_from_json(report.load(args.run))
+    rows = [row for run in args.runs for row in report.rows_from_json(report.load(run))]
     print("| backend | precision | streams | artifact | MB on disk | setup s | load s | img/s | cosine | rel_l2 |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -31,7 +31,7 @@ def main() -> None:
         load = facts.get("load_s")
         print(f"| {r.backend} | {report.precision_cell(r)} | {report.streams_cell(r)} | {artifact} "
               f"| {'-' if size is None else f'{size:.1f}'} | {r.setup_s:.1f} | {'-' if load is None else f'{load:.2f}'} "
-              f"| {r.throughput_ips:.1f} | {r.parity['cosine']:.5f} | {r.parity['rel_l2']:.3f} |")
+              f"| {r.throughput_ips:.1f} | {r.parity['cosine']:.5f} | {r.parity['rel_l2']:.1e} |")
 
 
 if __name__ == "__main__":
