@@ -38,6 +38,7 @@ from bench.serving import serve
 from export import quantize
 from export.manifest import ManifestError, load_manifest, manifest_path
 from export.onnx import BatchRange
+from export.openvino_ir import weights_path
 from resnet_perf.cli import (
     Parser,
     Stopped,
@@ -412,6 +413,8 @@ def resolve_outputs(args: argparse.Namespace) -> Outputs:
     inputs = {"--weights": args.weights, **{flag: getattr(args, flag[2:]) for flag in ARTIFACT_FLAGS.values()}}
     for kind, path in artifact_paths(args).items():
         inputs[f"{ARTIFACT_FLAGS[kind]}'s manifest"] = str(manifest_path(path))
+        if kind == "openvino":
+            inputs["--ir's weights"] = str(weights_path(path))
     taken = {Path(os.path.realpath(path)): flag for flag, path in inputs.items() if path}
     json_flag, json_path = ("--json", args.json_path) if args.json_path is not None else ("--resume", args.resume)
     outputs = []
@@ -481,6 +484,14 @@ def resolve(args: argparse.Namespace) -> Plan:
     calibration = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
                                             tuple(args.keep_fp or ()))
     calibration_inputs = quantize.check_arguments(calibration, models, image_size, "int8" in precisions)
+    # int8 rows, a row per quantizer of each backend that runs int8 (None for the others' skipped rows)
+    quantizers = {name: RUNNERS[name].quantizers(options[name]) if "int8" in RUNNERS[name].precisions(
+        device, options[name]) else (None,) for name in backends}
+    if "int8" in precisions:
+        for name in backends:
+            for quantizer in quantizers[name]:
+                if quantizer is not None:
+                    quantize.check_quantizer(calibration, quantizer, f"the {name} backend")
     if args.eval_samples is not None and args.eval_data is None:
         raise UsageError("--eval-samples applies to --eval-data")
     try:
@@ -505,7 +516,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         artifacts=artifacts, not_run=not_run,
         loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile,
                   args.profile_calls, Path(args.profile_dir) if args.profile_dir else None),
-        streams=streams, quantizers={name: RUNNERS[name].quantizers(options[name]) for name in backends},
+        streams=streams, quantizers=quantizers,
         scenario=ScenarioSettings(args.scenario, args.duration, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
         find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,

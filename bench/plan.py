@@ -73,7 +73,8 @@ class Plan:
     not_run: Mapping[str, str] = field(default_factory=dict)  # backend -> why, for `--backend all`
     loop: Loop = Loop()
     streams: tuple[int | str, ...] = (1,)  # requests in flight per row: counts, or "auto"
-    # int8 rows: the quantizers each backend runs, a row each (Runner.quantizers)
+    # int8 rows: the quantizers each backend runs, a row each (Runner.quantizers; None for a backend
+    # without int8, whose int8 row is skipped)
     quantizers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # "offline" (the fixed-batch loop) or a LoadGen scenario; its log_dir is the root under which
     # each row keeps its LoadGen logs in a folder of its own.
@@ -96,5 +97,5 @@ class Plan:
         return [RowSpec(model, precision, batch, backend, streams, quantizer)
                 for model, precision, batch, backend in itertools.product(self.models, self.precisions,
                                                                           self.batch_sizes, self.backends)
-                for quantizer in (self.quantizers.get(backend, ("qdq",)) if precision == "int8" else (None,))
+                for quantizer in (self.quantizers.get(backend, (None,)) if precision == "int8" else (None,))
                 for streams in self.streams]

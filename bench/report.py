@@ -45,7 +45,8 @@ class Row:
     streams: int | None = 1
     streams_asked: int | str | None = None
     # int8 rows: what quantized the model ("qdq": onnxruntime's QDQ file, "nncf": OpenVINO's NNCF IR,
-    # "pt2e": PyTorch's PT2E); files from before it was recorded held only QDQ files.
+    # "pt2e": PyTorch's PT2E; None for a backend without int8); files from before it was recorded
+    # held only QDQ files, and read as such (rows_from_json).
     quantizer: str | None = None
     status: str = "ok"  # ok | failed | skipped
     error: str | None = None
@@ -77,8 +78,6 @@ class Row:
     def __post_init__(self) -> None:
         if self.streams_asked is None:
             self.streams_asked = self.streams
-        if self.quantizer is None and self.precision == "int8":
-            self.quantizer = "qdq"
 
     @property
     def ok(self) -> bool:
@@ -139,11 +138,11 @@ def to_csv(rows: list[Row]) -> str:
     """One line per row; nested figures flattened (latency_p50_ms, parity_cosine), samples left out."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    scalar = ["model", "backend", "device", "precision", "quantizer", "batch_size", "streams", "streams_asked",
-              "image_size", "status", "error",
-              "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
+    scalar = ["model", "backend", "device", "precision", "batch_size", "streams", "streams_asked", "image_size",
+              "status", "error", "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
     writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY),
-                     *(f"costs_{k}" for k in _CSV_COSTS), "loadgen_result", "loadgen_reasons", "loadgen_target_qps"])
+                     *(f"costs_{k}" for k in _CSV_COSTS), "loadgen_result", "loadgen_reasons", "loadgen_target_qps",
+                     "quantizer"])  # last, as it came last: files read by column position keep their columns
     for row in rows:
         record = _finite(asdict(row))
         latency = record["latency_ms"] or {}
@@ -155,6 +154,7 @@ def to_csv(rows: list[Row]) -> str:
             *(parity.get(k) for k in _CSV_PARITY),
             *(costs.get(k) for k in _CSV_COSTS),
             *((lg["result"], "; ".join(lg["reasons"]), lg["target_qps"]) if (lg := record["loadgen"]) else (None,) * 3),
+            record["quantizer"],
         ])
     return buffer.getvalue()
 
@@ -578,7 +578,13 @@ def _streams_problem(record: dict) -> str | None:
 def rows_from_json(document: dict) -> list[Row]:
     """The rows of a document ``load`` read, as Rows again (fields this version does not know are dropped)."""
     names = {f.name for f in fields(Row)}
-    return [Row(**{k: v for k, v in record.items() if k in names}) for record in document["results"]]
+    rows = []
+    for record in document["results"]:
+        known = {k: v for k, v in record.items() if k in names}
+        if record["precision"] == "int8":
+            known.setdefault("quantizer", "qdq")  # files from before rows named their quantizer ran QDQ files only
+        rows.append(Row(**known))
+    return rows
 
 
 def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str:

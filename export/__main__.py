@@ -125,13 +125,20 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--dynamic-batch {exc}") from None
     if not 7 <= args.opset <= onnx.defs.onnx_opset_version():
         raise UsageError(f"--opset {args.opset}: this onnx supports opsets 7 to {onnx.defs.onnx_opset_version()}")
-    if args.format == "openvino" and args.precision not in ("fp32", "int8"):
-        raise UsageError(f"--precision {args.precision}: OpenVINO IR is exported fp32 or int8 (OpenVINO runs an fp32 "
-                         "IR in bf16 or fp16 itself where the CPU has them)")
+    if args.format == "openvino":
+        if args.precision not in ("fp32", "int8"):
+            raise UsageError(f"--precision {args.precision}: OpenVINO IR is exported fp32 or int8 (OpenVINO runs an "
+                             "fp32 IR in bf16 or fp16 itself where the CPU has them)")
+        missing = openvino_ir.missing_reason(args.precision == "int8")
+        if missing:
+            raise UsageError(missing)
     if args.precision == "bf16" and args.format != "aoti":
         raise UsageError(f"--precision bf16: --format {args.format} is exported fp32, fp16 or int8")
+    device = resolve_device(args.device) if args.format == "aoti" else None
     if args.format == "aoti":
-        device = resolve_device(args.device)
+        missing = aoti.missing_reason()
+        if missing:
+            raise UsageError(missing)
         if args.precision == "int8":
             raise UsageError("--precision int8: an AOTInductor package is exported fp32, fp16 or bf16")
         if device.type == "cpu" and args.precision == "fp16":
@@ -145,7 +152,6 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--name {args.name!r}: not a usable folder name")
 
     engine = args.format == "tensorrt" or (args.format == "triton-repo" and args.triton_platform == "tensorrt_plan")
-    device = resolve_device(args.device) if args.format == "aoti" else None
     trt_version = None
     if engine:
         missing = tensorrt.missing_reason()
@@ -165,6 +171,8 @@ def resolve(args: argparse.Namespace) -> Plan:
         output_file("--timing-cache", args.timing_cache)
     flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
     calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, args.precision == "int8")
+    if args.precision == "int8" and args.format == "openvino":
+        quantize.check_quantizer(flags, "nncf", "--format openvino")
     check_directory("--output", args.output)  # last: a refused export creates nothing
     return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version,
                 flags, calibration_inputs)

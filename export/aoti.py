@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -43,6 +45,22 @@ from resnet_perf.precision import PRECISIONS
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16",
              "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 INPUT_NAME, OUTPUT_NAME = "x", "logits"
+# Weights frozen into the library (BatchNorm folded, oneDNN's packed layouts), the thread count left
+# to the process at run time.
+INDUCTOR_CONFIGS = {"freezing": True, "cpp.dynamic_threads": True}
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler Inductor builds with ($CXX, then g++, clang++ or c++), or None: compile's
+    CPU kernels need one, and every AOTInductor package (its wrapper is C++ on CUDA too)."""
+    return next((c for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c and shutil.which(c)), None)
+
+
+def missing_reason() -> str | None:
+    """Why no package can be built here, or None."""
+    if cxx_compiler() is None:
+        return "AOTInductor compiles C++: install g++ or clang++, or set CXX"
+    return None
 
 
 def cpu_isa() -> list[str]:
@@ -93,16 +111,17 @@ def build_package(model: nn.Module, path: Path, *, batch: BatchRange, image_size
     example = torch.zeros(batch.opt, 3, image_size, image_size, device=device, dtype=dtype)
     example = example.contiguous(memory_format=torch.channels_last)
     dynamic = ({0: torch.export.Dim("batch", min=batch.min, max=batch.max)},) if batch.dynamic else None
-    configs = {
-        "freezing": True,
-        "cpp.dynamic_threads": True,
-        "aot_inductor.metadata": {"torch_version": torch.__version__, "input_memory_format": "channels_last"},
-    }
+    configs = {**INDUCTOR_CONFIGS,
+               "aot_inductor.metadata": {"torch_version": torch.__version__, "input_memory_format": "channels_last"}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():  # freezing applies only without autograd
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix=".resnet-perf-pt2-", dir=path.parent) as tmp:
+        # Built beside its place under its own name (the package's folders are named after it), then
+        # moved in with one rename: no reader sees half a package. Frozen only without autograd.
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
-        torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(path),
+        staged = Path(tmp) / path.name
+        torch._inductor.aoti_compile_and_package(program, package_path=os.fspath(staged),
                                                inductor_configs=dict(configs))  # it adds keys of its own
+        os.replace(staged, path)
     n, dtype_name = "batch" if batch.dynamic else batch.opt, PRECISIONS[precision].dtype_name
     return {
         "inputs": [{"name": INPUT_NAME, "dtype": dtype_name, "shape": [n, 3, image_size, image_size],
@@ -110,7 +129,7 @@ def build_package(model: nn.Module, path: Path, *, batch: BatchRange, image_size
         "outputs": [{"name": OUTPUT_NAME, "dtype": dtype_name, "shape": [n, model.fc.out_features]}],
         "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}} if batch.dynamic else {},
         "target": target(device),
-        "inductor_configs": {key: value for key, value in configs.items() if key != "aot_inductor.metadata"},
+        "inductor_configs": INDUCTOR_CONFIGS,
     }
 
 

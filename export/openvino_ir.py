@@ -3,9 +3,8 @@ ONNX export (so its layers carry the ONNX nodes' names), fp32, or int8 quantized
 
 NNCF is OpenVINO's own post-training quantizer: it calibrates activation ranges on the inputs given,
 quantizes weights per channel, and corrects each layer's bias for the shift quantization brings
-(fast bias correction), which onnxruntime's QDQ quantizer does not. Measured on a 2-core Xeon with
-AMX (2026-12-05, resnet50, 64 synthetic calibration inputs): rel_l2 0.045 against the fp32 model,
-where the QDQ file reaches 0.092, and benchmark_app ran it 8-12% faster.
+(fast bias correction), which onnxruntime's QDQ quantizer does not: half the QDQ file's error on
+resnet50, as fast (docs/deployment.md).
 
 The IR is two files; the manifest written beside the ``.xml`` records the ``.bin``'s sha256 too
 (``companions``), so a changed weights file is refused as a changed graph is.
@@ -30,6 +29,16 @@ from resnet_perf.versions import installed_version
 # NNCF's quantization settings for a CNN on a CPU, as its defaults have them: symmetric activations
 # and weights ("performance"), weights per channel, fast bias correction.
 PRESET = "performance"
+
+
+def missing_reason(int8: bool) -> str | None:
+    """Why OpenVINO IR (and for ``int8``, NNCF's) cannot be written here, or None."""
+    import importlib.util
+
+    for package in ("openvino", *(("nncf",) if int8 else ())):
+        if importlib.util.find_spec(package) is None:
+            return f"{package} is not installed (pip install {package})"
+    return None
 
 
 def weights_path(xml: str | os.PathLike) -> Path:
@@ -82,7 +91,7 @@ def nncf_quantize(onnx_path: Path, calibration: Calibration, batch: BatchRange):
         "method": "minmax",
         "calibration_source": calibration.source,
         "calibration_samples": len(inputs),
-        "activations": "int8 symmetric per tensor" if PRESET == "performance" else "uint8 with zero point",
+        "activations": "symmetric per tensor (unsigned where the input cannot be negative)",
         "weights": "int8 symmetric, per output channel",
         "bias_correction": "fast",
         "keep_fp": list(calibration.keep_fp),

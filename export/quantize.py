@@ -227,6 +227,25 @@ class CalibrationFlags:
     keep_fp: tuple[str, ...]  # --keep-fp
 
 
+# What each quantizer's calibration honours: onnxruntime's QDQ quantizer (this module) every method and
+# --keep-fp; NNCF (export.openvino_ir) min-max ranges and an ignored scope; PT2E (export.pt2e)
+# min-max observers on every layer.
+HONOURS = {"qdq": (METHODS, True), "nncf": (("minmax",), True), "pt2e": (("minmax",), False)}
+
+
+def check_quantizer(flags: CalibrationFlags, quantizer: str, who: str) -> None:
+    """Refuse calibration flags ``quantizer`` would ignore; ``who`` names what uses it (a backend,
+    a format) in the message. Raises UsageError."""
+    from resnet_perf.cli import UsageError
+
+    methods, keep_fp = HONOURS.get(quantizer, (METHODS, True))
+    if flags.method not in methods:
+        raise UsageError(f"--calib-method {flags.method}: {who} quantizes with {quantizer}, which calibrates "
+                         f"{' or '.join(methods)} ranges only")
+    if flags.keep_fp and not keep_fp:
+        raise UsageError(f"--keep-fp: {who} quantizes with {quantizer}, which leaves no layer in fp32")
+
+
 def check_arguments(flags: CalibrationFlags, models: list[str], image_size: int, int8: bool) -> Tensor | None:
     """Check the calibration flags against the run; returns the inputs of --calib-data (None when
     calibration is synthetic or there is no int8). Raises UsageError on anything wrong."""

@@ -26,8 +26,8 @@ def main() -> None:
         if r.status != "ok":
             continue
         facts = r.runtime or {}
-        artifact = KINDS.get(Path(facts.get("model_file") or facts.get("package") or "").suffix, "the PyTorch model")
-        size = facts.get("model_mb", facts.get("package_mb"))
+        artifact = KINDS.get(Path(facts.get("model_file", "")).suffix, "the PyTorch model")
+        size = facts.get("model_mb")
         cells = [r.backend, report.precision_cell(r), report.streams_cell(r), artifact,
                  "-" if size is None else f"{size:.1f}", f"{r.setup_s:.1f}",
                  "-" if facts.get("load_s") is None else f"{facts['load_s']:.2f}", f"{r.throughput_ips:.1f}",

@@ -71,7 +71,13 @@ def main() -> None:
                                        model.fc.out_features)
     threads = torch.get_num_threads()
     print(machine_line(collect(torch.device("cpu"), threads)))
-    cache = Path(tempfile.mkdtemp(prefix="resnet-perf-int8-"))
+    with tempfile.TemporaryDirectory(prefix="resnet-perf-int8-") as cache:
+        alternate(args, model, Path(cache), calibration, inputs, reference, threads)
+
+
+def alternate(args: argparse.Namespace, model: torch.nn.Module, cache: Path, calibration: quantize.Calibration,
+              inputs: torch.Tensor, reference: torch.Tensor, threads: int) -> None:
+    """Both int8 models built in ``cache`` and checked, then every measurement, round by round."""
     measured = defaultdict(list)
     files = {}
     runners = {}

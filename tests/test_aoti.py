@@ -71,7 +71,7 @@ def test_bench_runs_a_given_package_and_reports_its_load(capsys, tmp_path, packa
     assert (row["model"], row["batch_size"], row["image_size"]) == ("resnet18", 2, 32)
     assert row["parity"]["passed"] and row["parity"]["cosine"] >= 0.9999
     assert row["note"].startswith("package loaded in ") and "built" not in row["note"]
-    assert row["runtime"]["build_s"] is None and row["runtime"]["load_s"] < row["setup_s"] + 1e-6
+    assert row["runtime"]["build_s"] is None and row["runtime"]["model_file"] == package.name
     assert by["compile"]["setup_s"] > row["runtime"]["load_s"]  # compiling costs more than loading
     assert not (tmp_path / "cache" / "aoti").exists()
 

@@ -48,8 +48,6 @@ def quantized_inputs(xml: Path) -> dict[str, bool]:
     def fake_quantized(output) -> bool:
         node = output.get_node()
         while node.get_type_name() in ("Convert", "Multiply", "Subtract", "Reshape"):
-            if node.get_type_name() == "Constant":
-                break
             node = node.input_value(0).get_node()
         return node.get_type_name() == "FakeQuantize" or (
             node.get_type_name() == "Constant" and node.get_element_type() in (ov.Type.i8, ov.Type.u8))
@@ -167,3 +165,25 @@ def test_the_default_ir_is_static_so_benchmark_app_takes_it_as_it_is(capsys, tmp
     assert export_cli.main([*args, "--dynamic-batch", "1:2:4", "--output", str(tmp_path / "dynamic")]) == 0
     manifest = load_manifest(tmp_path / "dynamic" / "resnet18-fp32.xml")
     assert manifest["batch"] == {"min": 1, "opt": 2, "max": 4} and manifest["inputs"][0]["shape"][0] == "batch"
+
+
+def test_an_fp32_ir_runs_as_given_and_exports_nothing(capsys, tmp_path):
+    assert export_cli.main([*SMALL, "--format", "openvino", "--output", str(tmp_path / "ir")]) == 0
+    code, rows, _ = bench(capsys, tmp_path, "--ir", str(tmp_path / "ir" / "resnet18-fp32.xml"), "--backend", "openvino")
+    assert code == 0 and rows[0]["parity"]["passed"] and rows[0]["runtime"]["model_file"] == "resnet18-fp32.xml"
+    assert not (tmp_path / "cache" / "onnx").exists()  # nothing exported: the IR is what ran
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--calib-method", "entropy"], "--calib-method entropy: the openvino backend quantizes with nncf, which "
+                                    "calibrates minmax ranges only"),
+    (["--backend", "compile", "--keep-fp", "fc"], "--keep-fp: the compile backend quantizes with pt2e"),
+])
+def test_calibration_flags_a_quantizer_would_ignore_are_refused(capsys, tmp_path, argv, message):
+    backend = [] if "--backend" in argv else ["--backend", "openvino"]
+    code, rows, err = bench(capsys, tmp_path, "--model", "resnet18", "--image-size", "32", "--precision", "int8",
+                            *backend, *argv)
+    assert code == 2 and rows == [] and err.count("\n") == 1 and message in err
+    code = export_cli.main([*SMALL, *INT8, "--format", "openvino", "--calib-method", "entropy",
+                            "--output", str(tmp_path / "o")])
+    assert code == 2 and "calibrates minmax ranges only" in capsys.readouterr().err

@@ -60,3 +60,22 @@ def test_int8_is_a_cpu_row_and_says_why_not_on_cuda():
     assert "int8" not in CompileRunner.precisions(torch.device("cuda"))
     assert "x86 CPU int8 kernels" in CompileRunner.why_unsupported("int8", torch.device("cuda"))
     assert CompileRunner.quantizers() == ("pt2e",)
+
+
+def test_streams_and_parity_reuse_the_frozen_build(resnet18_32, tmp_path, monkeypatch):
+    """Every build stays: a dynamo reset between prepare and close would throw the timed build away
+    and have parity judge a recompiled one, unfrozen (for int8, without an int8 kernel)."""
+    from bench.runners import RunConfig
+
+    config = RunConfig("resnet18-test", torch.device("cpu"), "int8", 2, 32, 2, tmp_path, calibration=calibration(),
+                       quantizer="pt2e")
+    with CompileRunner(resnet18_32, config) as runner:
+        def refuse():
+            raise AssertionError("torch._dynamo.reset() while the runner is open")
+
+        monkeypatch.setattr(torch._dynamo, "reset", refuse)
+        runner.lanes(2)
+        x = runner.to_input(resnet_perf.parity_inputs(2, 32))
+        runner.run(x)
+        monkeypatch.undo()
+    assert runner.facts["int8_kernels"]

@@ -89,8 +89,8 @@ def test_onnx_export_is_cached(resnet18_32, tmp_path):
 
 
 def test_every_contract_backend_is_listed():
-    assert tuple(RUNNERS) == ("eager", "compile", "aoti", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt", "triton",
-                              "triton-server")
+    assert tuple(RUNNERS) == ("eager", "compile", "aoti", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt",
+                              "triton", "triton-server")
     assert all(name == runner.name for name, runner in RUNNERS.items())
 
 
@@ -162,3 +162,12 @@ def test_an_engine_for_another_tensorrt_is_refused_before_any_row(tmp_path, monk
         TensorRTRunner.check_ready(TensorRTOptions(), context)
     monkeypatch.setattr(tensorrt, "version", lambda: "10.9.0")
     TensorRTRunner.check_ready(TensorRTOptions(), context)
+
+
+def test_a_servers_int8_rows_are_labelled_by_what_it_hosts():
+    from bench.runners.openvino import OpenVINORunner
+
+    local = ServerOptions(served=OpenVINORunner, served_options=("nncf", "qdq"))
+    assert TritonServerRunner.quantizers(local) == ("nncf", "qdq")
+    assert TritonServerRunner.quantizers(ServerOptions(served=OnnxRuntimeRunner)) == ("qdq",)
+    assert TritonServerRunner.quantizers(ServerOptions(url="grpc://localhost:8001")) == ("unknown",)

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from bench.runners.base import RunContext, TorchRunner
-from bench.runners.compile import CompileRunner
 from export import aoti
 from export.manifest import ManifestError, cached, load_manifest
 from export.onnx import BatchRange
@@ -36,7 +35,7 @@ class AotiRunner(TorchRunner):
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
-        return CompileRunner.unavailable_reason(device, options)  # Inductor builds the package
+        return aoti.missing_reason()
 
     @classmethod
     def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:
@@ -67,7 +66,7 @@ class AotiRunner(TorchRunner):
             return
         batch = BatchRange.static(c.batch_size)
         fields = {"format": "aoti", "model": c.model_id, "precision": c.precision, "image_size": c.image_size,
-                  "batch": asdict(batch), "target": aoti.target(c.device)}
+                  "batch": asdict(batch), "target": aoti.target(c.device), "inductor_configs": aoti.INDUCTOR_CONFIGS}
 
         def build(path: Path) -> dict:
             start = time.perf_counter()
@@ -86,11 +85,11 @@ class AotiRunner(TorchRunner):
     @property
     def timing_note(self) -> str | None:
         built = f"; built in {self.built_s:.0f} s" if self.built_s is not None else ""
-        return f"package loaded in {self.load_s:.2f} s{built}"
+        return "; ".join(n for n in (super().timing_note, f"package loaded in {self.load_s:.2f} s{built}") if n)
 
     def run_facts(self) -> dict | None:
-        return {"runtime": "aotinductor", "package": self.package_path().name,
-                "package_mb": round(self.package_path().stat().st_size / 2**20, 1), "load_s": self.load_s,
+        return {"runtime": "aotinductor", "model_file": self.package_path().name,
+                "model_mb": round(self.package_path().stat().st_size / 2**20, 1), "load_s": self.load_s,
                 "build_s": self.built_s, **self.package.get_metadata()}
 
     def run_impl(self, inputs: Tensor) -> Tensor:

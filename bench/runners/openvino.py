@@ -47,7 +47,7 @@ from bench.runners.onnxruntime import cached_onnx, export_path
 from bench.streams import Completion, Done, Streams
 from export.manifest import cached, load_manifest
 from export.onnx import BatchRange
-from export.openvino_ir import convert_ir, weights_path
+from export.openvino_ir import PRESET, convert_ir, weights_path
 from export.openvino_ir import versions as ir_versions
 from resnet_perf.atomic import write_text
 from resnet_perf.cli import UsageError, list_of
@@ -153,15 +153,17 @@ class OpenVINORunner(Runner):
 
     def build_impl(self) -> None:
         c = self.config
-        if c.quantizer != "nncf":
+        path = self.model_path()
+        if path.suffix == ".onnx":
             cached_onnx(self.model, c, "int8" if c.precision == "int8" else "fp32")
-        elif "openvino" not in c.artifacts:
+        elif path != c.artifacts.get("openvino"):  # a given --ir was checked when the run was resolved
             batch = BatchRange.static(c.batch_size)
             fields = {"format": "openvino", "model": c.model_id, "precision": "int8", "image_size": c.image_size,
-                      "batch": asdict(batch), "calibration": c.calibration.key(), "versions": ir_versions()}
+                      "batch": asdict(batch), "calibration": c.calibration.key(), "versions": ir_versions(),
+                      "nncf_preset": PRESET}
             source = cached_onnx(self.model, c, "fp32")
             cached(ir_path(c), fields, lambda xml: convert_ir(source, xml, batch, c.calibration))
-        self.quantization = load_manifest(self.model_path()).get("quantization") if c.precision == "int8" else None
+        self.quantization = load_manifest(path).get("quantization") if c.precision == "int8" else None
 
     def _compile(self, profiling: bool = False) -> Any:
         """The row's ONNX compiled for the CPU plugin with the row's settings; with ``profiling``,
@@ -175,9 +177,7 @@ class OpenVINORunner(Runner):
             props.inference_num_threads: c.threads,
             hints.performance_mode: hints.PerformanceMode.LATENCY if c.streams == 1 else hints.PerformanceMode.THROUGHPUT,
             # An int8 model's layers left unquantized run in f32, not in the bf16 OpenVINO (and benchmark_app)
-            # would pick on a CPU with AMX: measured on resnet50 bs8 with both int8 files, bf16 was 0.94x
-            # f32 under the latency hint and 1.07x (0.81-1.44) under throughput: no gain beyond the noise
-            # (results/cpu/2026-12-05-xeon-amx-2core-resnet50-bs8-int8-flavours.txt).
+            # would pick on a CPU with AMX: measured no faster there (docs/deployment.md).
             hints.inference_precision: ov.Type.bf16 if c.precision == "bf16" else ov.Type.f32,
             props.enable_profiling: profiling,
         }

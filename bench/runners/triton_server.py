@@ -172,6 +172,14 @@ class TritonServerRunner(Runner):
         return options.served.name if options.url is None else None
 
     @classmethod
+    def quantizers(cls, options: ServerOptions | None = None) -> tuple[str, ...]:
+        """A local server's int8 rows run what its hosted backend's would, a row each; a server at
+        --server-url says nothing of how its model was quantized."""
+        if options is not None and options.url is None:
+            return options.served.quantizers(options.served_options)
+        return ("unknown",)
+
+    @classmethod
     def check_ready(cls, options: ServerOptions, run: RunContext) -> None:
         if options.url is None:
             return
