@@ -1,9 +1,9 @@
 """``python -m bench compare BASE.json NEW.json``: did anything get slower, beyond the noise?
 
-Rows are matched by model, backend, device, precision (and for int8 the quantizer), batch size, image
-size, scenario and the streams asked for (files from before streams read as one). For each pair the
-change is the ratio of the mean time per batch delivered (new / base): a call's latency with one stream; with N requests in
-flight, a request's latency over N (Little's law: N in flight, each taking L, deliver N per L), so an
+Rows are matched by model, backend, device, precision (and for int8 the quantizer), batch size,
+image size, scenario and the streams asked for (files from before streams read as one). For each
+pair the change is the ratio of the mean time per batch delivered (new / base): a call's latency
+with one stream; with N requests in flight, a request's latency over N (Little's law: N in flight, each taking L, deliver N per L), so an
 auto row that chose another N is still judged on its throughput. For the fixed-batch loop this is
 the inverse of the throughput ratio. Its 95% confidence interval comes from a bootstrap over both
 runs' ``samples_ms``. A regression is flagged only when the whole interval lies beyond
