@@ -119,15 +119,18 @@ def test_local_server_row_has_parity_and_the_servers_split(capsys, tmp_path):
 
 
 def test_streams_are_concurrent_requests_and_the_local_server_runs_as_many_instances(capsys, tmp_path):
-    code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
-                                "--streams", "2")
-    assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
+    code, (row,), err = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
+                                  "--streams", "2")
+    assert code == 0 and row["status"] == "ok" and row["parity"]["passed"], (row["error"], row["parity"], err[-2000:])
     assert row["streams"] == 2 and row["streams_how"]["kept"] == "2 concurrent request(s) from the grpc client"
     assert row["note"] == "the local server runs 2 instances of onnxruntime"
     s = row["serving"]
     # Every request the client sent from the window's start (those drained after it included) reached
-    # the server, which answered each as a full batch of 4.
-    assert s["requests"] == s["server"]["requests"] >= len(row["samples_ms"]) == 2 * 4
+    # the server, which answered each as a full batch of 4. The window opens with the other stream's
+    # request in flight: client and server each count it by when they saw it finish against their own
+    # snapshot, so the two counts may differ by that one request (seen here once in ten runs).
+    assert len(row["samples_ms"]) == 2 * 4 and s["requests"] >= 2 * 4
+    assert abs(s["requests"] - s["server"]["requests"]) <= 1, s
     assert s["server"]["mean_batch"] == 4 and s["server"]["failed"] == 0
 
 
