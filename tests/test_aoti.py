@@ -11,11 +11,11 @@ import shutil
 import pytest
 import torch
 
-import bench.__main__ as bench_cli
 import export.__main__ as export_cli
 from bench.runners.aoti import GIL_LIMIT
 from export import aoti
 from export.manifest import ManifestError, load_manifest, manifest_path
+from tests.bench_runs import bench_rows
 
 SMALL = ["--model", "resnet18", "--image-size", "32"]
 RUN = ["--streams", "1", "--warmup", "0", "--iters", "2", "--device", "cpu"]
@@ -30,11 +30,7 @@ def package(tmp_path_factory):
 
 
 def bench(capsys, tmp_path, *argv) -> tuple[int, list[dict], str]:
-    json_path = tmp_path / "run.json"
-    code = bench_cli.main([*RUN, "--cache-dir", str(tmp_path / "cache"), "--json", str(json_path), *argv])
-    err = capsys.readouterr().err
-    rows = json.loads(json_path.read_text())["results"] if json_path.exists() else []
-    return code, rows, err
+    return bench_rows(capsys, tmp_path, *RUN, "--cache-dir", str(tmp_path / "cache"), *argv)
 
 
 def edited(package, tmp_path, **target) -> str:

@@ -6,7 +6,6 @@ message where openvino is not installed."""
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import resnet_perf
 from bench.runners import RUNNERS, RunConfig
 from bench.runners.openvino import OpenVINORunner, cpu_capabilities
 from resnet_perf import parity
+from tests.bench_runs import bench_rows
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 
@@ -24,11 +24,7 @@ NATIVE_BF16 = importlib.util.find_spec("openvino") is not None and "BF16" in cpu
 
 
 def bench(capsys, tmp_path, *argv) -> tuple[int, list[dict], str]:
-    json_path = tmp_path / "run.json"
-    code = cli.main([*RUN, "--cache-dir", str(tmp_path / "cache"), "--json", str(json_path), *argv])
-    err = capsys.readouterr().err
-    rows = json.loads(json_path.read_text())["results"] if json_path.exists() else []
-    return code, rows, err
+    return bench_rows(capsys, tmp_path, *RUN, "--cache-dir", str(tmp_path / "cache"), *argv)
 
 
 def runner(model, tmp_path, precision: str, streams: int | str = 1) -> OpenVINORunner:

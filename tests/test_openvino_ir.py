@@ -5,7 +5,6 @@ the openvino backend (--ir, or built and cached for its int8 rows, beside the QD
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import subprocess
 import sys
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import bench.__main__ as bench_cli
 import export.__main__ as export_cli
 from export.manifest import ManifestError, load_manifest
+from tests.bench_runs import bench_rows
 
 pytestmark = pytest.mark.skipif(not (importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino")),
                                 reason="openvino and nncf are not installed")
@@ -33,11 +32,7 @@ def int8_ir(tmp_path_factory) -> Path:
 
 
 def bench(capsys, tmp_path, *argv) -> tuple[int, list[dict], str]:
-    json_path = tmp_path / "run.json"
-    code = bench_cli.main([*RUN, "--cache-dir", str(tmp_path / "cache"), "--json", str(json_path), *argv])
-    err = capsys.readouterr().err
-    rows = json.loads(json_path.read_text())["results"] if json_path.exists() else []
-    return code, rows, err
+    return bench_rows(capsys, tmp_path, *RUN, "--cache-dir", str(tmp_path / "cache"), *argv)
 
 
 def quantized_inputs(xml: Path) -> dict[str, bool]:

@@ -7,7 +7,6 @@ killed mid-run (a failed row, the others kept), Ctrl-C, and no server process le
 from __future__ import annotations
 
 import http.server
-import json
 import math
 import os
 import signal
@@ -22,6 +21,7 @@ import pytest
 
 import bench.__main__ as cli
 from bench.serving.local import missing_reason
+from tests.bench_runs import bench_rows
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
@@ -74,14 +74,6 @@ def leftovers(servers: list[int]) -> list[int]:
     return alive
 
 
-def run_bench(capsys, tmp_path, *argv) -> tuple[int, list[dict], str]:
-    out = tmp_path / "run.json"
-    code = cli.main([*argv, "--json", str(out)])
-    err = capsys.readouterr().err
-    rows = json.loads(out.read_text())["results"] if out.exists() else []
-    return code, rows, err
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """resnet18 at 32 px, max batch 4, served by `python -m bench serve` in its own process."""
@@ -105,7 +97,7 @@ def served(tmp_path_factory):
 
 def test_local_server_row_has_parity_and_the_servers_split(capsys, tmp_path):
     before = stubs()
-    code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4")
+    code, (row,), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4")
     assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
     assert row["parity"]["cosine"] > 0.99999
     s = row["serving"]
@@ -119,7 +111,7 @@ def test_local_server_row_has_parity_and_the_servers_split(capsys, tmp_path):
 
 
 def test_streams_are_concurrent_requests_and_the_local_server_runs_as_many_instances(capsys, tmp_path):
-    code, (row,), err = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
+    code, (row,), err = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
                                   "--streams", "2")
     assert code == 0 and row["status"] == "ok" and row["parity"]["passed"], (row["error"], row["parity"], err[-2000:])
     assert row["streams"] == 2 and row["streams_how"]["kept"] == "2 concurrent request(s) from the grpc client"
@@ -135,7 +127,7 @@ def test_streams_are_concurrent_requests_and_the_local_server_runs_as_many_insta
 
 
 def test_server_scenario_sends_single_requests_the_server_batches(capsys, tmp_path):
-    code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--scenario", "server",
+    code, (row,), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--scenario", "server",
                                 "--target-qps", "60", "--duration", "2", "--max-batch", "4")
     assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
     s = row["serving"]
@@ -148,7 +140,7 @@ def test_server_scenario_sends_single_requests_the_server_batches(capsys, tmp_pa
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_remote_server_over_both_protocols(capsys, tmp_path, served, protocol):
-    code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
+    code, (row,), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
                                 "--server-url", served[protocol], "--server-model", "r18")
     assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
     s = row["serving"]
@@ -157,7 +149,7 @@ def test_remote_server_over_both_protocols(capsys, tmp_path, served, protocol):
 
 
 def test_remote_server_under_loadgen(capsys, tmp_path, served):
-    code, (remote, direct), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server,onnxruntime",
+    code, (remote, direct), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server,onnxruntime",
                                           "--server-url", served["grpc"], "--server-model", "r18",
                                           "--scenario", "offline-loadgen", "--batch-size", "4", "--duration", "1")
     assert code == 0
@@ -171,7 +163,7 @@ def test_remote_server_under_loadgen(capsys, tmp_path, served):
 @pytest.mark.parametrize(("scenario", "batch", "per_request"), [("single-stream", [], 1),
                                                                 ("multi-stream", ["--batch-size", "4"], 4)])
 def test_stream_scenarios_through_a_remote_server(capsys, tmp_path, served, scenario, batch, per_request):
-    code, (row,), _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--server-url", served["http"],
+    code, (row,), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--server-url", served["http"],
                                 "--server-model", "r18", "--scenario", scenario, *batch, "--duration", "1")
     assert code == 0 and row["status"] == "ok" and row["parity"]["passed"]
     # One request per LoadGen query, holding the query's samples; the server counted each.
@@ -292,7 +284,7 @@ def test_a_server_killed_mid_run_fails_its_row_and_keeps_the_others(capsys, tmp_
 
     killer = threading.Thread(target=kill_once_serving)
     killer.start()
-    code, rows, _ = run_bench(capsys, tmp_path, *SMALL, "--backend", "triton-server,onnxruntime", "--scenario",
+    code, rows, _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server,onnxruntime", "--scenario",
                               "server", "--target-qps", "40", "--duration", "6", "--max-batch", "4")
     killer.join()
     assert killed
