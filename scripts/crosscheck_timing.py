@@ -32,6 +32,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -144,9 +145,11 @@ def benchmark_app(onnx_path: Path, hint: str, seconds: float, infer_precision: s
     ``-nstreams``/``-nireq`` where given (else OpenVINO's defaults for this CPU; with streams the
     hint is none, as benchmark_app requires): its throughput
     (images/s), median latency and the requests it kept, from the JSON report it writes."""
-    tool = shutil.which("benchmark_app")
+    # The one installed beside this Python (a virtual environment need not be on PATH), else PATH's.
+    beside = Path(sys.executable).with_name("benchmark_app")
+    tool = str(beside) if beside.is_file() else shutil.which("benchmark_app")
     if tool is None:
-        raise SystemExit("benchmark_app is not on PATH (it comes with pip install openvino)")
+        raise SystemExit("benchmark_app is neither beside this Python nor on PATH (it comes with pip install openvino)")
     pinned = ["-infer_precision", infer_precision] if infer_precision else []
     if streams is not None:  # benchmark_app's rule: its fine-tuning options only without a hint
         hint = "none"

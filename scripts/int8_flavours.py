@@ -14,18 +14,15 @@ minutes: only ratios within a round mean anything):
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from crosscheck_timing import benchmark_app, harness  # this folder's: run as python scripts/int8_flavours.py
 
 import resnet_perf
-from bench import timing
 from bench.env import collect
 from bench.report import machine_line
 from bench.run import streams_count
@@ -33,25 +30,6 @@ from bench.runners import RunConfig
 from bench.runners.openvino import OpenVINORunner
 from export import quantize
 from resnet_perf import parity
-
-
-def harness_ips(runner: OpenVINORunner, streams: int, seconds: float) -> float:
-    """Throughput of the runner as bench times it: one call at a time, or ``streams`` in flight."""
-    batch = runner.to_input(resnet_perf.parity_inputs(runner.config.batch_size, runner.config.image_size))
-    settings = {"warmup": 2, "iters": 5, "min_time": seconds}
-    if streams == 1:
-        measured = timing.measure(lambda: runner.run(batch), runner.config.device, **settings)
-    else:
-        with runner.streams(streams) as lanes:
-            measured = timing.measure_streams(lanes, batch, **settings)
-    return measured.throughput(runner.config.batch_size)
-
-
-def benchmark_app(model: Path, hint: str, precision: str, seconds: float) -> float:
-    app = Path(sys.executable).with_name("benchmark_app")
-    out = subprocess.run([str(app), "-m", str(model), "-d", "CPU", "-hint", hint, "-t", str(int(seconds)),
-                          "-infer_precision", precision], capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1))
 
 
 def main() -> None:
@@ -99,13 +77,13 @@ def alternate(args: argparse.Namespace, model: torch.nn.Module, cache: Path, cal
         for (quantizer, streams), runner in runners.items():
             with runner:
                 count, _, _ = streams_count(runner, streams)
-                ips = harness_ips(runner, count, args.seconds)
+                ips = harness(runner, count, iters=5, seconds=args.seconds)
             measured[f"ours {quantizer} streams {streams}"].append(ips)
             line.append(f"ours {quantizer} s{streams} {ips:.1f}")
         for quantizer, path in files.items():
             for hint in ("latency", "throughput"):
                 for precision in ("f32", "bf16"):
-                    fps = benchmark_app(path, hint, precision, args.seconds)
+                    fps = benchmark_app(path, hint, args.seconds, infer_precision=precision)["throughput_ips"]
                     measured[f"benchmark_app {quantizer} -hint {hint} -infer_precision {precision}"].append(fps)
                     line.append(f"app {quantizer} {hint} {precision} {fps:.1f}")
         print(f"round {round_}: " + ", ".join(line), flush=True)
