@@ -8,6 +8,7 @@ says how long the load took, and the build where this run built the package.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -49,7 +50,10 @@ class AotiRunner(TorchRunner):
             except ManifestError as exc:
                 raise UsageError(f"--pt2 {exc}") from None
 
+    @functools.cached_property
     def package_path(self) -> Path:
+        """The package the row loads: --pt2, or the cache's for this configuration and machine
+        (named by what it is tied to, read from /proc/cpuinfo or the GPU once per row)."""
         c = self.config
         if "aoti" in c.artifacts:
             return c.artifacts["aoti"]
@@ -75,11 +79,11 @@ class AotiRunner(TorchRunner):
             self.built_s = time.perf_counter() - start
             return built
 
-        cached(self.package_path(), fields, build)
+        cached(self.package_path, fields, build)
 
     def prepare_impl(self) -> None:
         start = time.perf_counter()
-        self.package = aoti.load(self.package_path(), self.config.device)
+        self.package = aoti.load(self.package_path, self.config.device)
         self.load_s = time.perf_counter() - start
 
     @property
@@ -88,8 +92,9 @@ class AotiRunner(TorchRunner):
         return "; ".join(n for n in (super().timing_note, f"package loaded in {self.load_s:.2f} s{built}") if n)
 
     def run_facts(self) -> dict | None:
-        return {"runtime": "aotinductor", "model_file": self.package_path().name,
-                "model_mb": round(self.package_path().stat().st_size / 2**20, 1), "load_s": self.load_s,
+        path = self.package_path
+        return {"runtime": "aotinductor", "model_file": path.name, "model_mb": round(path.stat().st_size / 2**20, 1),
+                "load_s": self.load_s,
                 "build_s": self.built_s, **self.package.get_metadata()}
 
     def run_impl(self, inputs: Tensor) -> Tensor:
