@@ -6,7 +6,7 @@ instruction, vector and asynchronous loads, software pipelining. ``triton.compil
 or driver when given an explicit target, and Triton's wheel carries ptxas and cuobjdump, so the
 same kernels compile here to the PTX, cubin and SASS an H100 would run:
 
-    python -m kernels.aot --model resnet50 --dtype fp16,bf16,fp32 --json out.json
+    python -m kernels.aot --model resnet18,resnet34,resnet50,resnet101,resnet152 --dtype fp16,bf16,fp32 --json out.json
 
 Each convolution is planned by ``kernels.fused_conv2d.plan`` on CPU tensors with the shapes,
 strides and dtypes the fused model gives the GPU, and bound by the JIT's own binder, so the
@@ -17,7 +17,6 @@ These are compiled facts, not measurements: a kernel that compiles well may stil
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import io
@@ -29,7 +28,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import triton
@@ -214,14 +213,14 @@ def _work(job: Job, arch: int) -> dict:
 
 def sweep(convs: list[Conv], dtypes: dict[str, torch.dtype], arch: int = 90, jobs: int | None = None,
           select=None, progress=None) -> list[dict]:
-    """Compile every config of every conv's path (or the records ``select`` keeps), each distinct
+    """Compile every config of every conv's autotune space (or the records ``select`` keeps), each distinct
     compile once, ``jobs`` at a time in separate processes. One record per (compile class, dtype,
     config), naming every conv it serves; ``dtypes`` maps the name records give a dtype to it."""
     classes: dict[str, dict] = {}
     for name, dtype in dtypes.items():
         for conv in convs:
             launch = plan(conv, dtype, arch)
-            for index, config in enumerate(CONFIGS[launch.path]):
+            for index, config in launch.space.items():
                 key = compile_key(launch, config, arch)
                 record = classes.get(key)
                 if record is None:
@@ -280,7 +279,7 @@ def warm_cache(convs: list[Conv], dtypes: list[torch.dtype], jobs: int | None = 
     for dtype in dtypes:
         for conv in convs:
             launch = plan(conv, dtype, arch=major * 10 + minor)
-            for index in range(len(CONFIGS[launch.path])):
+            for index in launch.space:
                 firsts.setdefault(_specialisation(launch, index), Job(conv, dtype, index))
     for _ in _in_processes(_warm, [(job,) for job in firsts.values()], list(firsts), jobs, progress):
         pass
@@ -326,11 +325,14 @@ def _table(records: list[dict]):
 
 def _peaks(report_path: str, arch: int):
     """A ``select`` for sweep: each config on the compile class where ``report_path`` (an earlier
-    full sweep) shows it peaking in registers, plus every class once with the first config."""
+    full sweep) shows it peaking in registers, plus every class once with its first config."""
     with open(report_path, encoding="utf-8") as f:
         earlier = json.load(f)["records"]
     peak: dict[tuple, tuple] = {}
+    first: dict[tuple, int] = {}
     for r in earlier:
+        cls = (r["path"], r["dtype"], r["shapes"][0])
+        first[cls] = min(first.get(cls, r["config_index"]), r["config_index"])
         if r["compiled"]:
             key = (r["path"], r["dtype"], r["config"])
             if key not in peak or r["registers"] > peak[key][0]:
@@ -338,9 +340,20 @@ def _peaks(report_path: str, arch: int):
 
     def select(record: dict) -> bool:
         chosen = peak.get((record["path"], record["dtype"], record["config"]))
-        return record["config_index"] == 0 or (chosen is not None and chosen[1] == record["shapes"][0])
+        return (record["config_index"] == first.get((record["path"], record["dtype"], record["shapes"][0]), 0)
+                or (chosen is not None and chosen[1] == record["shapes"][0]))
 
     return select
+
+
+def _compiled_on(jobs: int) -> str:
+    """The machine the compile times were measured on: its CPU model and the processes used."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        model = "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores, {jobs} compile processes"
 
 
 def kernel_dtypes() -> dict[str, torch.dtype]:
@@ -362,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     named_dtypes = kernel_dtypes()
 
     parser = Parser(prog="python -m kernels.aot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet50", choices=MODEL_NAMES)
+    parser.add_argument("--model", type=list_of(str), default=["resnet50"],
+                        help=f"one or more of {', '.join(MODEL_NAMES)}: their convolutions share most compile "
+                        "classes, each compiled once")
     parser.add_argument("--dtype", type=list_of(str), default=["fp16", "bf16", "fp32"],
                         help="fp16, bf16 and/or fp32 (compiled as TF32, PyTorch's default for convolutions)")
     parser.add_argument("--target", default="sm_90", choices=sorted(TARGETS))
@@ -377,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH")
     try:
         args = parser.parse_args(argv)
+        for name in args.model:
+            if name not in MODEL_NAMES:
+                raise UsageError(f"--model {name!r}: choose from {', '.join(MODEL_NAMES)}")
         for name in args.dtype:
             if name not in named_dtypes:
                 raise UsageError(f"--dtype {name!r}: choose from {', '.join(named_dtypes)}")
@@ -395,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
 
     arch = TARGETS[args.target]
     dtypes = {name: named_dtypes[name] for name in args.dtype}
-    convs = [conv for batch in args.batch_size for conv in conv_layers(args.model, args.image_size, batch)]
+    # A conv is named by its model and module ("resnet18:layer1.0.conv2"), so a record says which
+    # models' convolutions its one compile serves.
+    convs = [replace(conv, name=f"{model}:{conv.name}") for model in args.model for batch in args.batch_size
+             for conv in conv_layers(model, args.image_size, batch)]
+    models = ", ".join(args.model)
     select = _peaks(args.peaks_of, arch) if args.peaks_of else None
     if args.path:
         keep = select
@@ -415,11 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     if not args.warm_cache and not records:
         paths = ", ".join(args.path or ["any"])
-        print(f"python -m kernels.aot: error: no convolution of {args.model} takes the {paths} path on "
+        print(f"python -m kernels.aot: error: no convolution of {models} takes the {paths} path on "
               f"{args.target}{' in the classes ' + args.peaks_of + ' names' if args.peaks_of else ''}", file=sys.stderr)
         return 2
     if args.warm_cache:
-        console.print(f"{count} compiles into Triton's cache for {len(convs)} convolutions of {args.model} "
+        console.print(f"{count} compiles into Triton's cache for {len(convs)} convolutions of {models} "
                       f"in {elapsed:.0f} s ({args.jobs} processes)")
         return 0
 
@@ -427,11 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     rejected = [(r, failures(r, arch)) for r in records if failures(r, arch)]
     for r, why in rejected:
         console.print(f"[red]{r['path']} {r['dtype']} {r['config']} on {r['shapes'][0]}:[/red] {'; '.join(why)}")
-    console.print(f"{len(records)} compiles for {len(convs)} convolutions of {args.model} in {elapsed:.0f} s "
+    console.print(f"{len(records)} compiles for {len(convs)} convolutions of {models} in {elapsed:.0f} s "
                   f"({args.jobs} processes); {len(rejected)} fail the autotune space's rules")
     if args.json:
         command = "python -m kernels.aot " + " ".join(sys.argv[1:] if argv is None else argv)
-        report = {"schema": "resnet-perf/aot/1", "command": command, "model": args.model,
+        report = {"schema": "resnet-perf/aot/2", "command": command, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                  "compiled_on": _compiled_on(args.jobs), "models": args.model,
                   "batch_sizes": args.batch_size, "image_size": args.image_size,
                   "target": args.target, "triton": triton.__version__, "torch": torch.__version__,
                   "convs": [asdict(c) for c in convs], "records": records}

@@ -9,8 +9,8 @@ PyTorch reads and writes the activation once per op (conv, BN, add, ReLU), this 
 The GEMM view: M = N*OH*OW output pixels, N = K output channels, and the reduction runs over the
 kernel window and the input channels. Channels are innermost in NHWC (channels_last) activations
 and in the weight layout ``pack_weight`` makes, so each reduction step loads contiguous channel
-vectors: the loads coalesce and tl.dot gets dense tiles. Three kernels share one epilogue, each
-chosen by a named predicate in ``plan``:
+vectors: the loads coalesce and tl.dot gets dense tiles. Three kernels share one accumulator start
+(the bias) and one epilogue (residual, ReLU, store), each chosen by a named predicate in ``plan``:
 
 - ``gemm``: a 1x1 stride-1 convolution over channels_last tensors is a plain GEMM, (N*H*W, C) x
   (C, K), with evenly strided rows, so it walks rows without per-pixel index arithmetic or
@@ -20,17 +20,18 @@ chosen by a named predicate in ``plan``:
   Written as nested loops, Triton pipelines only the innermost one (triton-lang/triton#5178):
   compiled for sm_90, a 3x3 became 9 loops whose pipeline drained after every tap (with
   C/BLOCK_K = 2 in ResNet's layer1, no load ever overlapped the previous tap's MMAs); as one loop
-  its 128x64x32 tile needs 125 registers instead of 205 and 1,536 SASS instructions instead of 3,320.
+  it needs far fewer registers and SASS instructions (docs/kernels.md, before and after).
 - ``few_channels`` (the stem): with C = 3 the ``conv`` path pads each channel block to BLOCK_K
   (5-9% of MMA lanes useful) in 49 steps with scalar loads, and compiled for sm_90 it spilled
-  (1.2-8.3 KB of stores) in 23,800-53,272 SASS instructions after 129-140 s of compiling. Here the
+  kilobytes in tens of thousands of SASS instructions after minutes of compiling. Here the
   input is padded once to C_PAD = 4 channels, so that for one kernel row kh the window's (kw, c)
   values are contiguous in NHWC memory (and in the packed weights), and the reduction runs over
   r = kw*C_PAD + c: 7 steps of 32 for a 7x7 stem, 28 of 32 lanes useful, loaded as 8-byte (fp16)
-  or 16-byte (fp32) vectors; 131 registers, no spill, 1,352 instructions, a 2 s compile.
+  or 16-byte (fp32) vectors, with no spill, in a compile of about a second.
 
 ``kernels.aot`` compiles each path for sm_90 without a GPU and reports registers, spills, shared
-memory and tensor-core instructions: the autotune spaces below were pruned from that report.
+memory and tensor-core instructions: the autotune spaces below were pruned from that report, whose
+figures docs/kernels.md tabulates.
 
 Accumulation and the epilogue run in fp32, with one cast at the store (as in Triton's matmul
 tutorial). Offsets into activations are int64: ResNet-50's largest activations (the stem's output,
@@ -60,33 +61,45 @@ FEW_CHANNELS_PAD = 4
 
 
 # --- autotune spaces ----------------------------------------------------------------------------
-# Each entry is (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps). Every config here compiles for
-# sm_90 (python -m kernels.aot --model resnet50, results/aot/resnet50-sm90.json) in fp16, bf16 and
-# fp32 (TF32) with zero spills, shared memory within the 227 KB a block may use, wgmma (HGMMA), and
-# its reduction in one loop; tests/test_aot.py keeps it so. Register counts below are that
-# report's peaks over ResNet-50's convs (fp16); what left a space, and why, is beside it.
+# Each entry is (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps). Every config here, less what
+# ``in_space`` keeps out, compiles for sm_90 on every conv class of ResNet-18/34/50/101/152 in fp16,
+# bf16 and fp32 (TF32) with zero spills, shared memory within the 227 KB a block may use, wgmma
+# (HGMMA), and its reduction in one loop: results/aot/resnets-sm90.json, whose figures
+# docs/kernels.md tabulates; tests/test_aot.py keeps it so. What left a space, and why, is beside it.
 
 # 1x1 stride 1. Removed: 128x256x64 and 256x128x64 at 8 warps (spill 152 B and 88 B of stores
 # with the residual epilogue in fp16; need 288 KB of shared memory in fp32); 128x128x32 at 4 warps
 # (244 registers in fp16, 496 B of spill stores in fp32); 32x64 tiles (mma.sync: fewer than 64 rows
 # have no warpgroup MMA).
-_GEMM_TILES = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)]  # 145, 168, 144, 78
-# The same GEMM with its operand tiles loaded by TMA: fewer registers (134 for 128x128) and SASS
-# instructions (920 against 1016). Removed: 128x256x64 (220 B of spill stores in fp16).
-_GEMM_TMA_TILES = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)]  # 134, 148, 142
+_GEMM_TILES = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)]
+# The same GEMM with its operand tiles loaded by TMA: fewer registers and SASS instructions.
+# Removed: 128x256x64 (220 B of spill stores in fp16).
+_GEMM_TMA_TILES = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)]
 # Windowed convolutions. num_warps stays 4: Triton miscompiles exactly this flattened loop
 # (tap = i // C_BLOCKS, ...) at 8 warps, max_diff 132 with 84.7% of outputs wrong, on Triton 3.x
 # up to at least May 2026 (triton-lang/triton#1254, pytorch/pytorch#173068, whose fix caps
 # Inductor's non-1x1 conv templates at 4 warps). The one flattened loop took the 3x3 128x128x64
-# tile from 255 registers and 400 B of spill stores (nine loops, one per tap) to 246 and none.
-# Removed: 32x64 (mma.sync).
+# tile from spilling in nine loops, one per tap, to no spill in one.
+# Removed: 32x64 (mma.sync). In fp32, 128x128 (``in_space``).
 _CONV_TILES = [
-    (128, 128, 32, 3, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),  # 246, 125, 128, 67
-    (128, 128, 64, 3, 4), (128, 64, 64, 3, 4), (64, 128, 64, 3, 4), (64, 64, 64, 3, 4),  # 246, 184, 128, 93
+    (128, 128, 32, 3, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
+    (128, 128, 64, 3, 4), (128, 64, 64, 3, 4), (64, 128, 64, 3, 4), (64, 64, 64, 3, 4),
 ]
 # The stem: BLOCK_K = 32 covers one kernel row of 7 taps x 4 channels; 4 warps for the same loop
 # form as above. K = 64 output channels, so BLOCK_N = 64 computes no masked-off columns.
-_FEW_CHANNELS_TILES = [(128, 64, 32, 4, 4), (128, 64, 32, 3, 4), (64, 64, 32, 4, 4), (256, 64, 32, 3, 4)]  # 131, 132, 80, 243
+_FEW_CHANNELS_TILES = [(128, 64, 32, 4, 4), (128, 64, 32, 3, 4), (64, 64, 32, 4, 4), (256, 64, 32, 3, 4)]
+
+
+def in_space(path: str, config: triton.Config, dtype: torch.dtype) -> bool:
+    """Whether the autotuner tries ``config`` for a launch on ``path`` with ``dtype`` operands.
+
+    Out: windowed 128x128 tiles in fp32. Their fp32 accumulator takes 128 of a thread's 255
+    registers at 4 warps (the most the windowed loop may have, above), and TF32's operand fragments
+    take the rest: compiled for sm_90 they sit at the 255-register ceiling on every class and spill
+    with a residual (the 3x3s ending ResNet-18's and -34's BasicBlocks), still once the bias moved
+    into the accumulator's start, which freed fp16 and bf16; some spill without one (docs/kernels.md)."""
+    k = config.kwargs
+    return not (path == "conv" and dtype == torch.float32 and k["BLOCK_M"] * k["BLOCK_N"] >= 128 * 128)
 
 
 def _config(tile: tuple[int, int, int, int, int], **extra) -> triton.Config:
@@ -145,29 +158,37 @@ def _output_tile(pid, N, K, OH, OW, SH: tl.constexpr, SW: tl.constexpr, PH: tl.c
 
 
 @triton.jit
-def _epilogue(acc, bias_ptr, res_ptr, out_ptr, res_rows, out_rows, offs_n, m_mask, n_mask, srk, sok,
-              HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr):
-    """``relu?(acc + bias + residual)`` in fp32, then one cast and one store. ``*_rows`` are the int64
-    offsets of each output pixel's channel vector in the residual and the output."""
+def _start(bias_ptr, offs_n, n_mask, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The accumulator's first value: the bias (zeros without one). Added before the reduction
+    rather than after it, its loaded vector and the broadcast are dead before the epilogue, where
+    the residual tile is live beside the whole fp32 accumulator: compiled for sm_90, the 3x3s with a
+    residual (ending ResNet-18's and -34's BasicBlocks) at 128x128 tiles in fp16 and bf16 stopped
+    spilling (docs/kernels.md). Loading the residual into the accumulator's start as well spilled
+    more (176-444 B in fp16), its tile converted to the MMA layout beside the pipeline's first loads."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    out_mask = m_mask[:, None] & n_mask[None, :]
-    if HAS_RESIDUAL:
-        acc += tl.load(res_ptr + res_rows[:, None] + offs_n[None, :] * srk, mask=out_mask, other=0.0).to(tl.float32)
-    if APPLY_RELU:
-        acc = tl.maximum(acc, 0.0)
-    tl.store(out_ptr + out_rows[:, None] + offs_n[None, :] * sok, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    return acc
 
 
 @triton.jit
-def _pixel_epilogue(acc, bias_ptr, res_ptr, out_ptr, img, oh, ow, offs_n, m_mask, n_mask,
-                    srn, srk, srh, srw, son, sok, soh, sow,
-                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr):
-    """``_epilogue`` for a windowed kernel's pixels, addressed by (image, row, column)."""
-    res_rows = img.to(tl.int64) * srn + oh.to(tl.int64) * srh + ow.to(tl.int64) * srw
-    out_rows = img.to(tl.int64) * son + oh.to(tl.int64) * soh + ow.to(tl.int64) * sow
-    _epilogue(acc, bias_ptr, res_ptr, out_ptr, res_rows, out_rows, offs_n, m_mask, n_mask, srk, sok,
-              HAS_BIAS, HAS_RESIDUAL, APPLY_RELU)
+def _store(acc, res_ptr, out_ptr, res_rows, out_rows, offs_n, m_mask, n_mask, srk, sok,
+           HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr):
+    """``relu?(acc + residual)`` in fp32, then one cast and one store (as in Triton's matmul
+    tutorial). ``*_rows`` are the int64 offsets of each output pixel's channel vector in the
+    residual and the output."""
+    mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(res_ptr + res_rows[:, None] + offs_n[None, :] * srk, mask=mask, other=0.0).to(tl.float32)
+    if APPLY_RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(out_ptr + out_rows[:, None] + offs_n[None, :] * sok, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _pixel_rows(img, oh, ow, sn, sh, sw):
+    """The int64 offset of each output pixel (image, row, column) in a tensor with these strides."""
+    return img.to(tl.int64) * sn + oh.to(tl.int64) * sh + ow.to(tl.int64) * sw
 
 
 @triton.jit
@@ -206,7 +227,7 @@ def _fused_conv2d_kernel(
     x_rows = img.to(tl.int64) * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
 
     c_blocks = tl.cdiv(C, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _start(bias_ptr, offs_n, n_mask, BLOCK_M, BLOCK_N, HAS_BIAS)
     for i in range(0, KH * KW * c_blocks):
         tap = i // c_blocks
         kh = tap // KW
@@ -223,8 +244,8 @@ def _fused_conv2d_kernel(
                     mask=c_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, UPCAST_DOT, FP32_DOT)
 
-    _pixel_epilogue(acc, bias_ptr, res_ptr, out_ptr, img, oh, ow, offs_n, m_mask, n_mask,
-                    srn, srk, srh, srw, son, sok, soh, sow, HAS_BIAS, HAS_RESIDUAL, APPLY_RELU)
+    _store(acc, res_ptr, out_ptr, _pixel_rows(img, oh, ow, srn, srh, srw), _pixel_rows(img, oh, ow, son, soh, sow),
+           offs_n, m_mask, n_mask, srk, sok, HAS_RESIDUAL, APPLY_RELU)
 
 
 @triton.jit
@@ -256,7 +277,7 @@ def _fused_conv2d_few_channels_kernel(
 
     R: tl.constexpr = KW * C_PAD
     R_BLOCKS: tl.constexpr = (R + BLOCK_K - 1) // BLOCK_K
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _start(bias_ptr, offs_n, n_mask, BLOCK_M, BLOCK_N, HAS_BIAS)
     for i in range(0, KH * R_BLOCKS):
         kh = i // R_BLOCKS
         offs_r = (i % R_BLOCKS) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -270,8 +291,8 @@ def _fused_conv2d_few_channels_kernel(
                     mask=r_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _mma(a, b, acc, UPCAST_DOT, FP32_DOT)
 
-    _pixel_epilogue(acc, bias_ptr, res_ptr, out_ptr, img, oh, ow, offs_n, m_mask, n_mask,
-                    srn, srk, srh, srw, son, sok, soh, sow, HAS_BIAS, HAS_RESIDUAL, APPLY_RELU)
+    _store(acc, res_ptr, out_ptr, _pixel_rows(img, oh, ow, srn, srh, srw), _pixel_rows(img, oh, ow, son, soh, sow),
+           offs_n, m_mask, n_mask, srk, sok, HAS_RESIDUAL, APPLY_RELU)
 
 
 @triton.jit
@@ -297,7 +318,7 @@ def _fused_gemm_kernel(
     n_mask = offs_n < K
     rows = offs_m.to(tl.int64)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _start(bias_ptr, offs_n, n_mask, BLOCK_M, BLOCK_N, HAS_BIAS)
     for c0 in range(0, C, BLOCK_K):
         if USE_TMA:
             # Out-of-bounds parts of a tile (the last rows, channels, columns) arrive as zeros.
@@ -312,8 +333,7 @@ def _fused_gemm_kernel(
                         other=0.0)
         acc = _mma(a, b, acc, UPCAST_DOT, FP32_DOT)
 
-    _epilogue(acc, bias_ptr, res_ptr, out_ptr, rows * srm, rows * som, offs_n, m_mask, n_mask, srk, sok,
-              HAS_BIAS, HAS_RESIDUAL, APPLY_RELU)
+    _store(acc, res_ptr, out_ptr, rows * srm, rows * som, offs_n, m_mask, n_mask, srk, sok, HAS_RESIDUAL, APPLY_RELU)
 
 
 _CONV_KEY = ["N", "C", "H", "W", "K", "OH", "OW", "KH", "KW", "SH", "SW"]
@@ -321,7 +341,18 @@ _KEYS = {"gemm": ["M", "C", "K"], "gemm_tma": ["M", "C", "K"], "conv": _CONV_KEY
          "few_channels": [k for k in _CONV_KEY if k != "C"] + ["C_PAD"]}
 _JIT = {"gemm": _fused_gemm_kernel, "gemm_tma": _fused_gemm_kernel, "conv": _fused_conv2d_kernel,
         "few_channels": _fused_conv2d_few_channels_kernel}
-KERNELS = {path: triton.autotune(configs=CONFIGS[path], key=_KEYS[path])(_JIT[path]) for path in CONFIGS}
+
+
+def _pruner(path: str):
+    """The autotuner's early_config_prune for ``path``: its space less what ``in_space`` keeps out."""
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        return [c for c in configs if in_space(path, c, named_args["x_ptr"].dtype)]
+    return prune
+
+
+KERNELS = {path: triton.autotune(configs=CONFIGS[path], key=_KEYS[path],
+                                 prune_configs_by={"early_config_prune": _pruner(path)})(_JIT[path])
+           for path in CONFIGS}
 
 
 # --- launcher -----------------------------------------------------------------------------------
@@ -341,6 +372,12 @@ class Launch:
     @property
     def kernel(self) -> triton.runtime.Autotuner:
         return KERNELS[self.path]
+
+    @property
+    def space(self) -> dict[int, triton.Config]:
+        """The configs the autotuner tries for this launch, by their index in CONFIGS[path]."""
+        dtype = self.args["x_ptr"].dtype
+        return {i: c for i, c in enumerate(CONFIGS[self.path]) if in_space(self.path, c, dtype)}
 
     def grid(self, meta: dict) -> tuple[int]:
         return (triton.cdiv(self.m, meta["BLOCK_M"]) * triton.cdiv(self.k, meta["BLOCK_N"]),)

@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kernels import aot
-from kernels.fused_conv2d import CONFIGS
+from kernels.fused_conv2d import CONFIGS, KERNELS, in_space
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / "results" / "aot" / "resnet50-sm90.json"
-DTYPES = ("fp16", "bf16", "fp32")
+REPORT = ROOT / "results" / "aot" / "resnets-sm90.json"
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def run_aot(*args: str) -> subprocess.CompletedProcess:
@@ -34,27 +36,40 @@ def configs_of(records: list[dict]) -> set[tuple[str, str, str]]:
 
 def space() -> set[tuple[str, str, str]]:
     # gemm (no TMA) is the sm_80 path; on sm_90 every ResNet 1x1 takes gemm_tma, whose space holds it.
-    return {(path, dtype, aot.config_name(c)) for path in ("gemm_tma", "conv", "few_channels")
-            for dtype in DTYPES for c in CONFIGS[path]}
+    return {(path, name, aot.config_name(c)) for path in ("gemm_tma", "conv", "few_channels")
+            for name, dtype in DTYPES.items() for c in CONFIGS[path] if in_space(path, c, dtype)}
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> list[dict]:
     """Each config once, on the compile class where the committed full sweep shows it peaking in
-    registers, plus every ResNet-50 conv class once: about 80 compiles, two processes at a time."""
+    registers, plus every conv class of the five ResNets once: 70 compiles, two processes at a time
+    (about 2 minutes on 2 cores)."""
     out = tmp_path_factory.mktemp("aot") / "peaks.json"
-    proc = run_aot("--model", "resnet50", "--dtype", ",".join(DTYPES), "--peaks-of", str(REPORT), "--jobs", "2",
-                   "--json", str(out))
+    proc = run_aot("--model", ",".join(MODELS), "--dtype", ",".join(DTYPES), "--peaks-of", str(REPORT),
+                   "--jobs", "2", "--json", str(out))
     assert proc.returncode in (0, 1), proc.stderr
     return json.loads(out.read_text())["records"]
 
 
-def test_the_committed_sweep_covers_todays_autotune_spaces():
-    """results/aot/resnet50-sm90.json is the full sweep the spaces were pruned from: a config added
+def test_the_committed_sweep_covers_todays_autotune_spaces_on_every_resnet():
+    """results/aot/resnets-sm90.json is the full sweep the spaces were pruned from: a config added
     or changed since must be swept again (python -m kernels.aot --json ...)."""
     report = json.loads(REPORT.read_text())
-    assert space() <= configs_of(report["records"])
-    assert all(not aot.failures(r) for r in report["records"] if (r["path"], r["dtype"], r["config"]) in space())
+    assert tuple(report["models"]) == MODELS and set(report["batch_sizes"]) == {256} and report["image_size"] == 224
+    assert configs_of(report["records"]) == space()
+    assert all(not aot.failures(r) for r in report["records"])
+
+
+@pytest.mark.parametrize("path", list(CONFIGS))
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_the_autotuner_tries_what_in_space_keeps(path, dtype):
+    """The kernels' autotuners prune by the same predicate kernels.aot sweeps by."""
+    kept = KERNELS[path].early_config_prune(CONFIGS[path], {"x_ptr": torch.empty(1, dtype=dtype)})
+    assert kept == [c for c in CONFIGS[path] if in_space(path, c, dtype)] and kept
+    if path == "conv" and dtype == torch.float32:
+        assert {aot.config_name(c) for c in CONFIGS[path]} - {aot.config_name(c) for c in kept} == {
+            "128x128x32 w4 s3", "128x128x64 w4 s3"}
 
 
 def test_every_config_compiles_for_sm90_without_spills(compiled):
@@ -68,7 +83,7 @@ def test_every_config_compiles_for_sm90_without_spills(compiled):
             assert r["mma"] == "HGMMA", r
 
 
-def test_every_resnet50_conv_class_is_compiled(compiled):
+def test_every_conv_class_of_every_resnet_is_compiled(compiled):
     report = json.loads(REPORT.read_text())
     classes = {(r["path"], r["dtype"], r["shapes"][0]) for r in report["records"]}
     assert classes <= {(r["path"], r["dtype"], r["shapes"][0]) for r in compiled}
@@ -151,7 +166,7 @@ def test_failures_name_each_rule():
     (["--dtype", "fp64"], "--dtype 'fp64': choose from fp32, fp16, bf16"),
     (["--path", "winograd"], "--path 'winograd': choose from gemm, gemm_tma, conv, few_channels"),
     (["--peaks-of", "/nonexistent.json"], "--peaks-of /nonexistent.json: no such file"),
-    (["--model", "vgg16"], "argument --model: invalid choice: 'vgg16'"),
+    (["--model", "resnet18,vgg16"], "--model 'vgg16': choose from resnet18, resnet34, resnet50, resnet101, resnet152"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     proc = run_aot(*args)
