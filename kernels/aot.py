@@ -17,13 +17,13 @@ These are compiled facts, not measurements: a kernel that compiles well may stil
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import io
 import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -239,16 +239,37 @@ def sweep(convs: list[Conv], dtypes: dict[str, torch.dtype], arch: int = 90, job
 def _in_processes(fn, calls: list[tuple], tags: list, jobs: int | None, progress) -> Iterator[tuple]:
     """``fn(*call)`` for every call, ``jobs`` processes at a time; yields (tag, result) as each
     finishes. The processes are spawned, not forked: they import the kernels afresh (a fork would
-    inherit a parent's interpreted ones), and torch's threads do not survive a fork."""
+    inherit a parent's interpreted ones), and torch's threads do not survive a fork. Whatever ends
+    the iteration early (an error, a stop signal raised in this process) terminates the workers
+    at once, so that none is left compiling after the command has ended."""
     if progress is not None:
         progress(total=len(calls))
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs or os.cpu_count(), mp_context=context) as pool:
-        futures = {pool.submit(fn, *call): tag for call, tag in zip(calls, tags)}
-        for future in concurrent.futures.as_completed(futures):
-            yield futures[future], future.result()
+    pool = multiprocessing.get_context("spawn").Pool(jobs or os.cpu_count(), initializer=_leave_stops_to_parent)
+    try:
+        for index, result in pool.imap_unordered(_indexed, [(i, fn, call) for i, call in enumerate(calls)]):
+            yield tags[index], result
             if progress is not None:
                 progress(advance=1)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
+
+
+def _indexed(item: tuple) -> tuple:
+    index, fn, call = item
+    return index, fn(*call)
+
+
+def _leave_stops_to_parent() -> None:
+    """In a worker: a terminal's Ctrl-C or hang-up reaches the whole process group, and the parent,
+    which stops its workers itself, is the one to answer it (a worker's own KeyboardInterrupt would
+    print a traceback per worker)."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _specialisation(launch: Launch, index: int) -> tuple:
@@ -323,11 +344,26 @@ def _table(records: list[dict]):
     return table
 
 
-def _peaks(report_path: str, arch: int):
-    """A ``select`` for sweep: each config on the compile class where ``report_path`` (an earlier
-    full sweep) shows it peaking in registers, plus every class once with its first config."""
-    with open(report_path, encoding="utf-8") as f:
-        earlier = json.load(f)["records"]
+def read_records(path: str) -> list[dict]:
+    """The compile records of an earlier ``--json`` report; ValueError saying what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"not a kernels.aot --json report ({type(exc).__name__}: {str(exc)[:120]})") from None
+    records = document.get("records") if isinstance(document, dict) else None
+    fields = {"path": str, "dtype": str, "config": str, "config_index": int, "shapes": list, "compiled": bool}
+    if not records or not isinstance(records, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in fields.items()) and r["shapes"]
+            and (not r["compiled"] or isinstance(r.get("registers"), int)) for r in records):
+        raise ValueError("not a kernels.aot --json report: it holds no compile records (path, dtype, config, "
+                         "config_index, shapes, compiled, registers)")
+    return records
+
+
+def _peaks(earlier: list[dict]):
+    """A ``select`` for sweep: each config on the compile class where ``earlier`` (the records of
+    an earlier full sweep) shows it peaking in registers, plus every class once with its first config."""
     peak: dict[tuple, tuple] = {}
     first: dict[tuple, int] = {}
     for r in earlier:
@@ -368,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     # The conv list comes from the model's own definition; the model package sits above this one,
     # so only the command line reaches up for it.
     from resnet_perf.atomic import write_text
-    from resnet_perf.cli import Parser, UsageError, list_of, positive_int
+    from resnet_perf.cli import Parser, Stopped, UsageError, list_of, output_file, positive_int, stop_on_signals
     from resnet_perf.fused import conv_layers
     from resnet_perf.models.resnet import MODEL_NAMES
 
@@ -403,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--path {path!r}: choose from {', '.join(CONFIGS)}")
         if args.peaks_of and not os.path.isfile(args.peaks_of):
             raise UsageError(f"--peaks-of {args.peaks_of}: no such file")
+        try:
+            earlier = read_records(args.peaks_of) if args.peaks_of else None
+        except ValueError as exc:
+            raise UsageError(f"--peaks-of {args.peaks_of}: {exc}") from None
+        if args.target != "sm_90" and "gemm_tma" in (args.path or []):
+            raise UsageError(f"--path gemm_tma: TMA needs sm_90; on {args.target} the 1x1s take the gemm path")
+        json_target = output_file("--json", args.json)
         if INTERPRET:
             raise UsageError("TRITON_INTERPRET=1 is set: kernels.aot compiles the real kernels, run it without")
         if args.warm_cache and not torch.cuda.is_available():
@@ -418,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     convs = [replace(conv, name=f"{model}:{conv.name}") for model in args.model for batch in args.batch_size
              for conv in conv_layers(model, args.image_size, batch)]
     models = ", ".join(args.model)
-    select = _peaks(args.peaks_of, arch) if args.peaks_of else None
+    select = _peaks(earlier) if args.peaks_of else None
     if args.path:
         keep = select
         select = lambda r: r["path"] in args.path and (keep is None or keep(r))  # noqa: E731
@@ -427,13 +470,19 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=max(Console().width, 160))
     start = time.perf_counter()
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("compiling")
-        progress = lambda **kw: bar.update(task, **kw)  # noqa: E731
-        if args.warm_cache:
-            count = warm_cache(convs, list(dtypes.values()), args.jobs, progress)
-        else:
-            records = sweep(convs, dtypes, arch, args.jobs, select, progress)
+    try:
+        with stop_on_signals(), Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("compiling")
+            progress = lambda **kw: bar.update(task, **kw)  # noqa: E731
+            if args.warm_cache:
+                count = warm_cache(convs, list(dtypes.values()), args.jobs, progress)
+            else:
+                records = sweep(convs, dtypes, arch, args.jobs, select, progress)
+    except KeyboardInterrupt as exc:
+        stopped = Stopped.of(exc)
+        print(f"python -m kernels.aot: stopped by {stopped}; its compile processes ended, nothing written",
+              file=sys.stderr)
+        return stopped.exit_status
     elapsed = time.perf_counter() - start
     if not args.warm_cache and not records:
         paths = ", ".join(args.path or ["any"])
@@ -451,14 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{r['path']} {r['dtype']} {r['config']} on {r['shapes'][0]}:[/red] {'; '.join(why)}")
     console.print(f"{len(records)} compiles for {len(convs)} convolutions of {models} in {elapsed:.0f} s "
                   f"({args.jobs} processes); {len(rejected)} fail the autotune space's rules")
-    if args.json:
+    if json_target is not None:
         command = "python -m kernels.aot " + " ".join(sys.argv[1:] if argv is None else argv)
         report = {"schema": "resnet-perf/aot/2", "command": command, "date": time.strftime("%Y-%m-%d", time.gmtime()),
                   "compiled_on": _compiled_on(args.jobs), "models": args.model,
                   "batch_sizes": args.batch_size, "image_size": args.image_size,
                   "target": args.target, "triton": triton.__version__, "torch": torch.__version__,
                   "convs": [asdict(c) for c in convs], "records": records}
-        write_text(args.json, json.dumps(report, indent=1) + "\n")
+        write_text(json_target, json.dumps(report, indent=1) + "\n")
     return 1 if rejected else 0
 
 

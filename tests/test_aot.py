@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,12 +168,49 @@ def test_failures_name_each_rule():
     (["--dtype", "fp64"], "--dtype 'fp64': choose from fp32, fp16, bf16"),
     (["--path", "winograd"], "--path 'winograd': choose from gemm, gemm_tma, conv, few_channels"),
     (["--peaks-of", "/nonexistent.json"], "--peaks-of /nonexistent.json: no such file"),
+    (["--peaks-of", str(ROOT / "README.md")], "README.md: not a kernels.aot --json report (JSONDecodeError"),
+    (["--peaks-of", str(ROOT / "pyproject.toml")], "not a kernels.aot --json report"),
+    (["--peaks-of", str(ROOT / "results" / "cpu" / "2026-11-29-xeon-avx512-2core-resnet50-bs8.json")],
+     "not a kernels.aot --json report: it holds no compile records"),
+    (["--target", "sm_80", "--path", "gemm_tma"], "--path gemm_tma: TMA needs sm_90; on sm_80 the 1x1s take the gemm"),
+    (["--json", "/dev/null"], "--json /dev/null: is a character device"),
+    (["--json", "/"], "--json /: is a directory"),
     (["--model", "resnet18,vgg16"], "--model 'vgg16': choose from resnet18, resnet34, resnet50, resnet101, resnet152"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     proc = run_aot(*args)
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:  # it has ended since pgrep saw it
+        return ""
+
+
+def test_a_stop_signal_ends_the_compile_processes_too(tmp_path):
+    """SIGTERM while compiling: exit 143 with one line, no report, and no compile process left."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "kernels.aot", "--model", "resnet18", "--dtype", "fp16,bf16",
+                             "--jobs", "2", "--json", str(tmp_path / "r.json")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    workers: list[str] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        workers = [c for c in children if "spawn_main" in _cmdline(c)]
+    assert len(workers) == 2, "the compile processes never started"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == ("python -m kernels.aot: stopped by SIGTERM; its compile processes "
+                                               "ended, nothing written") and "Traceback" not in stderr
+    time.sleep(1)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_the_interpreter_is_refused_in_one_line():
