@@ -19,6 +19,7 @@ if __name__ == "__main__":
         signal.signal(_signum, lambda signum, frame: os._exit(128 + signum))
 
 import argparse
+import contextlib
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import asdict, replace
@@ -45,6 +46,7 @@ from resnet_perf.cli import (
     UsageError,
     check_directory,
     default_cache_dir,
+    held,
     list_of,
     non_negative_int,
     one_line,
@@ -579,6 +581,8 @@ def run_plan(plan: Plan) -> int:
             print(f"python -m bench: could not write {plan.outputs.plot} ({exc.strerror or one_line(exc)})",
                   file=sys.stderr)
             plotted = False
+    elif plan.outputs.plot:
+        print(f"python -m bench: no plot written to {plan.outputs.plot}: no row ran", file=sys.stderr)
     saver.report_failures()
     if stopped:
         json_path = plan.outputs.json
@@ -594,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["run", *argv]
     prog = "python -m bench" if argv[0] == "run" else f"python -m bench {argv[0]}"
-    with stop_on_signals():
+    with stop_on_signals(), contextlib.ExitStack() as held_files:
         try:
             try:
                 args = build_parser().parse_args(argv)
@@ -603,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.list_backends:
                     return list_backends(args)
                 plan = resolve(args)
+                held_files.enter_context(held("--json" if args.json_path else "--resume", plan.outputs.json))
             except (UsageError, resnet_perf.WeightsError) as exc:
                 print(f"{prog}: error: {exc}", file=sys.stderr)
                 return 2

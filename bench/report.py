@@ -644,8 +644,12 @@ def write_report(runs: list[str], output: str) -> Path:
              for name, (_, document) in zip(names, documents)]
     layer_plots = [f"{name}-layers.png" if any((r.get("profile") or {}).get("layers") for r in document["results"])
                    else None for name, (_, document) in zip(names, documents)]
+    inputs = {Path(os.path.realpath(path)) for path, _ in documents}
     for name in ("report.md", *filter(None, plots), *filter(None, layer_plots)):
-        output_file("--output", os.path.join(output, name))
+        target = output_file("--output", os.path.join(output, name))
+        if target in inputs:
+            raise UsageError(f"--output {output}: the report's {name} would replace the run file {target} it reads; "
+                             "give another folder")
     sections = ["# resnet-perf report", ""]
     with staging_dir(folder) as stage:
         for (path, document), name, plot, layer_plot in zip(documents, names, plots, layer_plots):

@@ -32,8 +32,15 @@ from rich.table import Table
 
 import resnet_perf
 from export import aoti, openvino_ir, quantize, tensorrt, triton_repo
-from export.manifest import sha256_file, versions, write_manifest
-from export.onnx import DEFAULT_OPSET, ONNX_PRECISIONS, BatchRange, cpu_session, export_onnx, graph_io
+from export.manifest import manifest_path, sha256_file, versions, write_manifest
+from export.onnx import (
+    DEFAULT_OPSET,
+    ONNX_PRECISIONS,
+    BatchRange,
+    cpu_session,
+    export_onnx,
+    graph_io,
+)
 from resnet_perf import parity
 from resnet_perf.atomic import publish, staging_dir, write_text
 from resnet_perf.cli import (
@@ -46,6 +53,7 @@ from resnet_perf.cli import (
     output_file,
     positive_float,
     positive_int,
+    replaceable_file,
     resolve_device,
     rng_seed,
     stop_on_signals,
@@ -105,6 +113,7 @@ class Plan:
     device: torch.device | None  # the GPU an engine is built for, the device an AOTInductor package is
     trt_version: str | None
     calibration_flags: quantize.CalibrationFlags
+    artifact: Path  # where the artifact goes, inside output
     calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
 
 
@@ -173,9 +182,34 @@ def resolve(args: argparse.Namespace) -> Plan:
     calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, args.precision == "int8")
     if args.precision == "int8" and args.format == "openvino":
         quantize.check_quantizer(flags, "nncf", "--format openvino")
+    if args.format == "triton-repo":
+        artifact = Path(args.name or args.model) / "1" / triton_repo.artifact_name(args.triton_platform)
+    else:
+        artifact = Path(f"{args.model}-{args.precision}.{SUFFIXES['tensorrt' if engine else args.format]}")
+    check_replaced(Path(args.output), artifact, args.format)
     check_directory("--output", args.output)  # last: a refused export creates nothing
     return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version,
-                flags, calibration_inputs)
+                flags, artifact, calibration_inputs)
+
+
+def check_replaced(output: Path, artifact: Path, format: str) -> None:
+    """What the export will replace in ``output``, checked before anything is built: each file a
+    regular file or nothing yet (symlinks followed), each folder a folder, so that publishing never
+    stops half-way (an artifact replaced, its manifest not) nor replaces a FIFO or a device. A model
+    repository's model folder is kept, its config.pbtxt replaced and its version folder swapped."""
+    files = [artifact, manifest_path(artifact)]
+    folders = []
+    if format == "openvino":
+        files.append(openvino_ir.weights_path(artifact))
+    if format == "triton-repo":
+        files.append(artifact.parents[1] / "config.pbtxt")
+        folders = [artifact.parents[1], artifact.parent]
+    for folder in folders:
+        if (output / folder).exists() and not (output / folder).is_dir():
+            raise UsageError(f"--output {output}: {folder} is there and is not a folder; the export writes a folder "
+                             "of that name")
+    for file in files:
+        replaceable_file("--output", output / file)
 
 
 def check_parity(run, reference: torch.Tensor, inputs: torch.Tensor, batch: BatchRange, precision: str) -> dict:
@@ -268,16 +302,14 @@ def export(plan: Plan, args: argparse.Namespace, model: torch.nn.Module) -> tupl
     describe = describe_model(plan, args, model)
     with staging_dir(plan.output) as stage:
         if plan.format == "triton-repo":
-            name = args.name or plan.model
-            artifact = stage / name / "1" / triton_repo.artifact_name(args.triton_platform)
-            artifact.parent.mkdir(parents=True)
-            manifest = build_artifact(plan, args, model, artifact, describe)
+            name = plan.artifact.parts[0]
+            (stage / plan.artifact).parent.mkdir(parents=True)
+            manifest = build_artifact(plan, args, model, stage / plan.artifact, describe)
             config = triton_repo.config_pbtxt(name, args.triton_platform, manifest, instances=args.instances,
                                               max_queue_delay_us=round(args.max_queue_delay_ms * 1000))
             write_text(stage / name / "config.pbtxt", config)
         else:
-            suffix = SUFFIXES["tensorrt" if plan.engine else plan.format]
-            manifest = build_artifact(plan, args, model, stage / f"{plan.model}-{plan.precision}.{suffix}", describe)
+            manifest = build_artifact(plan, args, model, stage / plan.artifact, describe)
         return publish(stage, plan.output), manifest
 
 
@@ -325,7 +357,14 @@ def export_command(argv: list[str] | None, start: float) -> int:
     except Exception as exc:  # noqa: BLE001 - an exporter, parser or builder failure, in one line
         print(f"python -m export: failed: {one_line(exc)}", file=sys.stderr)
         return 1
-    report(published, manifest, time.perf_counter() - start, Console(width=max(Console().width, 120)))
+    console = Console(width=max(Console().width, 120))
+    report(published, manifest, time.perf_counter() - start, console)
+    if plan.format == "triton-repo":
+        folder = plan.output / plan.artifact.parts[0]
+        later = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 1)
+        if later:
+            console.print(f"note: {folder} also holds version(s) {', '.join(map(str, later))}, kept; Triton's default "
+                          "version policy serves the latest", highlight=False)
     return 0
 
 

@@ -56,19 +56,50 @@ def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
 
 
 def publish(stage: Path, parent: str | os.PathLike) -> list[Path]:
-    """Move every entry of ``stage`` into ``parent``, each replacing its namesake in one rename. A
-    folder that already exists is swapped out first and removed after, so readers see the old tree
-    or the new one. Files go in name order, so an artifact lands before its ``.json`` manifest."""
+    """Move every entry of ``stage`` into ``parent``. A file replaces its namesake in one rename
+    (through a symlink: the file it points to, the link kept). A folder that does not exist yet
+    arrives whole; one that does keeps whatever the stage does not hold (a model repository's other
+    versions, its README), its files replaced and its subfolders swapped whole, each swap moving
+    the old one aside first, so readers see the old subfolder or the new one. Entries go in name
+    order, so an artifact lands before its ``.json`` manifest."""
     parent = Path(parent)
     published = []
     for entry in sorted(stage.iterdir()):
         target = parent / entry.name
         if entry.is_dir() and target.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=parent))
-            os.replace(target, old / entry.name)
+            for inner in sorted(entry.iterdir()):
+                if inner.is_dir():
+                    _swap_folder(inner, target / inner.name)
+                else:
+                    _replace_file(inner, target / inner.name)
+        elif entry.is_dir():
             os.replace(entry, target)
-            shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(entry, target)
+            _replace_file(entry, target)
         published.append(target)
     return published
+
+
+def _swap_folder(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_file(new: Path, target: Path) -> None:
+    real = Path(os.path.realpath(target))
+    if real.exists() and not real.is_file():
+        raise FileExistsError(errno.EEXIST, "not a regular file, so not replaced", str(real))
+    try:
+        os.replace(new, real)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # A symlink to another file system, where a rename cannot reach: the file is written
+        # beside the one it points to and renamed there.
+        with atomic_path(real) as tmp:
+            shutil.copyfile(new, tmp)

@@ -88,6 +88,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model")
             f"weights file {path} does not match {name}: "
             f"missing {_preview(missing)}, unexpected {_preview(unexpected)}"
         )
+    empty = [k for k, v in state.items() if v.is_meta]
+    if empty:
+        raise WeightsError(f"weights file {path} holds tensors without data (on the meta device: {_preview(empty)}); "
+                           "save the state_dict of a model whose weights were materialized")
+    kinds = [k for k, v in state.items() if v.is_complex() or v.is_floating_point() != expected[k].is_floating_point()]
+    if kinds:
+        k = kinds[0]
+        raise WeightsError(f"weights file {path} does not match {name}: {k} is {state[k].dtype}, the model's is "
+                           f"{expected[k].dtype} ({len(kinds)} tensor(s) of the wrong kind)")
     wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
     if wrong:
         k = wrong[0]

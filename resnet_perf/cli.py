@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import math
 import os
 import re
@@ -119,15 +120,8 @@ def output_file(flag: str, path: str | None) -> Path | None:
     row (and block the run on a FIFO nobody reads)."""
     if path is None:
         return None
-    if not path.strip():
-        raise UsageError(f"{flag} {path!r}: give a file path")
-    target = Path(os.path.realpath(path))
+    target = replaceable_file(flag, path)
     where = path if target == Path(path).absolute() else f"{path} (-> {target})"
-    if target.is_dir():
-        raise UsageError(f"{flag} {where}: is a directory, expected a file path")
-    if target.exists() and not target.is_file():
-        raise UsageError(f"{flag} {where}: is {_kind(target)}; results are written by renaming a new file "
-                         "over the path, which would replace it: give a regular file's path")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -135,6 +129,59 @@ def output_file(flag: str, path: str | None) -> Path | None:
     if not os.access(target.parent, os.W_OK):
         raise UsageError(f"{flag} {where}: folder {target.parent} is not writable")
     return target
+
+
+def replaceable_file(flag: str, path: str | os.PathLike) -> Path:
+    """``path`` with its symlinks followed, refused unless it is a regular file or nothing yet (what
+    ``output_file`` checks, creating nothing)."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise UsageError(f"{flag} {text!r}: give a file path")
+    if text.endswith(os.sep):
+        raise UsageError(f"{flag} {text}: names a folder; give a file path")
+    target = Path(os.path.realpath(text))
+    where = text if target == Path(text).absolute() else f"{text} (-> {target})"
+    if target.is_dir():
+        raise UsageError(f"{flag} {where}: is a directory, expected a file path")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"{flag} {where}: is {_kind(target)}; results are written by renaming a new file "
+                         "over the path, which would replace it: give a regular file's path")
+    return target
+
+
+@contextlib.contextmanager
+def held(flag: str, path: Path | None) -> Iterator[None]:
+    """Within the block, this process alone writes ``path``: a second command given the same file
+    is refused (UsageError), where both would otherwise run to the end and the file keep only the
+    last writer's rows. The lock (flock) is on a hidden file beside it, ``.NAME.lock``, removed
+    while still locked at the end; a lock taken on a file that was removed meanwhile is taken again."""
+    if path is None:
+        yield
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UsageError(f"{flag} {path}: another command (pid {holder}) is writing it; wait for it to end or "
+                             "give another path") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it as we locked it: lock the file now there
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def check_directory(flag: str, path: str) -> Path:

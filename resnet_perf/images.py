@@ -31,30 +31,56 @@ def preprocess(path: Path, image_size: int) -> Tensor:
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = _eight_bit(image).convert("RGB")
             scale = round(image_size * 256 / 224) / min(image.size)
             image = image.resize((max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale))),
                                  Image.Resampling.BILINEAR)
             left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
             pixels = np.asarray(image.crop((left, top, left + image_size, top + image_size)), dtype=np.float32)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        # DecompressionBombError: a header claiming more pixels than PIL's guard allows (89 M).
         raise ImageFolderError(f"{path}: not a readable image ({exc})") from None
     array = (pixels / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
     return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
+def _eight_bit(image):
+    """``image`` with 8-bit channels. PIL's convert("RGB") clips a 16-bit greyscale image's values
+    at 255 (most of its pixels white) rather than scaling them; here they are scaled."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit PNG, TIFF) and I (16-bit PNG on older PIL)
+        pixels = np.asarray(image, dtype=np.float64)
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise ValueError(f"{image.mode} pixels outside 0..65535 (min {pixels.min():g}, max {pixels.max():g})")
+        return Image.fromarray(np.round(pixels / 65535 * 255).astype(np.uint8))
+    if image.mode == "F":
+        raise ValueError("32-bit floating-point pixels: save it as an 8- or 16-bit image, or as a preprocessed .npy")
+    return image
+
+
 def _load_array(path: Path, image_size: int) -> Tensor:
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise ImageFolderError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise ImageFolderError(f"{path}: holds {kind} values; a preprocessed input is an array of real numbers")
     expected = (3, image_size, image_size)
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[1:] != expected:
         raise ImageFolderError(f"{path}: shape {array.shape}, expected {expected} or (N, {', '.join(map(str, expected))}) "
                                f"for {image_size} px inputs")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not len(array):
+        raise ImageFolderError(f"{path}: holds no inputs (shape {array.shape})")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused next
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not torch.isfinite(tensor).all():
+        raise ImageFolderError(f"{path}: holds NaN or infinite values (or values beyond float32's range); "
+                               "calibration would derive its scales from them")
+    return tensor
 
 
 def _files(folder: Path) -> list[Path]:

@@ -156,6 +156,17 @@ def test_a_whole_model_saved_is_refused_in_one_exact_sentence(tmp_path):
     assert "\x1b" not in message and "weights_only=False" not in message and "\n" not in message
 
 
+def test_weights_without_data_or_of_the_wrong_kind_are_refused(tmp_path):
+    state = build_model("resnet18", image_size=32).state_dict()
+    torch.save({k: torch.empty_like(v, device="meta") for k, v in state.items()}, tmp_path / "meta.pth")
+    with pytest.raises(WeightsError, match=r"holds tensors without data \(on the meta device: "):
+        build_model("resnet18", weights=tmp_path / "meta.pth")
+    state["fc.weight"] = state["fc.weight"].to(torch.complex64)
+    torch.save(state, tmp_path / "complex.pth")
+    with pytest.raises(WeightsError, match="fc.weight is torch.complex64, the model's is torch.float32"):
+        build_model("resnet18", weights=tmp_path / "complex.pth")
+
+
 def test_a_directory_given_as_weights_is_named_as_one(tmp_path):
     with pytest.raises(WeightsError, match="is a directory; give the state_dict file in it"):
         build_model("resnet18", weights=tmp_path)

@@ -240,3 +240,77 @@ def test_report_follows_a_symlinked_folder_and_refuses_a_fifo_in_it(capsys, tmp_
     assert cli.main(["report", str(two_runs[0]), "--output", str(link)]) == 2
     assert f"--output {link}/report.md (-> {target}/report.md): is a FIFO" in capsys.readouterr().err
     assert stat.S_ISFIFO((target / "report.md").lstat().st_mode)
+
+
+EXPORT = ["--model", "resnet18", "--image-size", "32", "--format", "onnx"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_export_checks_every_file_it_replaces_before_building(capsys, tmp_path, kind):
+    """A FIFO or a folder at the manifest's path: refused before anything is built, so the old
+    artifact is not replaced and then left without a manifest."""
+    (tmp_path / "resnet18-fp32.onnx").write_text("old")
+    manifest = tmp_path / "resnet18-fp32.onnx.json"
+    os.mkfifo(manifest) if kind == "fifo" else manifest.mkdir()
+    assert export_cli.main([*EXPORT, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output {manifest}: is {'a FIFO' if kind == 'fifo' else 'a directory'}" in err
+    assert (tmp_path / "resnet18-fp32.onnx").read_text() == "old"
+    assert stat.S_ISFIFO(manifest.lstat().st_mode) if kind == "fifo" else manifest.is_dir()
+
+
+def test_export_through_a_symlinked_artifact_replaces_its_target_and_keeps_the_link(capsys, tmp_path):
+    target, link = tmp_path / "store" / "real.onnx", tmp_path / "out" / "resnet18-fp32.onnx"
+    target.parent.mkdir()
+    link.parent.mkdir()
+    target.write_text("old")
+    link.symlink_to(target)
+    assert export_cli.main([*EXPORT, "--output", str(link.parent)]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    manifest = json.loads((link.parent / "resnet18-fp32.onnx.json").read_text())
+    from export.manifest import sha256_file
+    assert sha256_file(target) == manifest["sha256"]
+
+
+def test_a_model_repository_gains_only_its_own_version(capsys, tmp_path):
+    """Another version and the model folder's own files are kept; version 1 is swapped whole, so a
+    file of an earlier export (a TensorRT plan) does not linger beside the new model."""
+    model = tmp_path / "repo" / "resnet18"
+    (model / "2").mkdir(parents=True)
+    (model / "2" / "model.onnx").write_text("v2")
+    (model / "README").write_text("ours")
+    (model / "1").mkdir()
+    (model / "1" / "model.plan").write_text("stale")
+    argv = ["--model", "resnet18", "--image-size", "32", "--format", "triton-repo", "--output", str(tmp_path / "repo")]
+    assert export_cli.main(argv) == 0
+    assert (model / "2" / "model.onnx").read_text() == "v2" and (model / "README").read_text() == "ours"
+    assert sorted(p.name for p in (model / "1").iterdir()) == ["model.onnx", "model.onnx.json"]
+    assert (model / "config.pbtxt").read_text().startswith('name: "resnet18"')
+    assert "also holds version(s) 2, kept" in capsys.readouterr().out
+
+
+def test_report_never_writes_over_a_run_it_reads(capsys, tmp_path, two_runs):
+    run = tmp_path / "report.md"
+    run.write_bytes(two_runs[0].read_bytes())
+    assert cli.main(["report", str(run), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "report.md would replace the run file" in err
+    assert run.read_bytes() == two_runs[0].read_bytes()
+
+
+def test_a_run_file_another_run_is_writing_is_refused(capsys, tmp_path):
+    """Two runs given one --json would both run to the end, the file keeping one run's rows."""
+    from resnet_perf.cli import held
+
+    path = tmp_path / "run.json"
+    with held("--json", path):
+        err = refused(capsys, "--json", str(path))
+    assert f"--json {path}: another command (pid {os.getpid()}) is writing it" in err
+    assert not path.exists()
+    assert bench(capsys, *RUN, "--json", str(path))[0] == 0  # the lock is gone with its holder
+
+
+def test_a_folder_path_for_a_file_is_refused(capsys, tmp_path):
+    err = refused(capsys, "--json", f"{tmp_path}/new/")
+    assert f"--json {tmp_path}/new/: names a folder; give a file path" in err
+    assert not (tmp_path / "new").exists()

@@ -4,11 +4,14 @@ folder (images or arrays), its cache, the layers kept in fp32, and int8 rows of 
 from __future__ import annotations
 
 import json
+import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 import bench.__main__ as bench_cli
 import export.__main__ as export_cli
@@ -110,8 +113,6 @@ def test_layers_kept_in_fp32_are_not_quantized(fp32_onnx, tmp_path):
 
 
 def write_images(folder, count=3, size=(40, 30)):
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(count):
@@ -134,6 +135,52 @@ def test_calibration_folders(tmp_path):
                             ("shape", r"x.npy: shape \(1, 3, 64, 64\), expected \(3, 32, 32\)")]:
         with pytest.raises(ImageFolderError, match=message):
             load_calibration(tmp_path / folder, 32)
+
+
+def _bomb_png(path: Path) -> None:
+    """A PNG whose header claims 30000 x 30000 pixels: PIL's decompression-bomb guard refuses it."""
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width, height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("name", "write", "message"), [
+    ("bomb.png", _bomb_png, "bomb.png: not a readable image .*decompression bomb"),
+    ("s.npy", lambda p: np.save(p, np.array([["a"] * 32] * 32)), "s.npy: holds <U1 values"),
+    ("c.npy", lambda p: np.save(p, np.zeros((3, 32, 32), np.complex64)), "c.npy: holds complex64 values"),
+    ("d.npy", lambda p: np.save(p, np.zeros((3, 32, 32), "datetime64[s]")), "d.npy: holds datetime64"),
+    ("e.npy", lambda p: np.save(p, np.zeros((0, 3, 32, 32), np.float32)), "e.npy: holds no inputs"),
+    ("n.npy", lambda p: np.save(p, np.full((3, 32, 32), np.nan, np.float32)), "n.npy: holds NaN or infinite"),
+    ("i.npy", lambda p: np.save(p, np.full((3, 32, 32), np.inf, np.float32)), "i.npy: holds NaN or infinite"),
+    ("f.npy", lambda p: np.save(p, np.full((3, 32, 32), 1e300)), "f.npy: holds NaN or infinite"),
+    ("w.npy", lambda p: np.save(p, np.zeros((2, 32, 32), np.float32)), r"w.npy: shape \(1, 2, 32, 32\)"),
+])
+def test_hostile_calibration_files_are_refused_by_name(tmp_path, name, write, message):
+    (tmp_path / "c").mkdir()
+    write(tmp_path / "c" / name)
+    with pytest.raises(ImageFolderError, match=message):
+        load_calibration(tmp_path / "c", 32)
+
+
+def test_a_16_bit_image_is_scaled_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16-bit greyscale at 255: a mid-grey 16-bit PNG would become white."""
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.full((40, 40), 32768, np.uint16)).save(tmp_path / "c" / "grey16.png")
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(tmp_path / "c" / "grey8.png")
+    sixteen, eight = load_calibration(tmp_path / "c", 32)
+    torch.testing.assert_close(sixteen, eight, atol=0.02, rtol=0)
+
+
+def test_a_bad_calibration_file_is_one_line_in_export(capsys, tmp_path):
+    (tmp_path / "c").mkdir()
+    np.save(tmp_path / "c" / "s.npy", np.array(["x"] * 3))
+    code = export_cli.main([*SMALL, "--format", "onnx", "--precision", "int8", "--calib-data", str(tmp_path / "c"),
+                            "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "s.npy: holds <U1 values" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_labelled_folders(tmp_path):
