@@ -8,8 +8,8 @@ auto row that chose another N is still judged on its throughput. For the fixed-b
 the inverse of the throughput ratio. Its 95% confidence interval comes from a bootstrap over both
 runs' ``samples_ms``. A regression is flagged only when the whole interval lies beyond
 ``threshold`` (new slower than base by more than 5% by default): a change the noise could explain
-is reported, not flagged. A row that ran in BASE but failed, or failed parity, in NEW is a
-regression too: a backend that stopped working is the worst slowdown there is.
+is reported, not flagged. A row that ran in BASE but failed, failed parity, was skipped or is
+missing in NEW is a regression too: a backend that stopped working is the worst slowdown there is.
 
 Costs are compared too, each with a threshold of its own: a row whose running peak memory grew by
 more than ``--mem-threshold`` (10% by default, and by more than MEMORY_FLOOR_MB, below which
@@ -51,8 +51,21 @@ class Change:
     verdict: str  # regression | improvement | unchanged | failed
 
 
+# Past this many samples, a mean's bootstrap distribution is its normal limit (mean, std / sqrt(n))
+# to well within the percentiles' own noise, and is drawn from that directly: resampling millions
+# of samples thousands of times would take minutes and, drawn at once, the 149 GiB a 5-million-sample
+# file asked. Below it, resamples are drawn a bounded number of values at a time.
+MAX_BOOTSTRAP_SAMPLES = 100_000
+MAX_RESAMPLES = 100_000
+_DRAW = 4_000_000
+
+
 def _bootstrap_means(rng: np.random.Generator, samples: np.ndarray, resamples: int) -> np.ndarray:
-    return rng.choice(samples, size=(resamples, samples.size), replace=True).mean(axis=1)
+    if samples.size > MAX_BOOTSTRAP_SAMPLES:
+        return rng.normal(samples.mean(), samples.std() / np.sqrt(samples.size), resamples)
+    rows = max(1, _DRAW // samples.size)
+    return np.concatenate([rng.choice(samples, size=(min(rows, resamples - start), samples.size)).mean(axis=1)
+                           for start in range(0, resamples, rows)])
 
 
 def bootstrap_ratio(base: np.ndarray, new: np.ndarray, *, base_ref: np.ndarray | None = None,
@@ -115,11 +128,9 @@ def cost_change(base: Row, new: Row, figures: tuple[str, ...], threshold: float,
 
 
 def load_run(path: str) -> dict[tuple, Row]:
-    """The rows of a ``python -m bench --json`` file that have samples to compare, by their key."""
+    """The rows of a ``python -m bench --json`` file by their key, each that ran with samples to compare."""
     rows = {}
     for row in report.rows_from_json(report.load(path)):
-        if row.status == "skipped":
-            continue
         if row.status == "ok" and len(row.samples_ms) < 2:
             raise UsageError(f"{path}: row {row.backend} batch {row.batch_size} has fewer than 2 samples")
         rows[report.row_key(row)] = row
@@ -138,7 +149,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("new", help="the run to check against it")
     p.add_argument("--threshold", type=positive_float, default=0.05,
                    help="flag a slowdown only when the whole 95%% interval is beyond this fraction (default 0.05)")
-    p.add_argument("--resamples", type=positive_int, default=4000, help="bootstrap resamples (default 4000)")
+    p.add_argument("--resamples", type=positive_int, default=4000,
+                   help=f"bootstrap resamples (default 4000, at most {MAX_RESAMPLES:,})")
     p.add_argument("--mem-threshold", type=positive_float, default=0.10,
                    help="flag a row whose peak memory grew by more than this fraction (default 0.10)")
     p.add_argument("--energy-threshold", type=positive_float, default=0.10,
@@ -153,8 +165,13 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
     UsageError, before printing anything, when a file cannot be read or the runs share no row."""
     if threshold >= 1:
         raise UsageError(f"--threshold {threshold}: a fraction below 1 (0.05 is 5%)")
+    if resamples > MAX_RESAMPLES:
+        raise UsageError(f"--resamples {resamples}: at most {MAX_RESAMPLES:,} (the 95% interval's ends settle "
+                         "within a few thousand)")
     base, new = load_run(base_path), load_run(new_path)
-    common = [key for key in base if key in new and base[key].status == "ok"]
+    common = [key for key in base if key in new and base[key].status == "ok" and new[key].status != "skipped"]
+    # A row that ran in BASE and did not in NEW (left out of the run, or skipped) stopped running.
+    stopped = [key for key in base if base[key].status == "ok" and key not in common]
     if not common:
         raise UsageError(f"{base_path} and {new_path} have no successful row in common to compare")
     if relative_to is not None:
@@ -193,11 +210,18 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
                      ", ".join(verdicts)]
         grid.add_row(n.model, n.backend, n.device, report.precision_cell(n), str(n.batch_size), report.streams_cell(n), n.scenario,
                      *cells)
+    for key in stopped:
+        b, n = base[key], new.get(key)
+        why = "not in this run" if n is None else f"skipped: {n.error}"
+        regressions += 1
+        grid.add_row(b.model, b.backend, b.device, report.precision_cell(b), str(b.batch_size), report.streams_cell(b),
+                     b.scenario, f"{per_batch_ms(b).mean():.2f}", "-", "-", "-", "-", "-",
+                     f"[red]stopped running[/red]: {escape(why)}")
     out = report.console()
     out.print(grid)
-    for label, path, only in (("only in", base_path, [k for k in base if k not in new]),
+    for label, path, only in (("only in", base_path, [k for k in base if k not in new and k not in stopped]),
                               ("new in", new_path, [k for k in new if k not in base])):
         for key in only:
             out.print(f"[dim]{label} {path}: {' '.join(map(str, key))}[/dim]")
-    out.print(f"{regressions} regression(s) among {len(common)} compared row(s)", highlight=False)
+    out.print(f"{regressions} regression(s) among {len(common) + len(stopped)} compared row(s)", highlight=False)
     return 1 if regressions else 0

@@ -505,6 +505,13 @@ _OK_ROW_KEYS = {"throughput_ips": (int, float), "latency_ms": dict, "samples_ms"
 _OK_ROW_FIGURES = {"latency_ms": ("mean", "p50", "p99"),
                    "parity": ("cosine", "rel_l2", "top1_agreement", "distinct_top1")}
 STATUSES = ("ok", "failed", "skipped")
+# The nested fields the views and compare read, where a row has them (None is always allowed):
+# each an object, and within it what is read, by type (a tuple of allowed values for a choice).
+_NESTED = {"loadgen": {"result": ("VALID", "INVALID"), "reasons": list}, "accuracy": {"top1": float, "reference_top1": float},
+           "profile": {}, "serving": {}, "runtime": {}, "sensitivity": {}, "streams_how": {}}
+# A timed call takes more than nothing and less than 11 days: outside this a file was edited, and
+# means over it would overflow or divide by zero.
+_SAMPLE_MS = (0.0, 1e9)
 
 
 def load(path: str | Path, flag: str = "") -> dict:
@@ -515,6 +522,8 @@ def load(path: str | Path, flag: str = "") -> dict:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{where}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: not a python -m bench result (nested deeper than Python's parser goes)") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise UsageError(f"{where}: not a python -m bench result (schema {SCHEMA!r})")
     if not isinstance(document.get("env"), dict) or not isinstance(document.get("results"), list):
@@ -523,6 +532,12 @@ def load(path: str | Path, flag: str = "") -> dict:
         problem = _row_problem(record)
         if problem:
             raise UsageError(f"{where}: row {index}: {problem}")
+    seen: dict[tuple, int] = {}
+    for index, row in enumerate(rows_from_json(document)):
+        first = seen.setdefault(row_key(row), index)
+        if first != index:
+            raise UsageError(f"{where}: rows {first} and {index} are the same row ({' '.join(map(str, row_key(row)))}); "
+                             "a run measures each once")
     return document
 
 
@@ -538,7 +553,7 @@ def _row_problem(record) -> str | None:
             return f"{key} is {record[key]!r}"
     if record["status"] not in STATUSES:
         return f"status is {record['status']!r}, not one of {', '.join(STATUSES)}"
-    problem = _streams_problem(record)
+    problem = _streams_problem(record) or _nested_problem(record)
     if problem or record["status"] != "ok":
         return problem
     for key, figures in _OK_ROW_FIGURES.items():
@@ -555,10 +570,33 @@ def _row_problem(record) -> str | None:
             return f"costs is {costs!r}"
         for figure in ("peak_mem_mb", "energy_j_per_img", "pct_of_peak"):
             if not isinstance(costs.get(figure), _FIGURE) or isinstance(costs.get(figure), bool):
-                return f"costs.{figure} is {costs[figure]!r}"
-    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s)
-               for s in record["samples_ms"]):
-        return "samples_ms holds something other than finite numbers"
+                return f"costs.{figure} is {costs.get(figure)!r}"
+    low, high = _SAMPLE_MS
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and low < s < high for s in record["samples_ms"]):
+        return f"samples_ms holds something other than times in ms (numbers above {low:g} and below {high:g})"
+    return None
+
+
+def _nested_problem(record: dict) -> str | None:
+    for key, inner in _NESTED.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"{key} is {value!r:.60}, not an object"
+        for name, kind in inner.items():
+            got = value.get(name)
+            ok = got in kind if isinstance(kind, tuple) else (
+                isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got) if kind is float
+                else isinstance(got, kind))
+            if not ok:
+                return f"{key}.{name} is {got!r:.60}"
+    if record.get("loadgen") and not all(isinstance(r, str) for r in record["loadgen"]["reasons"]):
+        return "loadgen.reasons holds something other than text"
+    repeats = record.get("repeats")
+    if repeats is not None and not (isinstance(repeats, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in repeats)):
+        return f"repeats is {repeats!r:.60}, not a list of throughputs"
     return None
 
 

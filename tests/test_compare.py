@@ -123,9 +123,22 @@ def test_a_row_missing_a_key_is_one_line_naming_file_row_and_key(capsys, tmp_pat
     ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "parity": None}]},
      "row 0: parity is None"),
     ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "samples_ms": ["x", "y"]}]},
-     "row 0: samples_ms holds something other than finite numbers"),
+     "row 0: samples_ms holds something other than times in ms"),
     ({"schema": SCHEMA, "env": {}, "results": [row("eager", [1.0, float("nan")])]},
-     "row 0: samples_ms holds something other than finite numbers"),
+     "row 0: samples_ms holds something other than times in ms"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "samples_ms": [1e308, 1e308]}]},
+     "row 0: samples_ms holds something other than times in ms (numbers above 0 and below 1e+09)"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "loadgen": "VALID"}]},
+     "row 0: loadgen is 'VALID', not an object"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "loadgen": {"result": "OK"}}]},
+     "row 0: loadgen.result is 'OK'"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "repeats": "fast"}]},
+     "row 0: repeats is 'fast', not a list of throughputs"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "costs": [1]}]}, "row 0: costs is [1]"),
+    ({"schema": SCHEMA, "env": {}, "results": [{**row("eager", [1.0, 2.0]), "accuracy": {"top1": "all"}}]},
+     "row 0: accuracy.top1 is 'all'"),
+    ({"schema": SCHEMA, "env": {}, "results": [row("eager", [1.0, 2.0]), row("eager", [3.0, 4.0])]},
+     "rows 0 and 1 are the same row (resnet18 eager cpu fp32 None 8 32 offline 1)"),
 ])
 def test_a_document_that_is_not_a_run_is_one_line(capsys, tmp_path, document, message):
     path = tmp_path / "odd.json"
@@ -168,3 +181,34 @@ def test_int8_rows_are_matched_by_quantizer_and_older_files_held_only_qdq(capsys
     assert "0 regression(s) among 1 compared row(s)" in out and "int8 qdq" in out
     slower = write_run(tmp_path / "slower.json", [int8("qdq", 12.0, 2)])
     assert cli.main(["compare", base, slower]) == 1
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+def test_a_document_nested_past_the_parser_is_one_line(capsys, tmp_path, command):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    argv = [str(path), str(path)] if command == "compare" else [str(path), "--output", str(tmp_path / "out")]
+    assert cli.main([command, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested deeper than Python's parser goes" in err
+
+
+@pytest.mark.parametrize("new_row", [None, "skipped"])
+def test_a_row_that_stopped_running_is_a_regression(capsys, tmp_path, new_row):
+    """A row that ran in BASE and is missing, or skipped, in NEW stopped running: exit 1, named."""
+    base = write_run(tmp_path / "base.json", [row("eager", samples(10.0, 0.03)), row("onnxruntime", samples(5.0, 0.03))])
+    rows = [row("eager", samples(10.0, 0.03, seed=7))] + ([row("onnxruntime", [], status="skipped")] if new_row else [])
+    new = write_run(tmp_path / "new.json", rows)
+    assert cli.main(["compare", base, new]) == 1
+    out = capsys.readouterr().out
+    assert "stopped running" in out and ("skipped: boom" if new_row else "not in this run") in out
+    assert "1 regression(s) among 2 compared row(s)" in out
+
+
+def test_resamples_are_bounded_and_millions_of_samples_are_sampled(capsys, tmp_path):
+    base = write_run(tmp_path / "base.json", [row("eager", samples(10.0, 0.03))])
+    assert cli.main(["compare", base, base, "--resamples", "1000000000"]) == 2
+    assert "--resamples 1000000000: at most 100,000" in capsys.readouterr().err
+    big = np.random.default_rng(0).normal(10.0, 0.3, 2_000_000)
+    low, high = bootstrap_ratio(big, big * 1.1, resamples=200)[1:]
+    assert 1.099 < low < 1.1 < high < 1.101
