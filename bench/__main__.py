@@ -38,7 +38,7 @@ from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
 from bench.serving import serve
 from export import quantize
 from export.manifest import ManifestError, load_manifest, manifest_path
-from export.onnx import BatchRange
+from export.onnx import BatchRange, graph_precision
 from export.openvino_ir import weights_path
 from resnet_perf.cli import (
     Parser,
@@ -216,6 +216,9 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
             raise UsageError(f"{flag} {exc}") from None
         if manifest.get("format") != kind or "weights_digest" not in manifest:
             raise UsageError(f"{flag} {path}: not an artifact of python -m export --format {kind}")
+        if kind == "onnx" and (found := graph_precision(path)) != manifest["precision"]:
+            raise UsageError(f"{flag} {path}: its manifest says {manifest['precision']}, but the graph computes "
+                             f"in {found}: the manifest was edited, or belongs to another file")
         weights = manifest["weights"]
         if weights["source"] == "file" and args.weights is None:
             raise UsageError(f"{flag} {path} was exported from the weights in {weights['path']}: pass them with --weights")

@@ -35,6 +35,7 @@ from export import aoti, openvino_ir, quantize, tensorrt, triton_repo
 from export.manifest import manifest_path, sha256_file, versions, write_manifest
 from export.onnx import (
     DEFAULT_OPSET,
+    MIN_OPSET,
     ONNX_PRECISIONS,
     BatchRange,
     cpu_session,
@@ -132,8 +133,10 @@ def resolve(args: argparse.Namespace) -> Plan:
             batch = BatchRange.parse(args.dynamic_batch or DEFAULT_BATCH)
         except ValueError as exc:
             raise UsageError(f"--dynamic-batch {exc}") from None
-    if not 7 <= args.opset <= onnx.defs.onnx_opset_version():
-        raise UsageError(f"--opset {args.opset}: this onnx supports opsets 7 to {onnx.defs.onnx_opset_version()}")
+    if not MIN_OPSET <= args.opset <= onnx.defs.onnx_opset_version():
+        raise UsageError(f"--opset {args.opset}: torch's exporter writes opsets {MIN_OPSET} to "
+                         f"{onnx.defs.onnx_opset_version()} (this onnx's newest; it converts graphs up from "
+                         f"{MIN_OPSET}, not down)")
     if args.format == "openvino":
         if args.precision not in ("fp32", "int8"):
             raise UsageError(f"--precision {args.precision}: OpenVINO IR is exported fp32 or int8 (OpenVINO runs an "

@@ -21,6 +21,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_AXIS = "batch"
 DEFAULT_OPSET = 18
+# torch's exporter builds opset 18 graphs (its torchlib's) and converts them up, not down: asked
+# for 7-17 (torch 2.13), its version converter fails, prints a traceback and keeps opset 18.
+MIN_OPSET = 18
 # The precisions export_onnx writes itself; int8 is an fp32 export, quantized by export.quantize.
 ONNX_PRECISIONS = ("fp32", "fp16")
 
@@ -101,7 +104,11 @@ def export_onnx(
                 external_data=False,
             )
         program.save(str(tmp), external_data=False)
-        onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+        graph = onnx.load(str(tmp))
+        onnx.checker.check_model(graph, full_check=True)
+        written = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+        if written != opset:  # a manifest never says what the file is not
+            raise ValueError(f"the exporter wrote opset {written}, not the {opset} asked for")
     return path
 
 
@@ -123,6 +130,22 @@ def graph_io(path: str | os.PathLike) -> dict:
         for t in inputs + outputs
     }
     return {"inputs": inputs, "outputs": outputs, "dynamic_axes": {k: v for k, v in dynamic.items() if v}}
+
+
+# Nodes that only a quantized graph holds: QDQ pairs, or the integer operators of a QOperator one.
+_QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                            "MatMulInteger", "DynamicQuantizeLinear"})
+
+
+def graph_precision(path: str | os.PathLike) -> str:
+    """What the file computes in, read from the graph rather than a manifest: int8 where it holds
+    quantized nodes, fp16 where its input is half, fp32 otherwise."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(node.op_type in _QUANTIZED_OPS for node in graph.node):
+        return "int8"
+    return "fp16" if graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "fp32"
 
 
 def cpu_session(path: str | os.PathLike, precision: str = "fp32"):

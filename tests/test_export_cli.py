@@ -160,7 +160,8 @@ def parse_model_config(path):
     (["--format", "onnx", "--dynamic-batch", "1:2:4", "--batch-size", "2"], "not allowed with argument"),
     (["--format", "onnx", "--batch-size", "0"], "argument --batch-size: '0' is not a positive integer"),
     (["--format", "onnx", "--precision", "bf16"], "--precision bf16: --format onnx is exported fp32, fp16 or int8"),
-    (["--format", "onnx", "--opset", "99"], "--opset 99: this onnx supports opsets 7 to"),
+    (["--format", "onnx", "--opset", "99"], "--opset 99: torch's exporter writes opsets 18 to"),
+    (["--format", "onnx", "--opset", "7"], "--opset 7: torch's exporter writes opsets 18 to"),
     (["--format", "triton-repo", "--dynamic-batch", "2:4:8"], "Triton's dynamic batcher sends every batch size from 1"),
     (["--format", "triton-repo", "--name", "../up"], "--name '../up': not a usable folder name"),
     (["--format", "onnx", "--weights", "/nonexistent/w.pth"], "weights file not found: /nonexistent/w.pth"),
@@ -229,6 +230,13 @@ def test_bench_refuses_an_artifact_that_does_not_fit(capsys, onnx_export, tmp_pa
     manifest_path(copy).write_text(manifest_path(onnx_export).read_text())
     assert "does not match its manifest" in bench("--onnx", str(copy))
     assert "no such file" in bench("--onnx", str(tmp_path / "none.onnx"))
+    lying = tmp_path / "lying" / onnx_export.name
+    lying.parent.mkdir()
+    lying.write_bytes(onnx_export.read_bytes())
+    manifest = json.loads(manifest_path(onnx_export).read_text())
+    manifest_path(lying).write_text(json.dumps({**manifest, "precision": "int8"}))
+    assert "its manifest says int8, but the graph computes in fp32" in bench(
+        "--onnx", str(lying), "--backend", "onnxruntime")
     assert "accepts batches of 1 to 4" in bench("--onnx", str(onnx_export), "--batch-size", "8")
     if importlib.util.find_spec("mlperf_loadgen") is not None:  # the server scenario's batch is --max-batch
         assert "--batch-size 8: --onnx" in bench("--onnx", str(onnx_export), "--scenario", "server", "--max-batch", "8",

@@ -88,3 +88,13 @@ def test_batch_range():
     assert (r.min, r.opt, r.max, r.dynamic, str(r)) == (1, 8, 32, True, "1:8:32")
     assert 1 in r and 32 in r and 33 not in r
     assert not BatchRange.static(4).dynamic and str(BatchRange.static(4)) == "4"
+
+
+def test_the_file_is_the_opset_asked_for_or_no_file(resnet18_32, tmp_path):
+    """Asked for an opset it cannot convert down to, torch's exporter kept 18 and said so only in a
+    traceback printed as a warning; the manifest then named the opset asked for."""
+    path = export_onnx(resnet18_32, tmp_path / "m19.onnx", batch=BatchRange.static(2), image_size=32, opset=19)
+    assert onnx.load(str(path)).opset_import[0].version == 19
+    with pytest.raises(ValueError, match="the exporter wrote opset 18, not the 17 asked for"):
+        export_onnx(resnet18_32, tmp_path / "m17.onnx", batch=BatchRange.static(2), image_size=32, opset=17)
+    assert not (tmp_path / "m17.onnx").exists()
