@@ -30,7 +30,7 @@ import torch
 from rich.markup import escape
 
 import resnet_perf
-from bench import compare, plot, report, run
+from bench import compare, plot, report, run, scenarios
 from bench import env as bench_env
 from bench.plan import Loop, Outputs, Plan
 from bench.runners import RUNNERS, RunContext, Runner
@@ -143,8 +143,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time each stage of the model (stem, layer1..4, head; a bare --profile), or each layer "
                         "from the backend's own profiler, lined up by PyTorch module across backends (layers); "
                         "one request at a time, on the rows of the first --streams value")
-    p.add_argument("--profile-calls", type=positive_int, default=10,
-                   help="with --profile layers: the profiled calls, separate from the timed ones (default 10)")
+    p.add_argument("--profile-calls", type=positive_int, default=None,
+                   help=f"with --profile layers: the profiled calls, separate from the timed ones (default {Loop.profile_calls})")
     p.add_argument("--profile-dir", default=None, metavar="DIR",
                    help="with --profile layers: keep each row's raw trace here (torch Chrome trace, onnxruntime's "
                         "JSON, OpenVINO's counters), for Perfetto or chrome://tracing")
@@ -162,7 +162,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     load = p.add_argument_group("MLPerf LoadGen scenarios")
     load.add_argument("--scenario", choices=("offline", *SCENARIOS), default="offline",
                       help="offline: the fixed-batch loop (default); the others run under MLPerf LoadGen")
-    load.add_argument("--duration", type=positive_float, default=5.0, help="seconds per LoadGen run (default 5)")
+    load.add_argument("--duration", type=positive_float, default=None,
+                      help=f"seconds per LoadGen run (default {ScenarioSettings.duration_s:g})")
     load.add_argument("--target-qps", type=positive_float, default=None, help="server: Poisson arrival rate")
     load.add_argument("--max-batch", type=positive_int, default=None,
                       help="server: the dynamic batcher's largest batch (default: --batch-size)")
@@ -326,9 +327,11 @@ def check_scenario(args: argparse.Namespace) -> None:
     elif args.target_qps is None:
         raise UsageError("--scenario server needs --target-qps (or --find-max-qps with --p99-ms)")
     if args.scenario == "offline":
-        for flag, given in (("--mlperf-rules", args.mlperf_rules), ("--loadgen-logs", args.loadgen_logs)):
+        for flag, given in (("--mlperf-rules", args.mlperf_rules), ("--loadgen-logs", args.loadgen_logs),
+                            ("--duration", args.duration)):
             if given:
-                raise UsageError(f"{flag} applies to the LoadGen scenarios, not the offline loop")
+                raise UsageError(f"{flag} applies to the LoadGen scenarios, not the offline loop (whose length "
+                                 "--iters and --min-time set)")
     elif importlib.util.find_spec("mlperf_loadgen") is None:
         raise UsageError(f"--scenario {args.scenario} runs under MLPerf LoadGen, which is not installed "
                          "(pip install mlcommons-loadgen)")
@@ -340,6 +343,13 @@ def check_scenario(args: argparse.Namespace) -> None:
         raise UsageError("--max-batch and --batch-size both set the server's batch: give one")
     if args.profile and args.scenario != "offline":
         raise UsageError("--profile times the stages in the fixed-batch loop: use it with --scenario offline")
+    if args.scenario == "server" and args.max_queue_delay_ms and not args.mlperf_rules:
+        duration = args.duration or ScenarioSettings.duration_s
+        if args.max_queue_delay_ms >= duration * 1000:
+            raise UsageError(f"--max-queue-delay-ms {args.max_queue_delay_ms:g}: as long as the whole {duration:g} s run "
+                             "(--duration); the batcher would wait past its end for a batch that cannot fill")
+    if args.profile_calls is not None and args.profile != "layers":
+        raise UsageError("--profile-calls sets how many calls --profile layers profiles: add --profile layers")
     if args.profile_dir is not None:
         if args.profile != "layers":
             raise UsageError("--profile-dir keeps the traces of --profile layers: add it")
@@ -520,9 +530,9 @@ def resolve(args: argparse.Namespace) -> Plan:
         Path(args.cache_dir), env, options={name: options[name] for name in backends},
         artifacts=artifacts, not_run=not_run,
         loop=Loop(args.warmup, args.iters, args.min_time, args.repeat, args.noise_threshold, args.host_io, args.profile,
-                  args.profile_calls, Path(args.profile_dir) if args.profile_dir else None),
+                  args.profile_calls or Loop.profile_calls, Path(args.profile_dir) if args.profile_dir else None),
         streams=streams, quantizers=quantizers,
-        scenario=ScenarioSettings(args.scenario, args.duration, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
+        scenario=ScenarioSettings(args.scenario, args.duration or ScenarioSettings.duration_s, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
         find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,
         calibration_inputs=calibration_inputs, evaluation=evaluation, sensitivity=args.sensitivity,
@@ -622,4 +632,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if scenarios.abandoned():
+        # A LoadGen run a stop signal ended still runs in its thread (bench/scenarios.py): the process
+        # ends here, its output flushed, before the interpreter's finalisation would wait on it or abort.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

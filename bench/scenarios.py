@@ -32,8 +32,6 @@ import contextlib
 import json
 import queue
 import re
-import signal
-import sys
 import tempfile
 import threading
 import time
@@ -112,6 +110,7 @@ class _BatchingSUT:
         self.pending: queue.SimpleQueue = queue.SimpleQueue()
         self.latencies_ms: list[float] = []
         self.error: BaseException | None = None
+        self.stopping = False  # a stop signal ended the run: the samples still queued are dropped
         self.worker = threading.Thread(target=self._work, name="resnet-perf-sut", daemon=True)
         streams = system.streams
         # Every request slot of the streams, free until a batch takes it: slot i runs on stream i % count.
@@ -145,7 +144,7 @@ class _BatchingSUT:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         streams = self.system.streams
-        while (batch := self._next_batch()) is not None:
+        while not self.stopping and (batch := self._next_batch()) is not None:
             # A short batch is padded: the runner's shape is static.
             padded = cycled(self.inputs[[sample.index for _, sample in batch]], self.batch_size)
             if streams is None:
@@ -180,6 +179,7 @@ class _BatchingSUT:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping = exc[0] is not None
         self.pending.put(None)
         self.worker.join()
         streams = self.system.streams
@@ -270,12 +270,10 @@ def run(system: System, inputs: Tensor, batch_size: int, settings: ScenarioSetti
     lg_sut = lg.ConstructSUT(sut.issue, lambda: None)
     qsl = lg.ConstructQSL(len(inputs), len(inputs), lambda _: None, lambda _: None)
     start = time.perf_counter()
-    try:
-        with sut, _interrupt_after():
-            lg.StartTestWithLogSettings(lg_sut, qsl, test, log)
-    finally:
-        lg.DestroyQSL(qsl)
-        lg.DestroySUT(lg_sut)
+    with sut:
+        _run_loadgen(lambda: lg.StartTestWithLogSettings(lg_sut, qsl, test, log))
+    lg.DestroyQSL(qsl)
+    lg.DestroySUT(lg_sut)
     try:
         if sut.error is not None:
             raise sut.error
@@ -286,29 +284,44 @@ def run(system: System, inputs: Tensor, batch_size: int, settings: ScenarioSetti
             scratch.cleanup()
 
 
-@contextlib.contextmanager
-def _interrupt_after():
-    """Hold a Ctrl-C until the LoadGen run ends, then raise it. Raised inside LoadGen (in one of our
-    callbacks on its issuing thread), it would unwind LoadGen's C++ frames past threads it never
-    joins, and the process would abort at exit. A second Ctrl-C does not wait."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed = []
+# LoadGen runs abandoned to a stop signal, still running in their threads (see _run_loadgen).
+_ABANDONED: list[threading.Thread] = []
 
-    def hold(signum, frame):
-        if pressed:
-            raise KeyboardInterrupt
-        pressed.append(signum)
-        print("python -m bench: Ctrl-C: stopping when this LoadGen run ends (again to stop now)", file=sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, hold)
+def _run_loadgen(start: Callable[[], None]) -> None:
+    """LoadGen's run in a thread of its own while this one waits, so that a stop signal (raised
+    here, in Python, by the command's handler) ends the wait within a tenth of a second. Raised in
+    LoadGen's own frames (our callbacks run on its threads), it would unwind C++ frames past threads
+    LoadGen never joins, and the process died of SIGSEGV. LoadGen has no call to stop a run, so a
+    stopped one is left running, its SUT and QSL never destroyed under it: the command then ends
+    with ``os._exit`` (``abandoned``) after its own cleanup, before the interpreter's finalisation,
+    which would wait on or abort that thread."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the waiting thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run, name="loadgen", daemon=True)
+    thread.start()
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
+        while not done.wait(0.1):
+            pass
+    except BaseException:
+        _ABANDONED.append(thread)
+        raise
+    if failure:
+        raise failure[0]
+
+
+def abandoned() -> bool:
+    """Whether a LoadGen run was left running after a stop signal: the process must end with os._exit."""
+    return any(thread.is_alive() for thread in _ABANDONED)
 
 
 def read_detail_log(path: Path) -> dict:

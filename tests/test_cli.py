@@ -4,6 +4,7 @@ backend and a parity-failing backend (exit 1, the other rows kept)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -79,6 +80,13 @@ def run_cli(capsys, *argv):
          "--streams 1000: each stream needs a core and an intra-op thread of its own; this process may use"),
         (["--streams", "2", "--threads", "1", "--device", "cpu"],
          "--streams 2: each stream needs a core and an intra-op thread of its own"),
+        (["--duration", "30"], "--duration applies to the LoadGen scenarios, not the offline loop"),
+        (["--profile-calls", "3"], "--profile-calls sets how many calls --profile layers profiles: add --profile layers"),
+        (["--json", "/tmp/rp-newdir/"], "--json /tmp/rp-newdir/: names a folder; give a file path"),
+        pytest.param(["--scenario", "server", "--target-qps", "5", "--max-queue-delay-ms", "100000000", "--duration", "2"],
+                     "--max-queue-delay-ms 1e+08: as long as the whole 2 s run",
+                     marks=pytest.mark.skipif(importlib.util.find_spec("mlperf_loadgen") is None,
+                                              reason="MLPerf LoadGen is not installed")),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):

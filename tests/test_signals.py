@@ -5,6 +5,7 @@ through `python -m bench` and `python -m export` processes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -135,3 +136,19 @@ def test_a_stop_during_start_up_exits_quietly(tmp_path, module, signum):
     assert process.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert not list(Path(tmp_path).rglob("*.onnx"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlperf_loadgen") is None, reason="MLPerf LoadGen is not installed")
+def test_sigterm_during_a_loadgen_run_ends_it_within_seconds(tmp_path):
+    """Raised in LoadGen's frames, the stop crashed the process (SIGSEGV); deferred to the run's end,
+    it would wait out the rest of a 60 s run."""
+    process = start("-m", "bench", *RUN, "--backend", "eager", "--batch-size", "2", "--scenario", "server",
+                    "--target-qps", "20", "--duration", "60", "--json", str(tmp_path / "run.json"))
+    time.sleep(15)  # start-up, the reference and parity, then into the LoadGen run
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 15, "the LoadGen run was waited out"
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "python -m bench: interrupted by SIGTERM after 0 row(s)"
