@@ -135,7 +135,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_path", default=None, help="write results as JSON here")
     p.add_argument("--csv", dest="csv_path", default=None, help="write results as CSV here")
     p.add_argument("--resume", default=None, metavar="RUN.json",
-                   help="keep the rows an interrupted run recorded there and run the rest (also its --json)")
+                   help="keep the rows an interrupted run recorded there and run the rest, and again the rows "
+                   "that failed (a full disk, a crash); also its --json")
     p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG: throughput and latency against batch size")
     p.add_argument("--cache-dir", default=str(default_cache_dir()),
                    help="where exported ONNX files and TensorRT engines are kept between runs")

@@ -142,8 +142,11 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
                           streams_asked=spec.streams, quantizer=spec.quantizer)
                 progress.update(task, description=f"{spec.model} {spec.backend} {precision_cell(row)} batch "
                                                   f"{spec.batch_size} streams {spec.streams}")
-                row = plan.resumed.get(row_key(row)) or run_row(spec, row, plan, runners, references, gauges,
-                                                                out_of_memory_at, loaded)
+                # A resumed row is kept unless it failed: a failure (a full disk, a crashed runtime) may
+                # not happen again, and a row that never retried would stay failed for good.
+                kept = plan.resumed.get(row_key(row))
+                row = kept if kept is not None and kept.status != "failed" else run_row(
+                    spec, row, plan, runners, references, gauges, out_of_memory_at, loaded)
                 if row.error == "out of memory":
                     out_of_memory_at[(spec.model, spec.precision, spec.backend)] = spec.batch_size
                     if plan.device.type == "cuda":

@@ -63,6 +63,10 @@ from resnet_perf.cli import (
 FORMATS = ("onnx", "tensorrt", "triton-repo", "openvino", "aoti")
 SUFFIXES = {"onnx": "onnx", "tensorrt": "plan", "openvino": "xml", "aoti": "pt2"}
 DEFAULT_BATCH = "1:8:32"
+# Flags of one kind of artifact, by dest, with their defaults: given for another kind, where they
+# would do nothing, they are refused.
+ENGINE_FLAGS = {"timing_cache": None, "workspace_mib": 4096, "opt_level": 3}
+REPO_FLAGS = {"triton_platform": "onnxruntime_onnx", "name": None, "instances": 1, "max_queue_delay_ms": 0.1}
 
 
 class ExportFailed(Exception):
@@ -89,17 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "cuda, cuda:N or auto")
     trt = p.add_argument_group("TensorRT")
     trt.add_argument("--timing-cache", default=None, help="TensorRT timing cache, read if present and saved")
-    trt.add_argument("--workspace-mib", type=positive_int, default=4096, help="builder workspace limit")
-    trt.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="0..5",
-                     help="builder optimization level (default 3; 5 searches longest)")
+    trt.add_argument("--workspace-mib", type=positive_int, default=None,
+                     help=f"builder workspace limit (default {ENGINE_FLAGS['workspace_mib']})")
+    trt.add_argument("--opt-level", type=int, choices=range(6), default=None, metavar="0..5",
+                     help=f"builder optimization level (default {ENGINE_FLAGS['opt_level']}; 5 searches longest)")
     quantize.add_arguments(p)
     repo = p.add_argument_group("Triton Inference Server repository")
-    repo.add_argument("--triton-platform", choices=tuple(triton_repo.PLATFORMS), default="onnxruntime_onnx",
-                      help="what the repository serves: the ONNX file or a TensorRT plan")
+    repo.add_argument("--triton-platform", choices=tuple(triton_repo.PLATFORMS), default=None,
+                      help=f"what the repository serves: the ONNX file or a TensorRT plan (default "
+                           f"{REPO_FLAGS['triton_platform']})")
     repo.add_argument("--name", default=None, help="model name in the repository (default: --model)")
-    repo.add_argument("--instances", type=positive_int, default=1, help="model instances (instance_group count)")
-    repo.add_argument("--max-queue-delay-ms", type=positive_float, default=0.1,
-                      help="how long Triton's dynamic batcher waits to fill a batch")
+    repo.add_argument("--instances", type=positive_int, default=None,
+                      help=f"model instances (instance_group count, default {REPO_FLAGS['instances']})")
+    repo.add_argument("--max-queue-delay-ms", type=positive_float, default=None,
+                      help=f"how long Triton's dynamic batcher waits to fill a batch (default "
+                           f"{REPO_FLAGS['max_queue_delay_ms']})")
     return p
 
 
@@ -122,6 +130,9 @@ def resolve(args: argparse.Namespace) -> Plan:
     """Check every argument against what this machine has; raise UsageError on the first bad one."""
     if args.model not in resnet_perf.MODEL_NAMES:
         raise UsageError(f"--model {args.model!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
+    apply_defaults(args, REPO_FLAGS, args.format == "triton-repo", "a Triton repository (--format triton-repo)")
+    apply_defaults(args, ENGINE_FLAGS, args.format == "tensorrt" or args.triton_platform == "tensorrt_plan",
+                   "a TensorRT engine (--format tensorrt, or --triton-platform tensorrt_plan)")
     if args.batch_size is not None:
         batch = BatchRange.static(args.batch_size)
     elif args.format == "openvino" and args.dynamic_batch is None:
@@ -193,6 +204,15 @@ def resolve(args: argparse.Namespace) -> Plan:
     check_directory("--output", args.output)  # last: a refused export creates nothing
     return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version,
                 flags, artifact, calibration_inputs)
+
+
+def apply_defaults(args: argparse.Namespace, flags: dict, applies: bool, what: str) -> None:
+    """Fill in the defaults of ``flags`` where they apply; refuse one given where it does not."""
+    for dest, default in flags.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+        elif not applies:
+            raise UsageError(f"--{dest.replace('_', '-')} applies to {what}, not --format {args.format}")
 
 
 def check_replaced(output: Path, artifact: Path, format: str) -> None:

@@ -75,6 +75,8 @@ def load_manifest(artifact: str | os.PathLike) -> dict:
         raise ManifestError(f"{str(artifact)!r}: give a file")
     artifact = Path(artifact)
     path = manifest_path(artifact)
+    if artifact.is_dir():
+        raise ManifestError(f"{artifact}: is a directory; give the artifact file in it")
     if not artifact.is_file():
         raise ManifestError(f"{artifact}: no such file")
     if not path.is_file():

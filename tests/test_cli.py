@@ -71,6 +71,7 @@ def run_cli(capsys, *argv):
          "--csv /tmp/rp-same.out is also --json's file: give each output its own"),
         (["--onnx", "/nonexistent.onnx"], "--onnx /nonexistent.onnx: no such file"),
         (["--onnx", ""], "--onnx '': give a file"),
+        (["--onnx", "/tmp"], "--onnx /tmp: is a directory; give the artifact file in it"),
         (["--engine", "/nonexistent.plan"], "--engine /nonexistent.plan: no such file"),
         (["--streams", "0"], "argument --streams: '0' is not a positive integer"),
         (["--streams", "-2"], "argument --streams: '-2' is not a positive integer"),

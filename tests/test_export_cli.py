@@ -162,6 +162,10 @@ def parse_model_config(path):
     (["--format", "onnx", "--precision", "bf16"], "--precision bf16: --format onnx is exported fp32, fp16 or int8"),
     (["--format", "onnx", "--opset", "99"], "--opset 99: torch's exporter writes opsets 18 to"),
     (["--format", "onnx", "--opset", "7"], "--opset 7: torch's exporter writes opsets 18 to"),
+    (["--format", "onnx", "--instances", "2"], "--instances applies to a Triton repository (--format triton-repo)"),
+    (["--format", "openvino", "--workspace-mib", "64"], "--workspace-mib applies to a TensorRT engine"),
+    (["--format", "triton-repo", "--opt-level", "5"], "--opt-level applies to a TensorRT engine (--format tensorrt, "
+     "or --triton-platform tensorrt_plan), not --format triton-repo"),
     (["--format", "triton-repo", "--dynamic-batch", "2:4:8"], "Triton's dynamic batcher sends every batch size from 1"),
     (["--format", "triton-repo", "--name", "../up"], "--name '../up': not a usable folder name"),
     (["--format", "onnx", "--weights", "/nonexistent/w.pth"], "weights file not found: /nonexistent/w.pth"),

@@ -72,6 +72,20 @@ def test_ctrl_c_keeps_every_finished_row_and_resume_runs_the_rest(capsys, tmp_pa
                                   ("interrupted", 2, "ok")]
 
 
+def test_resume_runs_a_failed_row_again(tmp_path, monkeypatch):
+    """A row that failed (a one-off full disk, a crashed runtime) is run again, not kept failed."""
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1,2", "--json", str(path)]) == 0
+    document = json.loads(path.read_text())
+    document["results"][1] = {**document["results"][1], "status": "failed", "error": "OSError: no space left"}
+    path.write_text(json.dumps(document))
+    monkeypatch.setitem(RUNNERS, "eager", CountingRunner)
+    CountingRunner.ran.clear()
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1,2", "--resume", str(path)]) == 0
+    assert CountingRunner.ran == [2]
+    assert results(path) == [("eager", 1, "ok"), ("eager", 2, "ok")]
+
+
 def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0
