@@ -333,7 +333,7 @@ def serving_table(rows: list[Row]) -> Table:
     client's own CPU per request."""
     grid = Table(title="serving: mean ms per request (server statistics; client send to receive)", title_justify="left")
     columns = ("model", "prec", "batch", "scenario", "server", "requests", "server batch", "queue", "compute",
-               "server total", "client", "transport", "direct", "overhead vs direct", "client cpu", "client busy")
+               "server total", "client", "transport", "direct (before/after)", "overhead vs direct", "client cpu", "client busy")
     for name in columns:
         grid.add_column(name, justify="left" if name in ("model", "prec", "scenario", "server") else "right")
     for r in rows:
@@ -347,10 +347,34 @@ def serving_table(rows: list[Row]) -> Table:
             r.model, precision_cell(r), str(r.batch_size), r.scenario, escape(f"{s['url']}{hosted}"), str(s["requests"]),
             _fmt(server.get("mean_batch"), ".2f"), _fmt(server.get("queue_ms"), ".2f"), _fmt(compute, ".2f"),
             _fmt(server.get("request_ms"), ".2f"), _fmt(s["client_ms"], ".2f"), _fmt(s.get("transport_ms"), ".2f"),
-            _fmt(s["direct_ms"], ".2f"), _fmt(s["overhead_ms"], "+.2f"), _fmt(s["client_cpu_ms"], ".3f"),
+            _direct_cell(s), _fmt(s["overhead_ms"], "+.2f") + ("*" if (s["overhead_ms"] or 0) < 0 else ""),
+            _fmt(s["client_cpu_ms"], ".3f"),
             _fmt(s["client_busy"], ".0%"),
         )
     return grid
+
+
+def _direct_cell(s: dict) -> str:
+    spread = s.get("direct_before_after_ms")  # absent in files from before it was measured twice
+    return _fmt(s["direct_ms"], ".2f") + (f" ({spread[0]:.2f}/{spread[1]:.2f})" if spread else "")
+
+
+def serving_notes(rows: list[Row]) -> list[str]:
+    """Why a row's serving figures read as they do: the server's statistics missing, or an overhead
+    below zero (the client's time under the direct call's, which the machine's drift can do)."""
+    notes = []
+    for r in rows:
+        s = r.serving
+        if not s:
+            continue
+        if isinstance(s["server"], str):
+            notes.append(f"{r.model} {r.backend}: {s['server']}")
+        if (s["overhead_ms"] or 0) < 0:
+            before, after = s.get("direct_before_after_ms") or (s["direct_ms"], s["direct_ms"])
+            notes.append(f"* {r.model} {r.backend} b{r.batch_size}: served faster than called directly "
+                         f"({s['client_ms']:.2f} ms against {before:.2f} before and {after:.2f} after the window): "
+                         "what serving costs here is below the machine's drift between measurements")
+    return notes
 
 
 def sensitivity_table(row: Row, top: int = 15) -> Table:
@@ -481,9 +505,8 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
                       highlight=False)
     if any(r.serving for r in rows):
         out.print(serving_table(rows))
-    for row in rows:
-        if row.serving and isinstance(row.serving["server"], str):
-            out.print(f"[dim]{row.model} {row.backend}: {escape(row.serving['server'])}[/dim]", highlight=False)
+    for note in serving_notes(rows):
+        out.print(f"[dim]{escape(note)}[/dim]", highlight=False)
     for row in rows:
         if row.sensitivity and row.batch_size == plan.batch_sizes[0]:
             if "error" in row.sensitivity:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 import bench.__main__ as cli
+from bench import report
 from bench.report import SCHEMA
 
 SWEEP = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--warmup", "0", "--iters", "3", "--backend", "eager,onnxruntime",
@@ -74,3 +75,16 @@ def test_report_bad_input(capsys, tmp_path, argv, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_a_negative_serving_overhead_is_explained():
+    """Served faster than called directly: the machine's drift, said beside the figure, not a gain."""
+    serving = {"server": {}, "overhead_ms": -1.5, "client_ms": 10.0, "direct_ms": 11.5,
+               "direct_before_after_ms": [12.5, 10.5]}
+    row = report.Row("resnet18", "triton-server", "cpu", "fp32", 4, 32, serving=serving)
+    (note,) = report.serving_notes([row])
+    assert note == ("* resnet18 triton-server b4: served faster than called directly (10.00 ms against 12.50 before "
+                    "and 10.50 after the window): what serving costs here is below the machine's drift between "
+                    "measurements")
+    assert report.serving_notes([report.Row("resnet18", "triton-server", "cpu", "fp32", 4, 32,
+                                            serving={**serving, "overhead_ms": 0.5})]) == []

@@ -106,6 +106,10 @@ def test_local_server_row_has_parity_and_the_servers_split(capsys, tmp_path):
     assert s["requests"] == row["iters"] == s["server"]["requests"]
     assert s["server"]["mean_batch"] == 4 and s["server"]["failed"] == 0
     assert s["server"]["compute_infer_ms"] > 0 and s["direct_ms"] > 0
+    # The direct call is timed on both sides of the window, so the machine's drift shows beside it.
+    first, last = s["direct_before_after_ms"]
+    assert first > 0 and last > 0 and s["direct_ms"] == pytest.approx((first + last) / 2)
+    assert s["overhead_ms"] == pytest.approx(s["client_ms"] - s["direct_ms"])
     assert s["client_ms"] >= s["server"]["request_ms"]
     assert not tritonservers(os.getpid()) and stubs() <= before, "the row's server outlived it"
 

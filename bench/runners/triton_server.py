@@ -203,7 +203,7 @@ class TritonServerRunner(Runner):
 
     def prepare_impl(self) -> None:
         self.hosted = self.local = self.client = None
-        self.direct_ms = None
+        self.direct_before: float | None = None
         self.request_ms: list[float] = []
         self.marked: tuple | None = None
         self._connect(self.config.streams if isinstance(self.config.streams, int) else 1)
@@ -237,10 +237,6 @@ class TritonServerRunner(Runner):
         if self.hosted is None:
             self.hosted = self.served
             self.hosted.prepare()
-            batch = torch.randn(c.input_shape, generator=torch.Generator().manual_seed(0))
-            # Host batch to host logits, as the server calls it.
-            direct = timing.measure(lambda: self.hosted.infer(batch), torch.device("cpu"), warmup=3, iters=10)
-            self.direct_ms = float(np.median(direct.samples_ms))
         self.local = local.LocalServer(self.hosted, c.model_id, options.max_queue_delay_ms, instances)
         self.local.start()
 
@@ -280,7 +276,19 @@ class TritonServerRunner(Runner):
 
         self.client.submit(self.interface, self._padded(batch), finished)
 
+    def _direct_ms(self) -> float | None:
+        """The hosted backend's median time called directly, host batch to host logits as the server
+        calls it (a local server only: a remote one's backend is not here)."""
+        if self.hosted is None:
+            return None
+        batch = torch.randn(self.config.input_shape, generator=torch.Generator().manual_seed(0))
+        direct = timing.measure(lambda: self.hosted.infer(batch), torch.device("cpu"), warmup=3, iters=10)
+        return float(np.median(direct.samples_ms))
+
     def mark(self) -> None:
+        # The direct time is measured on both sides of the window: on a VM that drifts by a quarter
+        # within minutes, one measurement before the window made serving's overhead negative.
+        self.direct_before = self._direct_ms()
         self.marked = (len(self.request_ms), self._settled_statistics(), self.client.cpu_seconds(), time.perf_counter())
 
     def _statistics(self) -> dict | str:
@@ -311,6 +319,7 @@ class TritonServerRunner(Runner):
         after = self._settled_statistics()
         requests = self.request_ms[first:]
         client_ms = float(np.mean(requests)) if requests else float("nan")
+        direct = None if self.direct_before is None else (self.direct_before, self._direct_ms())
         report = {
             "url": self.client.endpoint.url,
             "model": self.client.model,
@@ -323,8 +332,9 @@ class TritonServerRunner(Runner):
             # CPU the client's own thread spent (building, sending, receiving, decoding requests).
             "client_cpu_ms": cpu_s / len(requests) * 1e3 if requests else float("nan"),
             "client_busy": cpu_s / wall_s,
-            "direct_ms": self.direct_ms,
-            "overhead_ms": None if self.direct_ms is None else client_ms - self.direct_ms,
+            "direct_ms": None if direct is None else sum(direct) / 2,
+            "direct_before_after_ms": direct,
+            "overhead_ms": None if direct is None else client_ms - sum(direct) / 2,
         }
         if isinstance(before, str) or isinstance(after, str):
             report["server"] = before if isinstance(before, str) else after
