@@ -140,6 +140,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG: throughput and latency against batch size")
     p.add_argument("--cache-dir", default=str(default_cache_dir()),
                    help="where exported ONNX files and TensorRT engines are kept between runs")
+    p.add_argument("--parity", choices=("layers",), default=None,
+                   help="besides the logits, compare every line's output (a convolution with what joins it, a "
+                        "pooling, the fc) with the fp32 model's, in model order: where a row's error enters")
     p.add_argument("--profile", nargs="?", const="stages", choices=("stages", "layers"), default=None,
                    help="also time each stage of the model (stem, layer1..4, head; a bare --profile), or each layer "
                         "from the backend's own profiler, lined up by PyTorch module across backends (layers); "
@@ -537,6 +540,7 @@ def resolve(args: argparse.Namespace) -> Plan:
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
         find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,
         calibration_inputs=calibration_inputs, evaluation=evaluation, sensitivity=args.sensitivity,
+        parity_layers=args.parity == "layers",
         outputs=outputs, resumed=load_resume(args.resume, env) if args.resume else {},
     )
 

@@ -87,6 +87,7 @@ class Plan:
     calibration_inputs: Tensor | None = None  # --calib-data's inputs (None: synthetic)
     evaluation: tuple[Tensor, Tensor] | None = None  # --eval-data: images and their labels
     sensitivity: bool = False  # rank the layers by their INT8 cost (onnxruntime int8 rows)
+    parity_layers: bool = False  # --parity layers: every line's output compared with the fp32 model's
     outputs: Outputs = Outputs()
     resumed: Mapping[tuple, Row] = field(default_factory=dict)  # --resume: rows already measured, by key
 

@@ -503,6 +503,13 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
         elif r.profile and "reason" in r.profile:
             out.print(f"[dim]no layer profile: {r.backend} {precision_cell(r)} b{r.batch_size}: {escape(r.profile['reason'])}[/dim]",
                       highlight=False)
+    for grid in layers.parity_side_by_side(rows):
+        out.print(grid)
+    for r in rows:
+        reason = ((r.parity or {}).get("layers") or {}).get("reason")
+        if reason:
+            out.print(f"[dim]no layer parity: {r.backend} {precision_cell(r)} b{r.batch_size}: {escape(reason)}[/dim]",
+                      highlight=False)
     if any(r.serving for r in rows):
         out.print(serving_table(rows))
     for note in serving_notes(rows):

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import resnet_perf
 from bench import scenarios, timing
+from bench.layers import numerics
 from bench.costs.meter import Gauges, RowMeter, complete
 from bench.plan import Loop, Plan, RowSpec
 from bench.report import Row, precision_cell, row_key
@@ -49,6 +50,13 @@ class Reference:
     logits: torch.Tensor  # the fp32 eager model's on them
     accuracy: dict | None  # --eval-data: the fp32 model's own top-1 and top-5
     gmac_per_image: float  # the convolutions' and fc's multiply-accumulates, for achieved FLOP/s
+    # --parity layers: the fp32 model's line outputs on each row's first batch, by batch size
+    line_outputs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def lines(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(batch) not in self.line_outputs:
+            self.line_outputs[len(batch)] = numerics.torch_line_outputs(self.model, lambda: self.model(batch))
+        return self.line_outputs[len(batch)]
 
 
 class ReferenceFailed(RuntimeError):
@@ -217,12 +225,14 @@ def bench_row(runner: Runner, row: Row, reference: Reference, plan: Plan, gauges
 
         row.parity = parity.compare(reference.logits, parity.predict(runner.infer, reference.inputs, row.batch_size),
                                     row.precision)
+        if plan.parity_layers:
+            layer_parity(runner, row, reference.lines(batch), batch)
         if plan.evaluation is not None:
             images, labels = plan.evaluation
             measured = parity.accuracy(parity.predict(runner.infer, images, row.batch_size), labels)
             row.accuracy = {"images": len(labels), **measured, "reference_top1": reference.accuracy["top1"],
                             "reference_top5": reference.accuracy["top5"]}
-        row.note = runner.timing_note
+        row.note = "; ".join(filter(None, (runner.timing_note, layer_note(row)))) or None
     except Exception as exc:  # noqa: BLE001 - one backend's failure must not lose the other rows
         row.status, row.error = "failed", one_line(exc)
     finally:
@@ -351,6 +361,31 @@ def loop_row(runner: Runner, streams: Streams | None, row: Row, batch: torch.Ten
     row.host_io = loop.host_io
     row.cv = stats["latency_ms"]["std"] / stats["latency_ms"]["mean"]
     row.noisy = row.cv > loop.noise_threshold
+
+
+def layer_parity(runner: Runner, row: Row, reference: dict[str, torch.Tensor], batch: torch.Tensor) -> None:
+    """--parity layers: the row's line outputs on its first batch against the fp32 model's, into
+    ``row.parity["layers"]``; a backend that gives none says why there, and the row stands."""
+    try:
+        outputs, how = runner.line_outputs(runner.to_input(batch))
+        figures = numerics.compare_lines(reference, outputs)
+    except Exception as exc:  # noqa: BLE001 - the row's own parity and timing stand without its lines
+        row.parity["layers"] = {"reason": str(exc) if isinstance(exc, NotImplementedError) else one_line(exc)}
+        return
+    row.parity["layers"] = numerics.to_json(figures, how)
+    first = numerics.first_outside(figures, row.precision)
+    row.parity["layers"]["first_outside"] = None if first is None else first.line
+
+
+def layer_note(row: Row) -> str | None:
+    """The row's note on its lines: the first outside its precision's tolerance, where its error enters."""
+    layers = (row.parity or {}).get("layers") or {}
+    first = layers.get("first_outside")
+    if first is None:
+        return None
+    figures = next(f for f in layers["lines"] if f["line"] == first)
+    return (f"first line outside {row.precision} tolerance: {first} (cosine {figures['cosine']:.4f}, "
+            f"rel_l2 {figures['rel_l2']:.2e})")
 
 
 def profile_row(runner: Runner, row: Row, batch: torch.Tensor, loop: Loop) -> None:

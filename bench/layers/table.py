@@ -1,5 +1,6 @@
-"""``--profile layers`` on the console: every backend's layer profile side by side, one line per
-convolution (with what joined it), pooling and fc, then each backend's ten slowest layers."""
+"""``--profile layers`` and ``--parity layers`` on the console: every backend's layer profile, or
+its line outputs against the fp32 model's, side by side, one line per convolution (with what
+joined it), pooling and fc; then each backend's ten slowest layers."""
 
 from __future__ import annotations
 
@@ -81,3 +82,30 @@ def top_layers(r) -> Table:
         grid.add_row(str(rank), layer["name"], layer["kind"], f"{layer['ms']:.2f}",
                      f"{layer['ms'] / p['wall_ms']:.0%}", line)
     return grid
+
+
+def parity_side_by_side(rows: Sequence) -> list[Table]:
+    """--parity layers: one table per model, a line per model line in order, a column per row with
+    the line's cosine and rel_l2 against the fp32 model; the first line outside a row's tolerance
+    in red, and every line after it dimmed (its error is carried, not new)."""
+    tables = []
+    compared = [r for r in rows if ((r.parity or {}).get("layers") or {}).get("lines")]
+    for model in dict.fromkeys(r.model for r in compared):
+        ours = [r for r in compared if r.model == model]
+        grid = Table(title=f"{model}: each line's output against the fp32 model's (worst sample's cosine, rel_l2)",
+                     title_justify="left")
+        grid.add_column("line (its anchor)")
+        for r in ours:
+            grid.add_column(_column(r), justify="right")
+        figures = {id(r): {f["line"]: f for f in r.parity["layers"]["lines"]} for r in ours}
+        for line in dict.fromkeys(f["line"] for r in ours for f in r.parity["layers"]["lines"]):
+            cells = []
+            for r in ours:
+                f, first = figures[id(r)].get(line), r.parity["layers"]["first_outside"]
+                cell = "-" if f is None else f"{f['cosine']:.5f} {f['rel_l2']:.1e}" if f["finite"] else "NaN/Inf"
+                cells.append(f"[red]{cell}[/red]" if line == first else cell)
+            grid.add_row(line, *cells)
+        grid.add_section()
+        grid.add_row("how", *(r.parity["layers"]["how"] for r in ours))
+        tables.append(grid)
+    return tables

@@ -188,6 +188,12 @@ class Runner(abc.ABC):
         where given. Backends whose runtime reports no layers raise NotImplementedError saying so."""
         raise NotImplementedError(f"{self.name} reports no per-layer times")
 
+    def line_outputs(self, inputs: Any) -> tuple[dict[str, Tensor], str]:
+        """--parity layers: each model line's output on ``inputs`` (from ``to_input``), named by its
+        anchor module (bench.layers.numerics), and how they were obtained. Backends that cannot give
+        them raise NotImplementedError saying why."""
+        raise NotImplementedError(f"{self.name} gives no per-layer outputs yet")
+
     @property
     def timing_note(self) -> str | None:
         """What a reader of the row's figures must know: timings that are not performance figures

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from bench.layers.compiled import profile_compiled
+from bench.layers.numerics import torch_line_outputs
 from bench.layers.profile import LayerProfile
 from bench.runners.base import CUDA_GRAPH_LIMIT, RunContext, TorchRunner
 from bench.streams import Lane, threads_each
@@ -135,6 +136,18 @@ class CompileRunner(TorchRunner):
             warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
             compiled(example)
         return compiled
+
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        """Inductor fuses across lines, so no line's output exists in the compiled graph: the lines
+        come from an eager run of the same module, which the row's logits are checked against too."""
+        if self.quantized is not None:
+            raise NotImplementedError("compile int8 runs PT2E's quantized graph, which has no modules to hook")
+
+        def call():
+            with torch.inference_mode():
+                return self.module(inputs)
+
+        return torch_line_outputs(self.module, call), "an eager run of the same module (inductor keeps no line outputs)"
 
     def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
         """On CPU a second build of the same graph, whose C++ kernels report themselves to the

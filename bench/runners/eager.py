@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bench.layers.numerics import torch_line_outputs
 from bench.layers.profile import LayerProfile
 from bench.layers.torch_modules import profile_module
 from bench.runners.base import TorchRunner
@@ -24,6 +25,9 @@ class EagerRunner(TorchRunner):
 
     def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
         return profile_module(self.module, lambda: self.run(inputs), calls, self.config.device, trace)
+
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        return torch_line_outputs(self.module, lambda: self.run(inputs)), "forward hooks on every module"
 
     def close_impl(self) -> None:
         del self.module

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.layers.groups import Op
+from bench.layers.numerics import torch_line_outputs
 from bench.layers.profile import LayerProfile
 from bench.layers.torch_modules import module_ops, profile_module
 from bench.runners.base import CUDA_GRAPH_LIMIT, TorchRunner
@@ -102,6 +103,15 @@ class TritonRunner(TorchRunner):
         if interpreted:
             profile.notes.append("Triton's interpreter: the times are not performance figures")
         return profile
+
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        """The fused model run eagerly, its launches those the row times: each fused launch ends its
+        line (conv + BatchNorm + residual add + ReLU), so lines are compared at their ends."""
+        def call():
+            with torch.inference_mode():
+                return self.fused(inputs)
+
+        return torch_line_outputs(self.fused, call), "forward hooks on the fused model, one fused launch per line"
 
     def close_impl(self) -> None:
         del self.module, self.fused

@@ -1,0 +1,78 @@
+"""--parity layers: every line's output against the fp32 model's, in model order, so the first line
+outside a row's tolerance is where its error enters. A layer corrupted on purpose is named at its
+line and no line before; fp32 lines agree to fp32 tolerances."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import bench.__main__ as cli
+import resnet_perf
+from bench.layers import numerics
+from bench.runners import RUNNERS
+from bench.runners.eager import EagerRunner
+from resnet_perf.fused import fuse
+
+SMALL = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "2", "--warmup", "0",
+         "--iters", "2", "--device", "cpu", "--parity", "layers"]
+# ResNet-18's lines in model order: the stem, each block's convolutions and shortcut, the head.
+RESNET18_LINES = ["conv1", "maxpool"] + [
+    f"layer{stage}.{block}.{name}" for stage in range(1, 5) for block in range(2)
+    for name in ("conv1", "conv2", *(["downsample.0"] if stage > 1 and block == 0 else []))] + ["avgpool", "fc"]
+CORRUPTED = "layer3.0.conv2"
+
+
+class CorruptedRunner(EagerRunner):
+    """Eager, with one convolution's weights perturbed: a backend that got one layer wrong."""
+
+    name = "corrupted"
+
+    def make_module(self) -> torch.nn.Module:
+        module = super().make_module()
+        weight = module.get_submodule(CORRUPTED).weight
+        with torch.no_grad():
+            weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * weight.std() * 0.5)
+        return module
+
+
+def run(tmp_path, *argv) -> list[dict]:
+    path = tmp_path / "run.json"
+    cli.main([*SMALL, *argv, "--json", str(path)])
+    return json.loads(path.read_text())["results"]
+
+
+def test_the_lines_are_the_models_in_order_and_the_fused_model_ends_each_where_the_reference_does():
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    reference = numerics.torch_line_outputs(model, lambda: model(x))
+    assert list(reference) == RESNET18_LINES
+    with torch.inference_mode():
+        torch.testing.assert_close(reference["fc"], model(x))  # the last line is the logits
+        torch.testing.assert_close(reference["layer1.0.conv2"], model.layer1[0](model.maxpool(model.relu(
+            model.bn1(model.conv1(x))))))  # a block's second line ends after its add and ReLU
+    fused = fuse(model)
+    lines = numerics.torch_line_outputs(fused, lambda: fused(x))
+    assert sorted(lines) == sorted(RESNET18_LINES)  # the fused shortcut is the reference's downsample.0 line
+    figures = numerics.compare_lines(reference, lines)
+    assert numerics.first_outside(figures, "fp32") is None
+
+
+def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_path):
+    monkeypatch.setitem(RUNNERS, CorruptedRunner.name, CorruptedRunner)
+    eager, corrupted = run(tmp_path, "--backend", "eager,corrupted")
+    assert eager["status"] == "ok" and eager["parity"]["layers"]["first_outside"] is None
+    assert [f["line"] for f in eager["parity"]["layers"]["lines"]] == RESNET18_LINES
+    assert all(f["cosine"] > 0.99999 and f["rel_l2"] < 1e-4 for f in eager["parity"]["layers"]["lines"])
+    layers = corrupted["parity"]["layers"]
+    assert layers["first_outside"] == CORRUPTED
+    before = RESNET18_LINES[:RESNET18_LINES.index(CORRUPTED)]
+    assert all(f["rel_l2"] < 1e-4 for f in layers["lines"] if f["line"] in before)
+    assert f"first line outside fp32 tolerance: {CORRUPTED} (cosine" in corrupted["note"]
+
+
+def test_a_backend_without_line_outputs_says_so_and_its_row_stands(tmp_path):
+    (row,) = run(tmp_path, "--backend", "onnxruntime")
+    assert row["status"] == "ok" and row["parity"]["passed"]
+    assert row["parity"]["layers"] == {"reason": "onnxruntime gives no per-layer outputs yet"}
