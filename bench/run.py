@@ -26,8 +26,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import resnet_perf
 from bench import scenarios, timing
-from bench.layers import numerics
 from bench.costs.meter import Gauges, RowMeter, complete
+from bench.layers import numerics
 from bench.plan import Loop, Plan, RowSpec
 from bench.report import Row, precision_cell, row_key
 from bench.runners import RunConfig, Runner
