@@ -73,6 +73,20 @@ def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_
 
 
 def test_a_backend_without_line_outputs_says_so_and_its_row_stands(tmp_path):
-    (row,) = run(tmp_path, "--backend", "onnxruntime")
+    (row,) = run(tmp_path, "--backend", "openvino")
     assert row["status"] == "ok" and row["parity"]["passed"]
-    assert row["parity"]["layers"] == {"reason": "onnxruntime gives no per-layer outputs yet"}
+    assert row["parity"]["layers"] == {"reason": "openvino gives no per-layer outputs yet"}
+
+
+def test_onnxruntime_lines_agree_in_fp32_and_int8_reads_them_as_the_next_layer_does(tmp_path):
+    """Each line's end added as an output of the row's file; in the QDQ graph a new Dequantize
+    beside the graph's own, so the int8 fusions (and the logits) are those the row timed."""
+    fp32, int8 = run(tmp_path, "--backend", "onnxruntime", "--precision", "fp32,int8")
+    for row in (fp32, int8):
+        assert [f["line"] for f in row["parity"]["layers"]["lines"]] == RESNET18_LINES
+        assert "logits moved" not in row["parity"]["layers"]["how"]
+    assert fp32["parity"]["layers"]["first_outside"] is None
+    assert all(f["rel_l2"] < 1e-4 for f in fp32["parity"]["layers"]["lines"])
+    assert "as the next layer reads it (requantized)" in int8["parity"]["layers"]["how"]
+    first, last = int8["parity"]["layers"]["lines"][0], int8["parity"]["layers"]["lines"][-1]
+    assert 1e-4 < first["rel_l2"] < last["rel_l2"]  # quantization error enters at the stem and grows

@@ -112,3 +112,37 @@ def _by_dataflow(graph: onnx.GraphProto, found: dict[str, str]) -> None:
             if line is not None:
                 found[node.name] = line
                 changed = True
+
+
+def with_line_outputs(path: str | os.PathLike, model: nn.Module) -> tuple[bytes, dict[str, str], bool]:
+    """The ONNX file at ``path`` with each line's end as a graph output: its last node with a module
+    scope. In a QDQ graph a line's end is quantized for the next layer (Quantize, then Dequantize);
+    there the output is a new DequantizeLinear beside the existing one, reading the same Quantize:
+    the value the next layer reads, while the graph's own Q/DQ pairs, and so the runtime's int8
+    fusions, stay as they were. Returns the model, each line's output name, and whether any line
+    was read after requantization."""
+    graph_model = onnx.load(str(path), load_external_data=False)
+    graph = graph_model.graph
+    nodes = node_lines(path, model)
+    ends: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        line = nodes[node.name]
+        if line.line is not None and line.members:
+            ends[line.line] = node
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    names, requantized = {}, False
+    for line, node in ends.items():
+        tensor = node.output[0]
+        quantize = next((c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"), None)
+        if quantize is not None:
+            dequantized = f"{tensor}/line_parity_dq"
+            graph.node.append(onnx.helper.make_node("DequantizeLinear", [quantize.output[0], *quantize.input[1:]],
+                                                    [dequantized], name=f"{quantize.name}/line_parity_dq"))
+            tensor, requantized = dequantized, True
+        if tensor not in {o.name for o in graph.output}:
+            graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+        names[line] = tensor
+    return graph_model.SerializeToString(), names, requantized

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.layers.onnx_nodes import attribute, node_lines
+from bench.layers.onnx_nodes import attribute, node_lines, with_line_outputs
 from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunConfig, Runner
 from bench.streams import Lane, threads_each
@@ -120,7 +120,7 @@ class OnnxRuntimeRunner(Runner):
         return {"runtime": "onnxruntime", "model_file": path.name, "model_mb": round(path.stat().st_size / 2**20, 1)}
 
     def _session(self, profile_prefix: Path | None = None, threads: int | None = None,
-                 stream: torch.cuda.Stream | None = None) -> Any:
+                 stream: torch.cuda.Stream | None = None, graph: bytes | None = None) -> Any:
         """The row's session (``threads`` intra-op threads, by default the row's; on CUDA computing
         on ``stream`` where given); with ``profile_prefix``, one that profiles every node of every
         run into a JSON trace there (a session of its own: profiling is set when a session is made)."""
@@ -134,7 +134,7 @@ class OnnxRuntimeRunner(Runner):
             options.enable_profiling = True
             options.profile_file_prefix = str(profile_prefix)
         providers = self.providers(stream)
-        session = ort.InferenceSession(str(self.onnx_path()), options, providers=providers)
+        session = ort.InferenceSession(graph or str(self.onnx_path()), options, providers=providers)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if session.get_providers()[0] != wanted:
             raise RuntimeError(f"onnxruntime fell back to {session.get_providers()[0]} instead of {wanted}")
@@ -193,6 +193,23 @@ class OnnxRuntimeRunner(Runner):
             source="onnxruntime SessionOptions.enable_profiling, per node of the optimized graph",
             calls=len(runs), wall_ms=wall_ms, trace=trace,
             layers=[RuntimeLayer(name, kinds[name], us / len(runs) / 1e3, *mapped[name]) for name, us in kernel_us.items()])
+
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        """A session of its own on the row's file with each line's end added as a graph output
+        (bench.layers.onnx_nodes.with_line_outputs), under the row's providers and optimizations."""
+        graph, names, requantized = with_line_outputs(self.onnx_path(), self.model)
+        session = self._session(graph=graph)
+        values = session.run(list(names.values()), {session.get_inputs()[0].name: inputs.cpu().numpy()})
+        outputs = {line: torch.from_numpy(value).float() for line, value in zip(names, values)}
+        how = "each line's end added as a graph output of the row's file"
+        if requantized:
+            how += "; in the QDQ graph, as the next layer reads it (requantized)"
+        # An output taken inside a group the runtime fuses could change what it computes: the
+        # logits say whether it did.
+        moved = (outputs["fc"] - self.to_logits(self.run(inputs)).float().cpu()).abs().max().item()
+        if moved > 0:
+            how += f"; with them the logits moved by up to {moved:.1e} (an output changed a fusion)"
+        return outputs, how
 
     def _bind(self, bind: Any, name: str, tensor: Tensor) -> None:
         device = self.config.device
