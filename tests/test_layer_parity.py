@@ -72,10 +72,12 @@ def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_
     assert f"first line outside fp32 tolerance: {CORRUPTED} (cosine" in corrupted["note"]
 
 
-def test_a_backend_without_line_outputs_says_so_and_its_row_stands(tmp_path):
-    (row,) = run(tmp_path, "--backend", "openvino")
-    assert row["status"] == "ok" and row["parity"]["passed"]
-    assert row["parity"]["layers"] == {"reason": "openvino gives no per-layer outputs yet"}
+def test_openvino_lines_agree_and_a_row_without_line_outputs_says_so_and_stands(tmp_path):
+    fp32, nncf = run(tmp_path, "--backend", "openvino", "--precision", "fp32,int8", "--ov-int8", "nncf")
+    assert fp32["parity"]["layers"]["first_outside"] is None and "logits moved" not in fp32["parity"]["layers"]["how"]
+    assert [f["line"] for f in fp32["parity"]["layers"]["lines"]] == RESNET18_LINES
+    assert nncf["status"] == "ok" and nncf["parity"]["passed"]
+    assert nncf["parity"]["layers"] == {"reason": "an NNCF IR's layers keep no ONNX tensor names to take outputs at"}
 
 
 def test_onnxruntime_lines_agree_in_fp32_and_int8_reads_them_as_the_next_layer_does(tmp_path):

@@ -64,6 +64,19 @@ def torch_line_outputs(module: nn.Module, call: Callable[[], object]) -> dict[st
     return {line: tensor.float().cpu() for line, tensor in ends.items()}
 
 
+def added_outputs_how(outputs: dict[str, Tensor], logits: Tensor, requantized: bool) -> str:
+    """How lines taken as added outputs of a runtime's graph (with_line_outputs) were read, and
+    whether adding them changed what it computes: an output inside a group the runtime fuses could,
+    and the logits, unchanged or not against the row's own, say whether it did."""
+    how = "each line's end added as an output of the row's file"
+    if requantized:
+        how += "; in the QDQ graph, as the next layer reads it (requantized)"
+    moved = (outputs["fc"] - logits.float().cpu()).abs().max().item()
+    if moved > 0:
+        how += f"; with them the logits moved by up to {moved:.1e} (an output changed a fusion)"
+    return how
+
+
 def compare_line(line: str, reference: Tensor, candidate: Tensor) -> LineParity:
     """A line's tensors (N x ...) compared as parity compares logits: per sample, centred."""
     ref = reference.double().flatten(1)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.layers.numerics import added_outputs_how
 from bench.layers.onnx_nodes import attribute, node_lines, with_line_outputs
 from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunConfig, Runner
@@ -201,15 +202,7 @@ class OnnxRuntimeRunner(Runner):
         session = self._session(graph=graph)
         values = session.run(list(names.values()), {session.get_inputs()[0].name: inputs.cpu().numpy()})
         outputs = {line: torch.from_numpy(value).float() for line, value in zip(names, values)}
-        how = "each line's end added as a graph output of the row's file"
-        if requantized:
-            how += "; in the QDQ graph, as the next layer reads it (requantized)"
-        # An output taken inside a group the runtime fuses could change what it computes: the
-        # logits say whether it did.
-        moved = (outputs["fc"] - self.to_logits(self.run(inputs)).float().cpu()).abs().max().item()
-        if moved > 0:
-            how += f"; with them the logits moved by up to {moved:.1e} (an output changed a fusion)"
-        return outputs, how
+        return outputs, added_outputs_how(outputs, self.to_logits(self.run(inputs)), requantized)
 
     def _bind(self, bind: Any, name: str, tensor: Tensor) -> None:
         device = self.config.device

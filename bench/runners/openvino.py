@@ -29,6 +29,7 @@ import functools
 import importlib.util
 import json
 import queue
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,7 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.layers.onnx_nodes import attribute, node_lines
+from bench.layers.numerics import added_outputs_how
+from bench.layers.onnx_nodes import attribute, node_lines, with_line_outputs
 from bench.layers.profile import LayerProfile, RuntimeLayer
 from bench.runners.base import RunConfig, RunContext, Runner
 from bench.runners.onnxruntime import cached_onnx, export_path
@@ -165,9 +167,10 @@ class OpenVINORunner(Runner):
             cached(ir_path(c), fields, lambda xml: convert_ir(source, xml, batch, c.calibration))
         self.quantization = load_manifest(path).get("quantization") if c.precision == "int8" else None
 
-    def _compile(self, profiling: bool = False) -> Any:
+    def _compile(self, profiling: bool = False, model: Any = None) -> Any:
         """The row's ONNX compiled for the CPU plugin with the row's settings; with ``profiling``,
-        with its per-layer performance counters on (PERF_COUNT), which a timed model must not carry."""
+        with its per-layer performance counters on (PERF_COUNT), which a timed model must not carry;
+        ``model`` (an ov.Model) in place of the row's file."""
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
@@ -184,7 +187,7 @@ class OpenVINORunner(Runner):
         if isinstance(c.streams, int) and c.streams > 1:
             settings[props.num_streams] = c.streams
         core = ov.Core()
-        return core.compile_model(core.read_model(str(self.model_path())), "CPU", settings)
+        return core.compile_model(model or core.read_model(str(self.model_path())), "CPU", settings)
 
     def prepare_impl(self) -> None:
         self.compiled = self._compile()
@@ -278,6 +281,25 @@ class OpenVINORunner(Runner):
         return LayerProfile(source="OpenVINO PERF_COUNT, per layer of the CPU plugin's runtime graph", calls=calls,
                             wall_ms=wall_s / calls * 1e3, layers=layers, trace=trace,
                             notes=["one synchronous request"] if self.config.streams != 1 else [])
+
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        """The row's model with each line's end added as an output (ov.Model.add_outputs, by the
+        ONNX tensor names the model keeps), compiled with the row's settings. In a QDQ file a line
+        is read as the next layer reads it (bench.layers.onnx_nodes.with_line_outputs)."""
+        import openvino as ov
+
+        path = self.model_path()
+        if path.suffix != ".onnx":
+            raise NotImplementedError("an NNCF IR's layers keep no ONNX tensor names to take outputs at")
+        graph, names, requantized = with_line_outputs(path, self.model)
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "lines.onnx").write_bytes(graph)
+            model = ov.Core().read_model(str(Path(folder) / "lines.onnx"))
+        request = self._compile(model=model).create_infer_request()
+        results = request.infer({0: inputs.numpy()})
+        by_name = {name: value for port, value in results.items() for name in port.get_names()}
+        outputs = {line: torch.from_numpy(by_name[tensor].copy()).float() for line, tensor in names.items()}
+        return outputs, added_outputs_how(outputs, self.to_logits(self.run(inputs)), requantized)
 
     def close_impl(self) -> None:
         del self.request, self.compiled
