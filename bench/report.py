@@ -623,6 +623,16 @@ def _nested_problem(record: dict) -> str | None:
                 return f"{key}.{name} is {got!r:.60}"
     if record.get("loadgen") and not all(isinstance(r, str) for r in record["loadgen"]["reasons"]):
         return "loadgen.reasons holds something other than text"
+    layers = (record.get("parity") or {}).get("layers") if isinstance(record.get("parity"), dict) else None
+    if layers is not None:
+        lines = layers.get("lines") if isinstance(layers, dict) else None
+        if not isinstance(layers, dict) or not (isinstance(layers.get("reason"), str) or (
+                isinstance(lines, list) and isinstance(layers.get("how"), str) and all(
+                    isinstance(f, dict) and isinstance(f.get("line"), str) and isinstance(f.get("finite"), bool)
+                    and all(isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool)
+                            for k in ("cosine", "rel_l2")) for f in lines)
+                and layers.get("first_outside") in (None, *(f["line"] for f in lines)))):
+            return f"parity.layers is {layers!r:.60}, not a reason or lines of (line, cosine, rel_l2, finite)"
     repeats = record.get("repeats")
     if repeats is not None and not (isinstance(repeats, list) and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in repeats)):

@@ -92,3 +92,16 @@ def test_onnxruntime_lines_agree_in_fp32_and_int8_reads_them_as_the_next_layer_d
     assert "as the next layer reads it (requantized)" in int8["parity"]["layers"]["how"]
     first, last = int8["parity"]["layers"]["lines"][0], int8["parity"]["layers"]["lines"][-1]
     assert 1e-4 < first["rel_l2"] < last["rel_l2"]  # quantization error enters at the stem and grows
+
+
+def test_a_run_file_with_broken_layer_figures_is_one_line(capsys, tmp_path):
+    from bench.report import SCHEMA
+
+    row = {"model": "resnet18", "backend": "eager", "device": "cpu", "precision": "fp32", "batch_size": 2,
+           "image_size": 32, "scenario": "offline", "status": "skipped", "error": "x",
+           "parity": {"layers": {"how": "hooks", "lines": [{"line": "conv1", "cosine": "1"}], "first_outside": None}}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"schema": SCHEMA, "env": {}, "results": [row]}))
+    assert cli.main(["report", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "row 0: parity.layers is" in err
