@@ -102,3 +102,41 @@ def write_layer_plot(rows: list[dict], path: str | os.PathLike, title: str) -> N
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def write_parity_plot(rows: list[dict], path: str | os.PathLike, title: str) -> None:
+    """--parity layers: each row's relative L2 error against the fp32 model, line by line in model
+    order (log scale), with the ResNet stages marked: where error enters and how it grows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.layers.groups import stage_of
+
+    compared = [r for r in rows if ((r.get("parity") or {}).get("layers") or {}).get("lines")]
+    if not compared:
+        raise ValueError("no row with layer parity to plot")
+    lines = list(dict.fromkeys(f["line"] for r in compared for f in r["parity"]["layers"]["lines"]))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.18 * len(lines) + 3), 4.8), constrained_layout=True)
+    for r in compared:
+        figures = {f["line"]: f["rel_l2"] for f in r["parity"]["layers"]["lines"] if f["finite"]}
+        xs = [i for i, line in enumerate(lines) if line in figures]
+        quantizer = f" {r['quantizer']}" if r.get("quantizer") else ""
+        # An exact line (rel_l2 0) is drawn at the axis floor rather than dropped from a log scale.
+        ax.plot(xs, [max(figures[lines[i]], 1e-9) for i in xs], marker=".",
+                label=f"{r['model']} {r['backend']} {r['precision']}{quantizer} b{r['batch_size']}")
+    stages = [stage_of(line) for line in lines]
+    for i, stage in enumerate(stages):
+        if i == 0 or stage != stages[i - 1]:
+            ax.axvline(i - 0.5, color="0.85", linewidth=0.8)
+            ax.text(i - 0.4, 1.0, stage, transform=ax.get_xaxis_transform(), fontsize=8, va="top", color="0.4")
+    ax.set_yscale("log")
+    ax.set_ylabel("rel_l2 against the fp32 model")
+    ax.set_xlabel("line, in model order")
+    ax.set_title("error through the network, line by line (--parity layers)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -711,7 +711,7 @@ def write_report(runs: list[str], output: str) -> Path:
     plot of each) written to ``output``/report.md; returns its path. Every file is read and checked
     before anything is written (UsageError), and the report and its plots are built in a staging
     folder and moved in together, so a failure leaves no half-built report."""
-    from bench.plot import write_layer_plot, write_plot
+    from bench.plot import write_layer_plot, write_parity_plot, write_plot
 
     documents = [(Path(path), load(path)) for path in runs]
     folder = check_directory("--output", output)
@@ -722,15 +722,19 @@ def write_report(runs: list[str], output: str) -> Path:
              for name, (_, document) in zip(names, documents)]
     layer_plots = [f"{name}-layers.png" if any((r.get("profile") or {}).get("layers") for r in document["results"])
                    else None for name, (_, document) in zip(names, documents)]
+    parity_plots = [f"{name}-parity.png" if any(((r.get("parity") or {}).get("layers") or {}).get("lines")
+                                                for r in document["results"]) else None
+                    for name, (_, document) in zip(names, documents)]
     inputs = {Path(os.path.realpath(path)) for path, _ in documents}
-    for name in ("report.md", *filter(None, plots), *filter(None, layer_plots)):
+    for name in ("report.md", *filter(None, plots), *filter(None, layer_plots), *filter(None, parity_plots)):
         target = output_file("--output", os.path.join(output, name))
         if target in inputs:
             raise UsageError(f"--output {output}: the report's {name} would replace the run file {target} it reads; "
                              "give another folder")
     sections = ["# resnet-perf report", ""]
     with staging_dir(folder) as stage:
-        for (path, document), name, plot, layer_plot in zip(documents, names, plots, layer_plots):
+        for (path, document), name, plot, layer_plot, parity_plot in zip(documents, names, plots, layer_plots,
+                                                                          parity_plots):
             if plot:
                 write_plot(document["results"], stage / plot, name)
             title = path.name if name == path.stem else str(path)
@@ -738,6 +742,9 @@ def write_report(runs: list[str], output: str) -> Path:
             if layer_plot:
                 write_layer_plot(document["results"], stage / layer_plot, name)
                 sections.append(f"![time per profiled call by ResNet stage, per backend]({layer_plot})\n")
+            if parity_plot:
+                write_parity_plot(document["results"], stage / parity_plot, name)
+                sections.append(f"![each line's rel_l2 against the fp32 model, per backend]({parity_plot})\n")
         write_text(stage / "report.md", "\n".join(sections))
         publish(stage, folder)
     return Path(output) / "report.md"

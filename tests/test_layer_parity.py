@@ -70,6 +70,10 @@ def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_
     before = RESNET18_LINES[:RESNET18_LINES.index(CORRUPTED)]
     assert all(f["rel_l2"] < 1e-4 for f in layers["lines"] if f["line"] in before)
     assert f"first line outside fp32 tolerance: {CORRUPTED} (cosine" in corrupted["note"]
+    # bench report draws each row's error line by line.
+    assert cli.main(["report", str(tmp_path / "run.json"), "--output", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "run-parity.png").stat().st_size > 0
+    assert "(run-parity.png)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_openvino_lines_agree_and_a_row_without_line_outputs_says_so_and_stands(tmp_path):
