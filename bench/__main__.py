@@ -45,9 +45,11 @@ from resnet_perf.cli import (
     Stopped,
     UsageError,
     check_directory,
+    check_thread_variables,
     default_cache_dir,
     held,
     list_of,
+    non_negative_float,
     non_negative_int,
     one_line,
     output_file,
@@ -171,7 +173,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     load.add_argument("--target-qps", type=positive_float, default=None, help="server: Poisson arrival rate")
     load.add_argument("--max-batch", type=positive_int, default=None,
                       help="server: the dynamic batcher's largest batch (default: --batch-size)")
-    load.add_argument("--max-queue-delay-ms", type=positive_float, default=None,
+    load.add_argument("--max-queue-delay-ms", type=non_negative_float, default=None,
                       help=f"server: how long the batcher waits to fill a batch (default {DEFAULT_QUEUE_DELAY_MS:g} ms)")
     load.add_argument("--find-max-qps", action="store_true", help="server: the highest rate whose p99 stays within --p99-ms")
     load.add_argument("--p99-ms", type=positive_float, default=None, help="server: the p99 latency bound LoadGen judges")
@@ -315,6 +317,11 @@ def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: 
             raise UsageError(f"{flag} applies to the {' or '.join(names)} backend: {why}")
 
 
+def queue_delay_ms(args: argparse.Namespace) -> float:
+    """The dynamic batcher's wait: --max-queue-delay-ms (0 sends each batch at once), or the default."""
+    return DEFAULT_QUEUE_DELAY_MS if args.max_queue_delay_ms is None else args.max_queue_delay_ms
+
+
 def check_scenario(args: argparse.Namespace) -> None:
     """The LoadGen flags fit the scenario asked for, and LoadGen is installed where one is asked for."""
     server_only = {"--target-qps": args.target_qps, "--max-batch": args.max_batch, "--p99-ms": args.p99_ms,
@@ -454,12 +461,21 @@ def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
         if document["env"].get(key) != env[key]:
             raise UsageError(f"--resume {path} was measured with {key} {document['env'].get(key)}, "
                              f"this run has {env[key]}: its rows would not compare")
+    recorded = document["env"].get("settings")
+    if not isinstance(recorded, dict):
+        raise UsageError(f"--resume {path} does not record its seed, weights and timing settings (written before "
+                         "run files did): its rows cannot be checked against this run's; start a new --json")
+    for key, value in env["settings"].items():
+        if recorded.get(key) != value:
+            raise UsageError(f"--resume {path} was measured with {key} {recorded.get(key)}, this run has {value}: "
+                             "its rows would not compare")
     return {report.row_key(r): r for r in report.rows_from_json(document)}
 
 
 def resolve(args: argparse.Namespace) -> Plan:
     """The run the flags ask for, checked against what this machine has; UsageError on the first
     bad input, before anything runs."""
+    check_thread_variables()
     manifests, fixed = resolve_artifacts(args)
     models = args.model or fixed.get("--model", ["resnet50"])
     precisions = args.precision or fixed.get("--precision", ["fp32"])
@@ -490,7 +506,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     artifacts = {kind: Path(path) for kind, path in artifact_paths(args).items()}
     context = RunContext(tuple(models), device, tuple(precisions), tuple(batch_sizes), image_size,
                          model.fc.out_features if model else resnet_perf.IMAGENET_CLASSES,
-                         args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, args.scenario, artifacts,
+                         queue_delay_ms(args), args.scenario, artifacts,
                          runners=dict(RUNNERS))
     options = resolve_options(args, context)
     backends, not_run = resolve_backends(args, device, precisions, options)
@@ -528,7 +544,10 @@ def resolve(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--threads {threads}: this process may use {cores} core(s); more than "
                          f"{THREADS_PER_CORE * cores} threads ({THREADS_PER_CORE} per core) only oversubscribe them")
     streams = resolve_streams(args, device, threads, cores)
-    env = bench_env.collect(device, threads)
+    # What the rows' figures also depend on, so that --resume can refuse a file measured otherwise.
+    settings = {"seed": seed, "weights": "synthetic" if args.weights is None else resnet_perf.weights_digest(model),
+                "warmup": args.warmup, "iters": args.iters, "min_time": args.min_time, "repeat": args.repeat}
+    env = {**bench_env.collect(device, threads), "settings": settings}
     return Plan(
         tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,
         Path(args.cache_dir), env, options={name: options[name] for name in backends},
@@ -549,7 +568,7 @@ def list_backends(args: argparse.Namespace) -> int:
     """--list-backends: every backend, and whether it runs here (with the backend flags given)."""
     device = resolve_device(args.device)
     context = RunContext(tuple(args.model or ["resnet50"]), device, ("fp32",), (8,), 224, resnet_perf.IMAGENET_CLASSES,
-                         args.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS, runners=dict(RUNNERS))
+                         queue_delay_ms(args), runners=dict(RUNNERS))
     options = resolve_options(args, context)
     console = report.console()
     for name, runner in RUNNERS.items():

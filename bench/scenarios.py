@@ -249,7 +249,7 @@ def run(system: System, inputs: Tensor, batch_size: int, settings: ScenarioSetti
         test.server_target_qps = settings.target_qps
         # Without a bound from the user, one LoadGen cannot miss: the run reports latency, not a verdict on it.
         test.server_target_latency_ns = round((settings.p99_ms or 3.6e6) * 1e6)
-        delay = (settings.max_queue_delay_ms or DEFAULT_QUEUE_DELAY_MS) / 1e3
+        delay = (DEFAULT_QUEUE_DELAY_MS if settings.max_queue_delay_ms is None else settings.max_queue_delay_ms) / 1e3
     else:
         test.scenario = lg.TestScenario.Offline
         test.offline_expected_qps = batch_size / expected_latency_s

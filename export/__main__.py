@@ -49,10 +49,11 @@ from resnet_perf.cli import (
     Stopped,
     UsageError,
     check_directory,
+    check_thread_variables,
     default_cache_dir,
+    non_negative_float,
     one_line,
     output_file,
-    positive_float,
     positive_int,
     replaceable_file,
     resolve_device,
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     repo.add_argument("--name", default=None, help="model name in the repository (default: --model)")
     repo.add_argument("--instances", type=positive_int, default=None,
                       help=f"model instances (instance_group count, default {REPO_FLAGS['instances']})")
-    repo.add_argument("--max-queue-delay-ms", type=positive_float, default=None,
+    repo.add_argument("--max-queue-delay-ms", type=non_negative_float, default=None,
                       help=f"how long Triton's dynamic batcher waits to fill a batch (default "
                            f"{REPO_FLAGS['max_queue_delay_ms']})")
     return p
@@ -128,6 +129,7 @@ class Plan:
 
 def resolve(args: argparse.Namespace) -> Plan:
     """Check every argument against what this machine has; raise UsageError on the first bad one."""
+    check_thread_variables()
     if args.model not in resnet_perf.MODEL_NAMES:
         raise UsageError(f"--model {args.model!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
     apply_defaults(args, REPO_FLAGS, args.format == "triton-repo", "a Triton repository (--format triton-repo)")

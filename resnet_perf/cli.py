@@ -40,9 +40,11 @@ def list_of(kind):
     """A comma-separated list. A value given twice counts once, for every list flag alike: a
     repeated batch size or model would only measure the same row twice."""
     def parse(text: str) -> list:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        if not items:
+        items = [item.strip() for item in text.split(",")]
+        if not any(items):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item")
         return list(dict.fromkeys(kind(item) for item in items))
 
     return parse
@@ -83,6 +85,25 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of 0 or more")
+    return value
+
+
+def check_thread_variables() -> None:
+    """The thread-count variables OpenMP and MKL read: an invalid one (0, "abc") is not an error
+    to them but a silent fallback, here one thread, which every figure would then carry."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name)
+        if value is not None and not (value.strip().isdigit() and int(value) >= 1):
+            raise UsageError(f"{name}={value!r}: not a thread count (a positive integer); unset it or give one")
 
 
 def resolve_device(text: str) -> torch.device:

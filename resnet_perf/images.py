@@ -88,6 +88,8 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _check_folder(folder: str | os.PathLike, flag: str) -> Path:
+    if not os.fspath(folder).strip():
+        raise ImageFolderError(f"{flag} {os.fspath(folder)!r}: give a folder")
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageFolderError(f"{flag} {folder}: not a folder")
@@ -104,7 +106,7 @@ def load_calibration(folder: str | os.PathLike, image_size: int, limit: int | No
         raise ImageFolderError(f"{flag} {folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or .npy arrays in it")
     batches, count = [], 0
     for path in files:
-        batch = _load_array(path, image_size) if path.suffix == ".npy" else preprocess(path, image_size)[None]
+        batch = _load_array(path, image_size) if path.suffix.lower() == ".npy" else preprocess(path, image_size)[None]
         batches.append(batch)
         count += len(batch)
         if limit is not None and count >= limit:
@@ -117,8 +119,15 @@ def load_labelled(folder: str | os.PathLike, image_size: int, limit: int | None 
     """Images in one subfolder per class (class index = the subfolder's place in name order) and
     their labels; at most ``limit`` images, taken evenly across classes."""
     folder = _check_folder(folder, flag)
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    labelled = [(path, label) for label, cls in enumerate(classes) for path in _files(cls) if path.suffix != ".npy"]
+    # Hidden folders (.ipynb_checkpoints) are not classes; an empty class would shift every label after it.
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    labelled = [(path, label) for label, cls in enumerate(classes) for path in _files(cls)
+                if path.suffix.lower() != ".npy"]
+    present = {label for _, label in labelled}
+    empty = [cls.name for label, cls in enumerate(classes) if label not in present]
+    if labelled and empty:
+        raise ImageFolderError(f"{flag} {folder}: class folder {empty[0]} holds no images; every class folder, in "
+                               "the order of the model's classes, needs images (or remove it)")
     if not labelled:
         raise ImageFolderError(f"{flag} {folder}: no class subfolders holding images")
     if limit is not None and len(labelled) > limit:

@@ -86,6 +86,19 @@ def test_resume_runs_a_failed_row_again(tmp_path, monkeypatch):
     assert results(path) == [("eager", 1, "ok"), ("eager", 2, "ok")]
 
 
+@pytest.mark.parametrize(("flags", "key"), [(["--seed", "5"], "seed"), (["--iters", "4"], "iters"),
+                                           (["--warmup", "1"], "warmup")])
+def test_resume_refuses_rows_measured_with_other_settings(capsys, tmp_path, flags, key):
+    """A file's rows from the synthetic model, seed 0, kept beside rows of other weights or timing
+    settings would read as one run."""
+    path = tmp_path / "run.json"
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1,2", *flags, "--resume", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--resume {path} was measured with {key} " in err
+
+
 def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0

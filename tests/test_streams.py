@@ -108,7 +108,8 @@ def test_compare_matches_rows_by_streams_asked_and_judges_throughput(capsys, tmp
 def test_resume_keeps_an_old_files_rows_as_the_one_stream_rows(capsys, tmp_path):
     import bench.env as bench_env
 
-    env = bench_env.collect(torch.device("cpu"), torch.get_num_threads())
+    env = {**bench_env.collect(torch.device("cpu"), torch.get_num_threads()),
+           "settings": {"seed": 0, "weights": "synthetic", "warmup": 1, "iters": 3, "min_time": None, "repeat": 1}}
     resumed = write(tmp_path / "run.json", [record(backend="eager", latency=123.0)], env=env)
     code = cli.main([*SMALL, "--backend", "eager", "--resume", resumed, "--cache-dir", str(tmp_path / "cache")])
     assert code == 0

@@ -23,8 +23,8 @@ from resnet_perf.cli import (
     UsageError,
     check_directory,
     default_cache_dir,
+    non_negative_float,
     one_line,
-    positive_float,
     positive_int,
     resolve_device,
     rng_seed,
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16, as the backend supports")
     p.add_argument("--image-size", type=positive_int, default=224)
     p.add_argument("--max-batch", type=positive_int, default=8, help="the largest batch the server forms (default 8)")
-    p.add_argument("--max-queue-delay-ms", type=positive_float, default=DEFAULT_QUEUE_DELAY_MS,
+    p.add_argument("--max-queue-delay-ms", type=non_negative_float, default=DEFAULT_QUEUE_DELAY_MS,
                    help=f"how long the server's batcher waits to fill a batch (default {DEFAULT_QUEUE_DELAY_MS:g} ms)")
     p.add_argument("--weights", default=None, help="state_dict file; default: the synthetic model of --seed")
     p.add_argument("--seed", type=rng_seed, default=0)
