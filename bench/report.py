@@ -19,9 +19,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.layers import table as layers
+from bench.scenarios import SCENARIOS
 from resnet_perf.atomic import publish, staging_dir, write_text
 from resnet_perf.cli import UsageError, check_directory, one_line, output_file
 from resnet_perf.cpu import describe
+from resnet_perf.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from bench.plan import Plan
@@ -539,6 +541,12 @@ STATUSES = ("ok", "failed", "skipped")
 # each an object, and within it what is read, by type (a tuple of allowed values for a choice).
 _NESTED = {"loadgen": {"result": ("VALID", "INVALID"), "reasons": list}, "accuracy": {"top1": float, "reference_top1": float},
            "profile": {}, "serving": {}, "runtime": {}, "sensitivity": {}, "streams_how": {}}
+# The env fields the views read, by the types they may have (None where a run did not record them).
+_ENV = {"cpu": (str, type(None)), "gpu": (str, type(None)), "cpu_features": (dict, type(None)),
+        "costs": (dict, type(None)), "threads": (int, type(None)), "settings": (dict, type(None))}
+# Top-level row fields besides the required ones, where present: what each may hold.
+_OPTIONAL = {"cv": (int, float, type(None)), "noisy": (bool, type(None)), "note": (str, type(None)),
+             "error": (str, type(None)), "quantizer": (str, type(None))}
 # A timed call takes more than nothing and less than 11 days: outside this a file was edited, and
 # means over it would overflow or divide by zero.
 _SAMPLE_MS = (0.0, 1e9)
@@ -558,6 +566,9 @@ def load(path: str | Path, flag: str = "") -> dict:
         raise UsageError(f"{where}: not a python -m bench result (schema {SCHEMA!r})")
     if not isinstance(document.get("env"), dict) or not isinstance(document.get("results"), list):
         raise UsageError(f"{where}: a python -m bench result has an 'env' object and a 'results' list")
+    for key, kinds in _ENV.items():
+        if not isinstance(document["env"].get(key), kinds):
+            raise UsageError(f"{where}: env.{key} is {document['env'].get(key)!r:.60}")
     for index, record in enumerate(document["results"]):
         problem = _row_problem(record)
         if problem:
@@ -583,6 +594,15 @@ def _row_problem(record) -> str | None:
             return f"{key} is {record[key]!r}"
     if record["status"] not in STATUSES:
         return f"status is {record['status']!r}, not one of {', '.join(STATUSES)}"
+    for key, kinds in _OPTIONAL.items():
+        if key in record and (not isinstance(record[key], kinds) or (bool not in kinds and isinstance(record[key], bool))):
+            return f"{key} is {record[key]!r:.60}"
+    if record["precision"] not in PRECISIONS:
+        return f"precision is {record['precision']!r}, not one of {', '.join(PRECISIONS)}"
+    if record["scenario"] not in ("offline", *SCENARIOS):
+        return f"scenario is {record['scenario']!r}, not one of offline, {', '.join(SCENARIOS)}"
+    if record["batch_size"] < 1 or record["image_size"] < 1:
+        return f"batch_size {record['batch_size']} and image_size {record['image_size']} are not both 1 or more"
     problem = _streams_problem(record) or _nested_problem(record)
     if problem or record["status"] != "ok":
         return problem
@@ -590,8 +610,12 @@ def _row_problem(record) -> str | None:
         for figure in figures:
             if figure not in record[key]:
                 return f"missing key {key}.{figure!r}"
-            if not isinstance(record[key][figure], _FIGURE) or isinstance(record[key][figure], bool):
-                return f"{key}.{figure} is {record[key][figure]!r}"
+            value = record[key][figure]
+            if not isinstance(value, _FIGURE) or isinstance(value, bool) or (
+                    key == "latency_ms" and value is not None and not (math.isfinite(value) and value >= 0)):
+                return f"{key}.{figure} is {value!r}"
+    if not (math.isfinite(record["throughput_ips"]) and record["throughput_ips"] > 0):
+        return f"throughput_ips is {record['throughput_ips']!r}, not a positive number"
     if not isinstance(record["parity"].get("passed"), bool):
         return "parity.passed is not true or false"
     costs = record.get("costs")  # absent in files written before rows had costs
