@@ -15,7 +15,8 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,6 +29,15 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse prints usage plus the message; the contract wants one line
         raise UsageError(message)
+
+
+def script(prog: str, main: Callable[[], int | None]) -> int:
+    """A script's main run as the commands run theirs: a UsageError is one line on stderr, exit 2."""
+    try:
+        return main() or 0
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def default_cache_dir() -> Path:

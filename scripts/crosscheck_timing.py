@@ -49,6 +49,7 @@ from bench.run import streams_count
 from bench.runners import RUNNERS, RunConfig, Runner
 from bench.streams import threads_each
 from export import quantize
+from resnet_perf.cli import Parser, UsageError, list_of, positive_float, positive_int, script
 from resnet_perf.precision import PRECISIONS
 
 
@@ -164,59 +165,72 @@ def benchmark_app(onnx_path: Path, hint: str, seconds: float, infer_precision: s
             "requests": int(setup["number of parallel infer requests"])}
 
 
+def streams_value(text: str) -> int | str:
+    return text if text == "auto" else positive_int(text)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--iters", type=int, default=20, help="timed requests per stream in each measurement")
-    p.add_argument("--backend", default="eager,compile,onnxruntime,openvino")
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--streams", default="1,auto")
-    p.add_argument("--rounds", type=int, default=2, help="alternations of each pair (medians are reported)")
+    p = Parser(prog="scripts/crosscheck_timing.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet50", choices=resnet_perf.MODEL_NAMES)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--iters", type=positive_int, default=20, help="timed requests per stream in each measurement")
+    p.add_argument("--backend", type=list_of(str), default=["eager", "compile", "onnxruntime", "openvino"])
+    p.add_argument("--precision", type=list_of(str), default=["fp32"])
+    p.add_argument("--streams", type=list_of(streams_value), default=[1, "auto"])
+    p.add_argument("--rounds", type=positive_int, default=2, help="alternations of each pair (medians are reported)")
     p.add_argument("--benchmark-app", action="store_true",
                    help="also alternate every row with benchmark_app on the int8 (else the openvino) rows' file")
-    p.add_argument("--seconds", type=float, default=10.0, help="benchmark_app's run time per hint, and ours per row")
+    p.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="benchmark_app's run time per hint, and ours per row")
     args = p.parse_args()
+    for backend in args.backend:
+        if backend not in RUNNERS:
+            raise UsageError(f"--backend {backend!r}: choose from {', '.join(RUNNERS)}")
+    for precision in args.precision:
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
 
     model = resnet_perf.build_model(args.model, image_size=args.image_size)
     device = torch.device("cpu")
     threads = torch.get_num_threads()
     cache = Path(tempfile.mkdtemp(prefix="crosscheck-"))
-    print(machine_line(collect(device, threads)))
-    print(f"{args.model} bs{args.batch_size} {args.image_size}px, {threads} threads, {args.iters} requests per stream "
-          f"per measurement, {args.rounds} alternating rounds; images/s")
-    calibration = quantize.calibration(quantize.CalibrationFlags(None, "minmax", 64, ()), None, args.image_size, 0,
-                                       model.fc.out_features)
-    x = resnet_perf.parity_inputs(args.batch_size, args.image_size)
-    asked = [s if s == "auto" else int(s) for s in args.streams.split(",")]
-    print(f"{'backend':<12} {'prec':<5} {'streams':>9} {'harness':>9} {'plain':>9} {'harness/plain':>14}")
-    rows: list[tuple[str, int, functools.partial]] = []
-    for precision in args.precision.split(","):
-        for backend in args.backend.split(","):
-            if precision not in RUNNERS[backend].precisions(device):
-                continue
-            for streams in asked:
-                config = RunConfig(f"{args.model}-crosscheck", device, precision, args.batch_size, args.image_size,
-                                   threads, cache, calibration=calibration if precision == "int8" else None,
-                                   streams=streams)
-                make = functools.partial(RUNNERS[backend], model, config)
-                with make() as runner:
-                    count, _, _ = streams_count(runner, streams)
-                    onnx_path = runner.onnx_path() if runner.artifact == "onnx" else None
-                    calls = plain_calls(backend, precision, model, x, onnx_path, count, threads)
-                    ours, plain = [], []
-                    for _ in range(args.rounds):
-                        ours.append(harness(runner, count, args.iters))
-                        plain.append(args.batch_size * plain_loops(calls, args.iters, 3, threads))
-                    del calls
-                label = f"{count} ({streams})" if streams == "auto" else str(count)
-                h, q = statistics.median(ours), statistics.median(plain)
-                print(f"{backend:<12} {precision:<5} {label:>9} {h:>9.1f} {q:>9.1f} {h / q:>14.3f}", flush=True)
-                rows.append((f"{backend} {precision} {label}", count, make))
-    if args.benchmark_app:
-        alternate_with_benchmark_app(rows, args)
-    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        print(machine_line(collect(device, threads)))
+        print(f"{args.model} bs{args.batch_size} {args.image_size}px, {threads} threads, {args.iters} requests per stream "
+              f"per measurement, {args.rounds} alternating rounds; images/s")
+        calibration = quantize.calibration(quantize.CalibrationFlags(None, "minmax", 64, ()), None, args.image_size, 0,
+                                           model.fc.out_features)
+        x = resnet_perf.parity_inputs(args.batch_size, args.image_size)
+        asked = args.streams
+        print(f"{'backend':<12} {'prec':<5} {'streams':>9} {'harness':>9} {'plain':>9} {'harness/plain':>14}")
+        rows: list[tuple[str, int, functools.partial]] = []
+        for precision in args.precision:
+            for backend in args.backend:
+                if precision not in RUNNERS[backend].precisions(device):
+                    continue
+                for streams in asked:
+                    config = RunConfig(f"{args.model}-crosscheck", device, precision, args.batch_size, args.image_size,
+                                       threads, cache, calibration=calibration if precision == "int8" else None,
+                                       streams=streams)
+                    make = functools.partial(RUNNERS[backend], model, config)
+                    with make() as runner:
+                        count, _, _ = streams_count(runner, streams)
+                        onnx_path = runner.onnx_path() if "onnx" in runner.artifacts else None
+                        calls = plain_calls(backend, precision, model, x, onnx_path, count, threads)
+                        ours, plain = [], []
+                        for _ in range(args.rounds):
+                            ours.append(harness(runner, count, args.iters))
+                            plain.append(args.batch_size * plain_loops(calls, args.iters, 3, threads))
+                        del calls
+                    label = f"{count} ({streams})" if streams == "auto" else str(count)
+                    h, q = statistics.median(ours), statistics.median(plain)
+                    print(f"{backend:<12} {precision:<5} {label:>9} {h:>9.1f} {q:>9.1f} {h / q:>14.3f}", flush=True)
+                    rows.append((f"{backend} {precision} {label}", count, make))
+        if args.benchmark_app:
+            alternate_with_benchmark_app(rows, args)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def alternate_with_benchmark_app(rows: list[tuple[str, int, functools.partial]], args: argparse.Namespace) -> None:
@@ -259,4 +273,4 @@ def alternate_with_benchmark_app(rows: list[tuple[str, int, functools.partial]],
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script("scripts/crosscheck_timing.py", main))

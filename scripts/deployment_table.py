@@ -7,16 +7,17 @@ throughput, and parity against the fp32 model.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 from bench import report
+from resnet_perf.cli import Parser, script
 
 KINDS = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".pt2": "AOTInductor package"}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="scripts/deployment_table.py", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="python -m bench --json files")
     args = p.parse_args()
     rows = [row for run in args.runs for row in report.rows_from_json(report.load(run))]
@@ -36,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script("scripts/deployment_table.py", main))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -30,15 +31,16 @@ from bench.runners import RunConfig
 from bench.runners.openvino import OpenVINORunner
 from export import quantize
 from resnet_perf import parity
+from resnet_perf.cli import Parser, positive_float, positive_int, script
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=8.0, help="each measurement's length")
+    p = Parser(prog="scripts/int8_flavours.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet50", choices=resnet_perf.MODEL_NAMES)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--rounds", type=positive_int, default=4)
+    p.add_argument("--seconds", type=positive_float, default=8.0, help="each measurement's length")
     args = p.parse_args()
 
     model = resnet_perf.build_model(args.model, image_size=args.image_size)
@@ -102,4 +104,4 @@ def alternate(args: argparse.Namespace, model: torch.nn.Module, cache: Path, cal
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script("scripts/int8_flavours.py", main))
