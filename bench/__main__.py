@@ -223,6 +223,9 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
             raise UsageError(f"{flag} {exc}") from None
         if manifest.get("format") != kind or "weights_digest" not in manifest:
             raise UsageError(f"{flag} {path}: not an artifact of python -m export --format {kind}")
+        if manifest.get("model") not in resnet_perf.MODEL_NAMES:
+            raise UsageError(f"{flag} {path}: its manifest names model {manifest.get('model')!r}, which this version "
+                             f"does not build ({', '.join(resnet_perf.MODEL_NAMES)})")
         if kind == "onnx" and (found := graph_precision(path)) != manifest["precision"]:
             raise UsageError(f"{flag} {path}: its manifest says {manifest['precision']}, but the graph computes "
                              f"in {found}: the manifest was edited, or belongs to another file")
@@ -315,6 +318,12 @@ def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: 
         if given and not set(names) & reading:
             why = "add it to --backend" if explicit else f"it cannot run here ({not_run[names[0]]})"
             raise UsageError(f"{flag} applies to the {' or '.join(names)} backend: {why}")
+    # openvino runs an --ir where one is given; the ONNX file only for its QDQ int8 rows.
+    onnx_readers = {name for name, runner in RUNNERS.items() if "onnx" in runner.artifacts} - {"openvino"}
+    paths = artifact_paths(args)
+    if "onnx" in paths and "openvino" in paths and not onnx_readers & reading and "int8" not in (args.precision or []):
+        raise UsageError("--onnx: no row of this run reads it (openvino runs the --ir); leave it out, or add a "
+                         "backend that runs it")
 
 
 def queue_delay_ms(args: argparse.Namespace) -> float:
@@ -491,6 +500,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     if args.host_io and device.type != "cuda":
         raise UsageError("--host-io times host-device copies, so it needs --device cuda")
     check_scenario(args)
+    if args.resume is not None and Path(args.resume).is_dir():
+        raise UsageError(f"--resume {args.resume}: is a directory; give the run file in it")
     if args.resume is not None and not Path(args.resume).is_file():
         raise UsageError(f"--resume {args.resume}: no such file")
     if args.scenario == "single-stream":

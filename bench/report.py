@@ -689,6 +689,11 @@ def rows_from_json(document: dict) -> list[Row]:
     return rows
 
 
+def _cell(text: str) -> str:
+    """Text made safe for one Markdown table cell: its pipes escaped, its lines joined."""
+    return " ".join(text.replace("|", "\\|").split())
+
+
 def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str:
     """One run as Markdown: where it ran, the table (speed, parity, LoadGen's verdict), the plot."""
     baseline = _eager_throughputs(rows)
@@ -704,14 +709,14 @@ def to_markdown(rows: list[Row], env: dict, title: str, plot: str | None) -> str
         head = (f"| {r.model} | {r.backend} | {r.device} | {precision_cell(r)} | {r.batch_size} | {streams_cell(r)} "
                 f"| {r.scenario} |")
         if r.status != "ok":
-            lines.append(f"{head} {'- | ' * 13}{r.status}: {r.error} | - |")
+            lines.append(f"{head} {'- | ' * 13}{r.status}: {_cell(str(r.error))} | - |")
             continue
         base = _baseline(baseline, r)
         speedup = f"{r.throughput_ips / base:.2f}x" if base else "-"
         notes = _notes(r)
-        parity = ("pass" if r.parity["passed"] else "**FAIL**") + (f" ({', '.join(notes)})" if notes else "")
+        parity = ("pass" if r.parity["passed"] else "**FAIL**") + (f" ({_cell(', '.join(notes))})" if notes else "")
         loadgen = "-" if r.loadgen is None else r.loadgen["result"] + (
-            f": {'; '.join(r.loadgen['reasons'])}" if r.loadgen["reasons"] else "")
+            f": {_cell('; '.join(r.loadgen['reasons']))}" if r.loadgen["reasons"] else "")
         throughput = f"**{_throughput(r)}**" if id(r) in best else _throughput(r)
         lines.append(f"{head} {throughput} | {speedup} | {_fmt(r.latency_ms['p50'], '.2f')} | "
                      f"{_fmt(r.latency_ms['p99'], '.2f')} | {_fmt(r.latency_ms.get('p99.9'), '.2f')} | "

@@ -67,8 +67,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "model")
         # weights_only=False) is the code execution this refuses, so it is not passed on.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:
-            raise WeightsError(f"weights file {path} is not a readable PyTorch state_dict "
-                               f"({one_line(exc, first_line=True)})") from None
+            # torch's own reason, without its advice to load with weights_only=False.
+            reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(exc), re.S)
+            detail = " ".join(reason[1].split()) if reason else "the unpickler refused it"
+            raise WeightsError(f"weights file {path} is not a readable PyTorch state_dict ({detail})") from None
         raise WeightsError(f"weights file {path} holds pickled Python objects ({found[1]}), e.g. a whole model "
                            "or a training checkpoint; only a state_dict of tensors is loaded, since unpickling "
                            "objects would run code from the file: save model.state_dict() instead") from None

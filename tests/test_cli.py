@@ -81,6 +81,7 @@ def run_cli(capsys, *argv):
          "--streams 1000: each stream needs a core and an intra-op thread of its own; this process may use"),
         (["--streams", "2", "--threads", "1", "--device", "cpu"],
          "--streams 2: each stream needs a core and an intra-op thread of its own"),
+        (["--resume", "/tmp"], "--resume /tmp: is a directory; give the run file in it"),
         (["--duration", "30"], "--duration applies to the LoadGen scenarios, not the offline loop"),
         (["--profile-calls", "3"], "--profile-calls sets how many calls --profile layers profiles: add --profile layers"),
         (["--json", "/tmp/rp-newdir/"], "--json /tmp/rp-newdir/: names a folder; give a file path"),
@@ -159,7 +160,8 @@ def test_json_and_csv_of_a_real_run(capsys, tmp_path):
     assert set(doc["env"]) == {"python", "platform", "cpu", "threads", "torch", "triton", "onnx", "onnxruntime",
                                "tensorrt", "gpu", "cuda", "driver",  # the contract's, then the state figures depend on
                                "cpu_governor", "cpu_cores_usable", "interop_threads", "thread_env", "gpu_state",
-                               "cpu_features", "openvino", "costs"}
+                               "cpu_features", "openvino", "costs", "settings"}
+    assert doc["env"]["settings"]["weights"] == "synthetic" and doc["env"]["settings"]["seed"] == 0
     assert doc["env"]["torch"] == torch.__version__
     assert [r["backend"] for r in doc["results"]] == ["eager", "onnxruntime"]
     for r in doc["results"]:
@@ -351,3 +353,8 @@ def test_a_backend_brings_its_own_flags_through_the_registry(capsys, tmp_path, m
     assert code == 2 and "--own-scale -1.0: a positive scale" in err
     code, _, err = run_cli(capsys, *SMALL, "--backend", "eager", "--own-scale", "2")
     assert code == 2 and "--own-scale applies to the own-flag backend: add it to --backend" in err
+
+
+def test_serve_refuses_an_empty_model_name(capsys):
+    code, out, err = run_cli(capsys, "serve", "--backend", "eager", "--name", "")
+    assert code == 2 and err == "python -m bench serve: error: --name '': not a usable model name\n"

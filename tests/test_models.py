@@ -156,6 +156,14 @@ def test_a_whole_model_saved_is_refused_in_one_exact_sentence(tmp_path):
     assert "\x1b" not in message and "weights_only=False" not in message and "\n" not in message
 
 
+def test_a_file_that_is_no_pickle_is_refused_without_torchs_advice_to_unpickle_it(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"schema": 1}')
+    with pytest.raises(WeightsError) as caught:
+        build_model("resnet18", weights=path)
+    assert str(caught.value) == f"weights file {path} is not a readable PyTorch state_dict (Unsupported operand 123)"
+
+
 def test_weights_without_data_or_of_the_wrong_kind_are_refused(tmp_path):
     state = build_model("resnet18", image_size=32).state_dict()
     torch.save({k: torch.empty_like(v, device="meta") for k, v in state.items()}, tmp_path / "meta.pth")

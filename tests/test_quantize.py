@@ -188,6 +188,13 @@ def test_labelled_folders(tmp_path):
     write_images(tmp_path / "eval" / "n02_dog", 3)
     images, labels = load_labelled(tmp_path / "eval", 32)
     assert images.shape == (5, 3, 32, 32) and labels.tolist() == [0, 0, 1, 1, 1]
+    (tmp_path / "eval" / ".ipynb_checkpoints").mkdir()  # sorts first: as a class it would shift every label
+    assert load_labelled(tmp_path / "eval", 32)[1].tolist() == [0, 0, 1, 1, 1]
+    (tmp_path / "eval" / "n015_empty").mkdir()
+    with pytest.raises(ImageFolderError, match="class folder n015_empty holds no images"):
+        load_labelled(tmp_path / "eval", 32)
+    with pytest.raises(ImageFolderError, match="--eval-data '': give a folder"):
+        load_labelled("", 32)
 
 
 def test_bench_int8_row(capsys, tmp_path):

@@ -88,3 +88,10 @@ def test_a_negative_serving_overhead_is_explained():
                     "measurements")
     assert report.serving_notes([report.Row("resnet18", "triton-server", "cpu", "fp32", 4, 32,
                                             serving={**serving, "overhead_ms": 0.5})]) == []
+
+
+def test_a_markdown_row_stays_one_row_whatever_its_error_says():
+    row = report.Row("resnet18", "onnxruntime", "cpu", "fp32", 4, 32, status="failed", error="a | b\nc")
+    text = report.to_markdown([row], {}, "run", None)
+    (line,) = [line for line in text.splitlines() if line.startswith("| resnet18 |")]
+    assert "failed: a \\| b c |" in line

@@ -54,6 +54,8 @@ def serve(*, model: str, backend: str, device: str, precision: str, image_size: 
     input raises UsageError (or WeightsError) before anything starts."""
     if model not in resnet_perf.MODEL_NAMES:
         raise UsageError(f"--model {model!r}: choose from {', '.join(resnet_perf.MODEL_NAMES)}")
+    if name is not None and (not name.strip() or "/" in name or name.startswith(".")):
+        raise UsageError(f"--name {name!r}: not a usable model name")
     if backend not in hostable(RUNNERS):
         raise UsageError(f"--backend {backend!r}: choose from {', '.join(hostable(RUNNERS))}")
     where = resolve_device(device)
