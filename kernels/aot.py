@@ -23,8 +23,10 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -244,7 +246,10 @@ def _in_processes(fn, calls: list[tuple], tags: list, jobs: int | None, progress
     at once, so that none is left compiling after the command has ended."""
     if progress is not None:
         progress(total=len(calls))
-    pool = multiprocessing.get_context("spawn").Pool(jobs or os.cpu_count(), initializer=_leave_stops_to_parent)
+    # The workers' temporary files (Triton's .ptx and ptxas logs, removed by Triton only when a
+    # compile completes) go in a folder of the pool's, removed with it whatever stopped it.
+    scratch = tempfile.mkdtemp(prefix="kernels-aot-")
+    pool = multiprocessing.get_context("spawn").Pool(jobs or os.cpu_count(), initializer=_worker, initargs=(scratch,))
     try:
         for index, result in pool.imap_unordered(_indexed, [(i, fn, call) for i, call in enumerate(calls)]):
             yield tags[index], result
@@ -257,6 +262,7 @@ def _in_processes(fn, calls: list[tuple], tags: list, jobs: int | None, progress
         pool.close()
     finally:
         pool.join()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _indexed(item: tuple) -> tuple:
@@ -264,10 +270,11 @@ def _indexed(item: tuple) -> tuple:
     return index, fn(*call)
 
 
-def _leave_stops_to_parent() -> None:
-    """In a worker: a terminal's Ctrl-C or hang-up reaches the whole process group, and the parent,
-    which stops its workers itself, is the one to answer it (a worker's own KeyboardInterrupt would
-    print a traceback per worker)."""
+def _worker(scratch: str) -> None:
+    """A compile process: its temporary files in ``scratch``. A terminal's Ctrl-C or hang-up reaches
+    the whole process group, and the parent, which stops its workers itself, is the one to answer
+    it (a worker's own KeyboardInterrupt would print a traceback per worker)."""
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
 

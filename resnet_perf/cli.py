@@ -32,12 +32,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def script(prog: str, main: Callable[[], int | None]) -> int:
-    """A script's main run as the commands run theirs: a UsageError is one line on stderr, exit 2."""
-    try:
-        return main() or 0
-    except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+    """A script's main run as the commands run theirs: a UsageError is one line on stderr, exit 2;
+    a stop signal unwinds it (its temporary folders removed), one line, exit 128 + the signal."""
+    with stop_on_signals():
+        try:
+            return main() or 0
+        except UsageError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            stopped = Stopped.of(exc)
+            print(f"{prog}: interrupted by {stopped}", file=sys.stderr)
+            return stopped.exit_status
 
 
 def default_cache_dir() -> Path:

@@ -191,8 +191,10 @@ def _cmdline(pid: str) -> str:
 
 
 def test_a_stop_signal_ends_the_compile_processes_too(tmp_path):
-    """SIGTERM while compiling: exit 143 with one line, no report, and no compile process left."""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    """SIGTERM while compiling: exit 143 with one line, no report, and no compile process or
+    temporary file left (Triton removes its .ptx and ptxas log only when a compile completes)."""
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TMPDIR": str(tmp_path / "tmp")}
     proc = subprocess.Popen([sys.executable, "-m", "kernels.aot", "--model", "resnet18", "--dtype", "fp16,bf16",
                              "--jobs", "2", "--json", str(tmp_path / "r.json")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -211,6 +213,7 @@ def test_a_stop_signal_ends_the_compile_processes_too(tmp_path):
     time.sleep(1)
     assert not [w for w in workers if Path(f"/proc/{w}").exists()]
     assert not (tmp_path / "r.json").exists()
+    assert not [p.name for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor")]
 
 
 def test_the_interpreter_is_refused_in_one_line():

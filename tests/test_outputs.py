@@ -314,3 +314,19 @@ def test_a_folder_path_for_a_file_is_refused(capsys, tmp_path):
     err = refused(capsys, "--json", f"{tmp_path}/new/")
     assert f"--json {tmp_path}/new/: names a folder; give a file path" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_plot_with_no_row_to_draw_says_so(capsys, tmp_path, monkeypatch):
+    from bench.runners import RUNNERS
+    from bench.runners.eager import EagerRunner
+
+    class Broken(EagerRunner):
+        name = "broken"
+
+        def prepare_impl(self):
+            raise RuntimeError("boom")
+
+    monkeypatch.setitem(RUNNERS, "broken", Broken)
+    code, _, err = bench(capsys, *[a if a != "eager" else "broken" for a in RUN], "--plot", str(tmp_path / "run.png"))
+    assert code == 1 and not (tmp_path / "run.png").exists()
+    assert f"python -m bench: no plot written to {tmp_path / 'run.png'}: no row ran" in err

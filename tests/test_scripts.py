@@ -38,3 +38,23 @@ def test_the_timing_crosscheck_runs_and_leaves_no_cache(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1].split()[:3] == ["eager", "fp32", "1"]
     assert not list(tmp_path.glob("crosscheck-*"))
+
+
+def test_a_stop_signal_unwinds_a_script_and_its_temporary_folders(capsys, tmp_path):
+    """A script's temporary folder (int8_flavours builds 68 MB of models in one) is removed when a
+    SIGTERM stops it, as the commands' are."""
+    import signal
+    import tempfile
+
+    from resnet_perf.cli import script as run_script
+
+    made = []
+
+    def main():
+        with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+            made.append(folder)
+            signal.raise_signal(signal.SIGTERM)
+
+    assert run_script("scripts/x.py", main) == 143
+    assert capsys.readouterr().err == "scripts/x.py: interrupted by SIGTERM\n"
+    assert made and not Path(made[0]).exists()
