@@ -174,7 +174,8 @@ def test_failures_name_each_rule():
      "not a kernels.aot --json report: it holds no compile records"),
     (["--target", "sm_80", "--path", "gemm_tma"], "--path gemm_tma: TMA needs sm_90; on sm_80 the 1x1s take the gemm"),
     (["--json", "/dev/null"], "--json /dev/null: is a character device"),
-    (["--json", "/"], "--json /: is a directory"),
+    (["--json", "/tmp"], "--json /tmp: is a directory"),
+    (["--json", "/tmp/new/"], "--json /tmp/new/: names a folder; give a file path"),
     (["--model", "resnet18,vgg16"], "--model 'vgg16': choose from resnet18, resnet34, resnet50, resnet101, resnet152"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
