@@ -119,15 +119,11 @@ def load_labelled(folder: str | os.PathLike, image_size: int, limit: int | None 
     """Images in one subfolder per class (class index = the subfolder's place in name order) and
     their labels; at most ``limit`` images, taken evenly across classes."""
     folder = _check_folder(folder, flag)
-    # Hidden folders (.ipynb_checkpoints) are not classes; an empty class would shift every label after it.
+    # A hidden folder (.ipynb_checkpoints) is not a class: sorting first, it would shift every label.
+    # An empty class folder is one: a subset of ImageNet keeps all 1000 folders to keep the indices.
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     labelled = [(path, label) for label, cls in enumerate(classes) for path in _files(cls)
                 if path.suffix.lower() != ".npy"]
-    present = {label for _, label in labelled}
-    empty = [cls.name for label, cls in enumerate(classes) if label not in present]
-    if labelled and empty:
-        raise ImageFolderError(f"{flag} {folder}: class folder {empty[0]} holds no images; every class folder, in "
-                               "the order of the model's classes, needs images (or remove it)")
     if not labelled:
         raise ImageFolderError(f"{flag} {folder}: no class subfolders holding images")
     if limit is not None and len(labelled) > limit:

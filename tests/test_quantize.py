@@ -190,9 +190,8 @@ def test_labelled_folders(tmp_path):
     assert images.shape == (5, 3, 32, 32) and labels.tolist() == [0, 0, 1, 1, 1]
     (tmp_path / "eval" / ".ipynb_checkpoints").mkdir()  # sorts first: as a class it would shift every label
     assert load_labelled(tmp_path / "eval", 32)[1].tolist() == [0, 0, 1, 1, 1]
-    (tmp_path / "eval" / "n015_empty").mkdir()
-    with pytest.raises(ImageFolderError, match="class folder n015_empty holds no images"):
-        load_labelled(tmp_path / "eval", 32)
+    (tmp_path / "eval" / "n01z_empty").mkdir()  # an empty class keeps its index: the dog is class 2
+    assert load_labelled(tmp_path / "eval", 32)[1].tolist() == [0, 0, 2, 2, 2]
     with pytest.raises(ImageFolderError, match="--eval-data '': give a folder"):
         load_labelled("", 32)
 
