@@ -444,10 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.path or []:
             if path not in CONFIGS:
                 raise UsageError(f"--path {path!r}: choose from {', '.join(CONFIGS)}")
-        if args.peaks_of and not os.path.isfile(args.peaks_of):
-            raise UsageError(f"--peaks-of {args.peaks_of}: no such file")
+        if args.peaks_of is not None and not os.path.isfile(args.peaks_of):
+            raise UsageError(f"--peaks-of {args.peaks_of!r}: no such file")
         try:
-            earlier = read_records(args.peaks_of) if args.peaks_of else None
+            earlier = read_records(args.peaks_of) if args.peaks_of is not None else None
         except ValueError as exc:
             raise UsageError(f"--peaks-of {args.peaks_of}: {exc}") from None
         if args.target != "sm_90" and "gemm_tma" in (args.path or []):
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     convs = [replace(conv, name=f"{model}:{conv.name}") for model in args.model for batch in args.batch_size
              for conv in conv_layers(model, args.image_size, batch)]
     models = ", ".join(args.model)
-    select = _peaks(earlier) if args.peaks_of else None
+    select = _peaks(earlier) if earlier is not None else None
     if args.path:
         keep = select
         select = lambda r: r["path"] in args.path and (keep is None or keep(r))  # noqa: E731

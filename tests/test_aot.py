@@ -167,7 +167,8 @@ def test_failures_name_each_rule():
 @pytest.mark.parametrize(("args", "message"), [
     (["--dtype", "fp64"], "--dtype 'fp64': choose from fp32, fp16, bf16"),
     (["--path", "winograd"], "--path 'winograd': choose from gemm, gemm_tma, conv, few_channels"),
-    (["--peaks-of", "/nonexistent.json"], "--peaks-of /nonexistent.json: no such file"),
+    (["--peaks-of", "/nonexistent.json"], "--peaks-of '/nonexistent.json': no such file"),
+    (["--peaks-of", ""], "--peaks-of '': no such file"),
     (["--peaks-of", str(ROOT / "README.md")], "README.md: not a kernels.aot --json report (JSONDecodeError"),
     (["--peaks-of", str(ROOT / "pyproject.toml")], "not a kernels.aot --json report"),
     (["--peaks-of", str(ROOT / "results" / "cpu" / "2026-11-29-xeon-avx512-2core-resnet50-bs8.json")],
