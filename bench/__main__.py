@@ -44,6 +44,7 @@ from resnet_perf.cli import (
     Parser,
     Stopped,
     UsageError,
+    check_choices,
     check_directory,
     check_thread_variables,
     default_cache_dir,
@@ -495,9 +496,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     for name in models:
         if name not in resnet_perf.MODEL_NAMES:
             raise UsageError(f"--model {name!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise UsageError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    check_choices("--precision", precisions, PRECISIONS)
     device = resolve_device(args.device)
     if args.host_io and device.type != "cuda":
         raise UsageError("--host-io times host-device copies, so it needs --device cuda")

@@ -173,7 +173,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         if batch.dynamic and batch.min != 1:
             raise UsageError(f"--dynamic-batch {batch}: Triton's dynamic batcher sends every batch size from 1 "
                              "up, so MIN must be 1")
-        if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):
+        if args.name is not None and not triton_repo.usable_name(args.name):
             raise UsageError(f"--name {args.name!r}: not a usable folder name")
 
     engine = args.format == "tensorrt" or (args.format == "triton-repo" and args.triton_platform == "tensorrt_plan")

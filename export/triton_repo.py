@@ -13,6 +13,12 @@ from resnet_perf.precision import by_dtype
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 
 
+def usable_name(name: str) -> bool:
+    """Whether ``name`` can name a model: it is the model's folder in the repository, so neither
+    empty, nor a path, nor hidden."""
+    return bool(name.strip()) and "/" not in name and not name.startswith(".")
+
+
 def artifact_name(platform: str) -> str:
     """The file name Triton looks for in a version folder, for ``platform``."""
     return PLATFORMS[platform]

@@ -411,7 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     # The conv list comes from the model's own definition; the model package sits above this one,
     # so only the command line reaches up for it.
     from resnet_perf.atomic import write_text
-    from resnet_perf.cli import Parser, Stopped, UsageError, list_of, output_file, positive_int, stop_on_signals
+    from resnet_perf.cli import (
+        Parser,
+        Stopped,
+        UsageError,
+        check_choices,
+        list_of,
+        output_file,
+        positive_int,
+        stop_on_signals,
+    )
     from resnet_perf.fused import conv_layers
     from resnet_perf.models.resnet import MODEL_NAMES
 
@@ -435,15 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH")
     try:
         args = parser.parse_args(argv)
-        for name in args.model:
-            if name not in MODEL_NAMES:
-                raise UsageError(f"--model {name!r}: choose from {', '.join(MODEL_NAMES)}")
-        for name in args.dtype:
-            if name not in named_dtypes:
-                raise UsageError(f"--dtype {name!r}: choose from {', '.join(named_dtypes)}")
-        for path in args.path or []:
-            if path not in CONFIGS:
-                raise UsageError(f"--path {path!r}: choose from {', '.join(CONFIGS)}")
+        check_choices("--model", args.model, MODEL_NAMES)
+        check_choices("--dtype", args.dtype, named_dtypes)
+        check_choices("--path", args.path or [], CONFIGS)
         if args.peaks_of is not None and not os.path.isfile(args.peaks_of):
             raise UsageError(f"--peaks-of {args.peaks_of!r}: no such file")
         try:

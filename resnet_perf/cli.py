@@ -103,6 +103,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def check_choices(flag: str, given, choices) -> None:
+    """Each of ``given`` (one name or a list) among ``choices``; UsageError naming the first that is not."""
+    for name in [given] if isinstance(given, str) else given:
+        if name not in choices:
+            raise UsageError(f"{flag} {name!r}: choose from {', '.join(choices)}")
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)

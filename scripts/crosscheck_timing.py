@@ -49,7 +49,7 @@ from bench.run import streams_count
 from bench.runners import RUNNERS, RunConfig, Runner
 from bench.streams import threads_each
 from export import quantize
-from resnet_perf.cli import Parser, UsageError, list_of, positive_float, positive_int, script
+from resnet_perf.cli import Parser, check_choices, list_of, positive_float, positive_int, script
 from resnet_perf.precision import PRECISIONS
 
 
@@ -184,12 +184,8 @@ def main() -> None:
     p.add_argument("--seconds", type=positive_float, default=10.0,
                    help="benchmark_app's run time per hint, and ours per row")
     args = p.parse_args()
-    for backend in args.backend:
-        if backend not in RUNNERS:
-            raise UsageError(f"--backend {backend!r}: choose from {', '.join(RUNNERS)}")
-    for precision in args.precision:
-        if precision not in PRECISIONS:
-            raise UsageError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    check_choices("--backend", args.backend, RUNNERS)
+    check_choices("--precision", args.precision, PRECISIONS)
 
     model = resnet_perf.build_model(args.model, image_size=args.image_size)
     device = torch.device("cpu")

@@ -19,8 +19,10 @@ from bench.runners import RUNNERS, RunConfig
 from bench.runners.triton_server import hostable
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving.local import LocalServer, missing_reason
+from export import triton_repo
 from resnet_perf.cli import (
     UsageError,
+    check_choices,
     check_directory,
     default_cache_dir,
     non_negative_float,
@@ -52,12 +54,10 @@ def serve(*, model: str, backend: str, device: str, precision: str, image_size: 
           cache_dir: str) -> int:
     """Serve ``backend`` until Ctrl-C or SIGTERM (exit 0), or until the server dies (exit 1). Bad
     input raises UsageError (or WeightsError) before anything starts."""
-    if model not in resnet_perf.MODEL_NAMES:
-        raise UsageError(f"--model {model!r}: choose from {', '.join(resnet_perf.MODEL_NAMES)}")
-    if name is not None and (not name.strip() or "/" in name or name.startswith(".")):
+    check_choices("--model", model, resnet_perf.MODEL_NAMES)
+    if name is not None and not triton_repo.usable_name(name):
         raise UsageError(f"--name {name!r}: not a usable model name")
-    if backend not in hostable(RUNNERS):
-        raise UsageError(f"--backend {backend!r}: choose from {', '.join(hostable(RUNNERS))}")
+    check_choices("--backend", backend, hostable(RUNNERS))
     where = resolve_device(device)
     runner_cls = RUNNERS[backend]
     reason = missing_reason() or runner_cls.unavailable_reason(where)
