@@ -46,7 +46,10 @@ def _members(node: onnx.NodeProto, leaves: dict[str, nn.Module]) -> list[str]:
 
 def node_lines(path: str | os.PathLike, model: nn.Module) -> dict[str, NodeLine]:
     """Every node of the ONNX file at ``path`` (exported from ``model``) by name."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    return _node_lines(onnx.load(str(path), load_external_data=False).graph, model)
+
+
+def _node_lines(graph: onnx.GraphProto, model: nn.Module) -> dict[str, NodeLine]:
     leaves = {name: m for name, m in model.named_modules() if name and not any(m.children())}
     members = {node.name: _members(node, leaves) for node in graph.node}
     ops = [(node.name, Op(m, isinstance(leaves.get(m), ANCHORS))) for node in graph.node for m in members[node.name]]
@@ -96,10 +99,7 @@ def _by_dataflow(graph: onnx.GraphProto, found: dict[str, str]) -> None:
     """Lines for the nodes without a scope, from their neighbours: first the producer of an
     input, then a consumer of an output, repeated until nothing changes."""
     producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     changed = True
     while changed:
         changed = False
@@ -114,6 +114,15 @@ def _by_dataflow(graph: onnx.GraphProto, found: dict[str, str]) -> None:
                 changed = True
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes reading each tensor, by its name."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def with_line_outputs(path: str | os.PathLike, model: nn.Module) -> tuple[bytes, dict[str, str], bool]:
     """The ONNX file at ``path`` with each line's end as a graph output: its last node with a module
     scope. In a QDQ graph a line's end is quantized for the next layer (Quantize, then Dequantize);
@@ -123,16 +132,14 @@ def with_line_outputs(path: str | os.PathLike, model: nn.Module) -> tuple[bytes,
     was read after requantization."""
     graph_model = onnx.load(str(path), load_external_data=False)
     graph = graph_model.graph
-    nodes = node_lines(path, model)
+    nodes = _node_lines(graph, model)
     ends: dict[str, onnx.NodeProto] = {}
     for node in graph.node:
         line = nodes[node.name]
         if line.line is not None and line.members:
             ends[line.line] = node
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
     names, requantized = {}, False
     for line, node in ends.items():
         tensor = node.output[0]
@@ -142,7 +149,8 @@ def with_line_outputs(path: str | os.PathLike, model: nn.Module) -> tuple[bytes,
             graph.node.append(onnx.helper.make_node("DequantizeLinear", [quantize.output[0], *quantize.input[1:]],
                                                     [dequantized], name=f"{quantize.name}/line_parity_dq"))
             tensor, requantized = dequantized, True
-        if tensor not in {o.name for o in graph.output}:
+        if tensor not in outputs:
             graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+            outputs.add(tensor)
         names[line] = tensor
     return graph_model.SerializeToString(), names, requantized

@@ -142,12 +142,8 @@ class CompileRunner(TorchRunner):
         come from an eager run of the same module, which the row's logits are checked against too."""
         if self.quantized is not None:
             raise NotImplementedError("compile int8 runs PT2E's quantized graph, which has no modules to hook")
-
-        def call():
-            with torch.inference_mode():
-                return self.module(inputs)
-
-        return torch_line_outputs(self.module, call), "an eager run of the same module (inductor keeps no line outputs)"
+        return (torch_line_outputs(self.module, lambda: self.module(inputs)),
+                "an eager run of the same module (inductor keeps no line outputs)")
 
     def profile_layers(self, inputs: Tensor, calls: int, trace: Path | None) -> LayerProfile:
         """On CPU a second build of the same graph, whose C++ kernels report themselves to the

@@ -283,9 +283,9 @@ class OpenVINORunner(Runner):
                             notes=["one synchronous request"] if self.config.streams != 1 else [])
 
     def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
-        """The row's model with each line's end added as an output (ov.Model.add_outputs, by the
-        ONNX tensor names the model keeps), compiled with the row's settings. In a QDQ file a line
-        is read as the next layer reads it (bench.layers.onnx_nodes.with_line_outputs)."""
+        """The row's ONNX file with each line's end added as a graph output
+        (bench.layers.onnx_nodes.with_line_outputs; in a QDQ file a line is read as the next layer
+        reads it), compiled with the row's settings; outputs found by their ONNX tensor names."""
         import openvino as ov
 
         path = self.model_path()

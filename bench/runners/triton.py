@@ -107,11 +107,8 @@ class TritonRunner(TorchRunner):
     def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
         """The fused model run eagerly, its launches those the row times: each fused launch ends its
         line (conv + BatchNorm + residual add + ReLU), so lines are compared at their ends."""
-        def call():
-            with torch.inference_mode():
-                return self.fused(inputs)
-
-        return torch_line_outputs(self.fused, call), "forward hooks on the fused model, one fused launch per line"
+        return (torch_line_outputs(self.fused, lambda: self.fused(inputs)),
+                "forward hooks on the fused model, one fused launch per line")
 
     def close_impl(self) -> None:
         del self.module, self.fused

@@ -320,6 +320,7 @@ class TritonServerRunner(Runner):
         requests = self.request_ms[first:]
         client_ms = float(np.mean(requests)) if requests else float("nan")
         direct = None if self.direct_before is None else (self.direct_before, self._direct_ms())
+        direct_ms = None if direct is None else sum(direct) / 2
         report = {
             "url": self.client.endpoint.url,
             "model": self.client.model,
@@ -332,9 +333,9 @@ class TritonServerRunner(Runner):
             # CPU the client's own thread spent (building, sending, receiving, decoding requests).
             "client_cpu_ms": cpu_s / len(requests) * 1e3 if requests else float("nan"),
             "client_busy": cpu_s / wall_s,
-            "direct_ms": None if direct is None else sum(direct) / 2,
+            "direct_ms": direct_ms,
             "direct_before_after_ms": direct,
-            "overhead_ms": None if direct is None else client_ms - sum(direct) / 2,
+            "overhead_ms": None if direct is None else client_ms - direct_ms,
         }
         if isinstance(before, str) or isinstance(after, str):
             report["server"] = before if isinstance(before, str) else after
