@@ -640,28 +640,38 @@ def _nested_problem(record: dict) -> str | None:
             return f"{key} is {value!r:.60}, not an object"
         for name, kind in inner.items():
             got = value.get(name)
-            ok = got in kind if isinstance(kind, tuple) else (
-                isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got) if kind is float
-                else isinstance(got, kind))
+            ok = got in kind if isinstance(kind, tuple) else _number(got) if kind is float else isinstance(got, kind)
             if not ok:
                 return f"{key}.{name} is {got!r:.60}"
     if record.get("loadgen") and not all(isinstance(r, str) for r in record["loadgen"]["reasons"]):
         return "loadgen.reasons holds something other than text"
     layers = (record.get("parity") or {}).get("layers") if isinstance(record.get("parity"), dict) else None
-    if layers is not None:
-        lines = layers.get("lines") if isinstance(layers, dict) else None
-        if not isinstance(layers, dict) or not (isinstance(layers.get("reason"), str) or (
-                isinstance(lines, list) and isinstance(layers.get("how"), str) and all(
-                    isinstance(f, dict) and isinstance(f.get("line"), str) and isinstance(f.get("finite"), bool)
-                    and all(isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool)
-                            for k in ("cosine", "rel_l2")) for f in lines)
-                and layers.get("first_outside") in (None, *(f["line"] for f in lines)))):
-            return f"parity.layers is {layers!r:.60}, not a reason or lines of (line, cosine, rel_l2, finite)"
+    if layers is not None and not _layers_readable(layers):
+        return f"parity.layers is {layers!r:.60}, not a reason or lines of (line, cosine, rel_l2, finite)"
     repeats = record.get("repeats")
-    if repeats is not None and not (isinstance(repeats, list) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in repeats)):
+    if repeats is not None and not (isinstance(repeats, list) and all(_number(x) and x > 0 for x in repeats)):
         return f"repeats is {repeats!r:.60}, not a list of throughputs"
     return None
+
+
+def _number(value) -> bool:
+    """A finite JSON number (a bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _layers_readable(layers) -> bool:
+    """--parity layers' record: why the backend gave none, or its lines, each with its figures (null
+    where the backend's tensor held NaN or Inf: JSON has neither, and ``to_json`` writes null)."""
+    if isinstance(layers, dict) and isinstance(layers.get("reason"), str):
+        return True
+    lines = layers.get("lines") if isinstance(layers, dict) else None
+
+    def readable(f) -> bool:
+        return (isinstance(f, dict) and isinstance(f.get("line"), str) and isinstance(f.get("finite"), bool)
+                and all(_number(f.get(k)) or (not f["finite"] and f.get(k) is None) for k in ("cosine", "rel_l2")))
+
+    return (isinstance(lines, list) and isinstance(layers.get("how"), str) and all(readable(f) for f in lines)
+            and layers.get("first_outside") in (None, *(f["line"] for f in lines)))
 
 
 def _streams_problem(record: dict) -> str | None:

@@ -112,3 +112,17 @@ def test_a_run_file_with_broken_layer_figures_is_one_line(capsys, tmp_path):
     assert cli.main(["report", str(path), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "row 0: parity.layers is" in err
+
+
+def test_a_line_that_was_not_finite_reads_back(tmp_path):
+    """A line whose tensor held NaN or Inf has no figures; JSON has neither, so the row's file holds
+    null there, and bench report, compare and --resume read it back."""
+    from bench import report
+
+    lines = [{"line": "conv1", "cosine": float("nan"), "rel_l2": float("nan"), "finite": False}]
+    row = report.Row("resnet18", "eager", "cpu", "fp32", 2, 32, status="skipped", error="x",
+                     parity={"layers": {"how": "hooks", "lines": lines, "first_outside": "conv1"}})
+    path = tmp_path / "run.json"
+    path.write_text(report.to_json([row], {}))
+    (read,) = report.load(path)["results"]
+    assert read["parity"]["layers"]["lines"] == [{"line": "conv1", "cosine": None, "rel_l2": None, "finite": False}]
