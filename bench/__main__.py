@@ -469,17 +469,16 @@ def resolve_outputs(args: argparse.Namespace) -> Outputs:
 def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
     """The rows an earlier, interrupted run recorded, by key; refused if it ran somewhere else."""
     document = report.load(path, "--resume")
-    for key in ("cpu", "gpu", "torch", "onnxruntime", "openvino", "tensorrt", "threads"):
-        if document["env"].get(key) != env[key]:
-            raise UsageError(f"--resume {path} was measured with {key} {document['env'].get(key)}, "
-                             f"this run has {env[key]}: its rows would not compare")
     recorded = document["env"].get("settings")
     if not isinstance(recorded, dict):
         raise UsageError(f"--resume {path} does not record its seed, weights and timing settings (written before "
                          "run files did): its rows cannot be checked against this run's; start a new --json")
-    for key, value in env["settings"].items():
-        if recorded.get(key) != value:
-            raise UsageError(f"--resume {path} was measured with {key} {recorded.get(key)}, this run has {value}: "
+    # The machine and libraries, then what the run asked for: every figure depends on each.
+    machine = ("cpu", "gpu", "torch", "onnxruntime", "openvino", "tensorrt", "threads")
+    measured, ours = {**document["env"], **recorded}, {**{key: env[key] for key in machine}, **env["settings"]}
+    for key, value in ours.items():
+        if measured.get(key) != value:
+            raise UsageError(f"--resume {path} was measured with {key} {measured.get(key)}, this run has {value}: "
                              "its rows would not compare")
     return {report.row_key(r): r for r in report.rows_from_json(document)}
 
