@@ -750,8 +750,14 @@ def write_report(runs: list[str], output: str) -> Path:
     plot of each) written to ``output``/report.md; returns its path. Every file is read and checked
     before anything is written (UsageError), and the report and its plots are built in a staging
     folder and moved in together, so a failure leaves no half-built report."""
-    from bench.plot import write_layer_plot, write_parity_plot, write_plot
+    from bench import plot
 
+    # The figures drawn below a run's table where a row has their data: the file's suffix, what a
+    # row must hold, the plot, its caption.
+    figures = (("-layers", lambda r: (r.get("profile") or {}).get("layers"), plot.write_layer_plot,
+                "time per profiled call by ResNet stage, per backend"),
+               ("-parity", lambda r: ((r.get("parity") or {}).get("layers") or {}).get("lines"),
+                plot.write_parity_plot, "each line's rel_l2 against the fp32 model, per backend"))
     documents = [(Path(path), load(path)) for path in runs]
     folder = check_directory("--output", output)
     # Runs of the same name from different folders (a/run.json, b/run.json) get numbered plots.
@@ -759,31 +765,24 @@ def write_report(runs: list[str], output: str) -> Path:
     names = [stem if stems.count(stem) == 1 else f"{stem}-{i + 1}" for i, stem in enumerate(stems)]
     plots = [f"{name}.png" if any(r["status"] == "ok" for r in document["results"]) else None
              for name, (_, document) in zip(names, documents)]
-    layer_plots = [f"{name}-layers.png" if any((r.get("profile") or {}).get("layers") for r in document["results"])
-                   else None for name, (_, document) in zip(names, documents)]
-    parity_plots = [f"{name}-parity.png" if any(((r.get("parity") or {}).get("layers") or {}).get("lines")
-                                                for r in document["results"]) else None
-                    for name, (_, document) in zip(names, documents)]
+    extras = [[(f"{name}{suffix}.png", write, caption) for suffix, wanted, write, caption in figures
+               if any(wanted(r) for r in document["results"])] for name, (_, document) in zip(names, documents)]
     inputs = {Path(os.path.realpath(path)) for path, _ in documents}
-    for name in ("report.md", *filter(None, plots), *filter(None, layer_plots), *filter(None, parity_plots)):
+    for name in ("report.md", *filter(None, plots), *(file for drawn in extras for file, _, _ in drawn)):
         target = output_file("--output", os.path.join(output, name))
         if target in inputs:
             raise UsageError(f"--output {output}: the report's {name} would replace the run file {target} it reads; "
                              "give another folder")
     sections = ["# resnet-perf report", ""]
     with staging_dir(folder) as stage:
-        for (path, document), name, plot, layer_plot, parity_plot in zip(documents, names, plots, layer_plots,
-                                                                          parity_plots):
-            if plot:
-                write_plot(document["results"], stage / plot, name)
+        for (path, document), name, main_plot, drawn in zip(documents, names, plots, extras):
+            if main_plot:
+                plot.write_plot(document["results"], stage / main_plot, name)
             title = path.name if name == path.stem else str(path)
-            sections.append(to_markdown(rows_from_json(document), document["env"], title, plot))
-            if layer_plot:
-                write_layer_plot(document["results"], stage / layer_plot, name)
-                sections.append(f"![time per profiled call by ResNet stage, per backend]({layer_plot})\n")
-            if parity_plot:
-                write_parity_plot(document["results"], stage / parity_plot, name)
-                sections.append(f"![each line's rel_l2 against the fp32 model, per backend]({parity_plot})\n")
+            sections.append(to_markdown(rows_from_json(document), document["env"], title, main_plot))
+            for file, write, caption in drawn:
+                write(document["results"], stage / file, name)
+                sections.append(f"![{caption}]({file})\n")
         write_text(stage / "report.md", "\n".join(sections))
         publish(stage, folder)
     return Path(output) / "report.md"
