@@ -392,7 +392,21 @@ def sensitivity_table(row: Row, top: int = 15) -> Table:
         grid.add_row(layer["layer"], f"{kept['rel_l2']:.3f}", f"{layer['rel_l2_gain']:+.3f}", f"{kept['cosine']:.4f}",
                      f"{kept['top1_agreement']:.3f}", f"{kept['top5_agreement']:.3f}",
                      _fmt(layer["weight_sqnr_db"], ".1f"), _fmt(layer["output_vs_fp32_sqnr_db"], ".1f"))
+    if s.get("from_lines"):
+        grid.caption, grid.caption_justify = escape(keep_fp_advice(s["from_lines"])), "left"
     return grid
+
+
+def keep_fp_advice(bisected: dict) -> str:
+    """The bisection from a failing row's first line outside tolerance, in a sentence."""
+    if "error" in bisected:
+        return f"bisection from the failing lines failed: {bisected['error']}"
+    where = f"bisected over {bisected['candidates']} layers from {bisected['from_line']}, {len(bisected['tried'])} quantizations"
+    if bisected["keep_fp"] is None:
+        return f"no --keep-fp found ({where}): {bisected['why']}"
+    f = bisected["figures"]
+    return (f"to pass, keep in fp32 ({where}): --keep-fp {','.join(bisected['keep_fp'])} gives rel_l2 "
+            f"{f['rel_l2']:.3f}, cosine {f['cosine']:.4f}, top-1 {f['top1_agreement']:.3f}")
 
 
 def console() -> Console:

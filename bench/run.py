@@ -476,19 +476,45 @@ def loadgen_row(runner: Runner, streams: Streams | None, row: Row, inputs: torch
 
 def rank_int8_layers(plan: Plan, rows: list[Row], references: References) -> None:
     """--sensitivity: each model's layers ranked by how much INT8 costs them, attached to its
-    successful onnxruntime int8 rows (those --resume kept have theirs already). A ranking that
-    fails is recorded as its one-line error."""
+    successful onnxruntime int8 rows (those --resume kept have theirs already); with --parity
+    layers, a row that failed parity gets the fewest layers to keep in fp32 for it to pass,
+    bisected from its first line outside tolerance. An analysis that fails is recorded as its
+    one-line error."""
     for name in plan.models:
         measured = [r for r in rows if (r.model, r.backend, r.precision, r.status) == (name, "onnxruntime", "int8", "ok")
                     and r.sensitivity is None]
         if not measured:
             continue
+        settings = {"image_size": plan.image_size, "batch": plan.batch_sizes[0], "cache_dir": plan.cache_dir / "calibration"}
         try:
             reference = references(name)
-            analysis = sensitivity.analyse(reference.model, references.calibration(name), reference.inputs,
-                                           reference.logits, image_size=plan.image_size, batch=plan.batch_sizes[0],
-                                           cache_dir=plan.cache_dir / "calibration")
+            calibration = references.calibration(name)
+            analysis = sensitivity.analyse(reference.model, calibration, reference.inputs, reference.logits, **settings)
         except Exception as exc:  # noqa: BLE001 - the rows keep their figures without the ranking
             analysis = {"error": one_line(exc)}
+        bisected: dict[tuple[str, ...], dict] = {}
         for row in measured:
             row.sensitivity = analysis
+            lines = failing_lines(row)
+            if "error" in analysis or not lines:
+                continue
+            if lines not in bisected:
+                try:
+                    bisected[lines] = sensitivity.keep_fp_from_lines(reference.model, calibration, reference.inputs,
+                                                                     reference.logits, list(lines), **settings)
+                except Exception as exc:  # noqa: BLE001 - the ranking stands without the bisection
+                    bisected[lines] = {"error": one_line(exc)}
+            row.sensitivity = {**analysis, "from_lines": bisected[lines]}
+
+
+def failing_lines(row: Row) -> tuple[str, ...]:
+    """A row that failed parity: its lines from the one before the first outside its tolerance on
+    (none without --parity layers, or where every line was inside). The line before is where the
+    first failing line's input was quantized: an outlier channel that spoils that quantization
+    dominates its own tensor's figures, so the damage shows one line later."""
+    layers = (row.parity or {}).get("layers") or {}
+    first = layers.get("first_outside")
+    if row.parity is None or row.parity.get("passed", True) or first is None:
+        return ()
+    names = [f["line"] for f in layers["lines"]]
+    return tuple(names[max(0, names.index(first) - 1):])

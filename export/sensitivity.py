@@ -7,6 +7,9 @@ Two views, per convolution and the classifier, named as the PyTorch model names 
 - what that analysis lacks, the effect on the answers: each layer left in fp32 in turn (the
   exclusion run), with the parity figures of the whole model then, and how much of the int8 model's
   error that removes. The table is ranked by that gain; ``--keep-fp`` takes the top layers.
+
+For a row that fails parity, one more answer, from its lines (``--parity layers``): the fewest
+layers to keep in fp32 for it to pass, found by bisection from the first line outside tolerance.
 """
 
 from __future__ import annotations
@@ -47,6 +50,26 @@ def _sqnr(source: Path, quantized: Path, inputs: Tensor, batch: int, tmp: Path) 
 FIGURES = ("rel_l2", "cosine", "top1_agreement", "top5_agreement")
 
 
+class Requantized:
+    """One fp32 export of the model (in ``tmp``), quantized again with a given set of layers kept
+    in fp32 and judged on the parity inputs against the fp32 logits."""
+
+    def __init__(self, model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor, tmp: Path, *,
+                 image_size: int, batch: int, cache_dir: Path | None):
+        self.calibration, self.inputs, self.reference, self.batch = calibration, inputs, reference, batch
+        self.cache_dir = cache_dir or tmp / "calibration"
+        self.source = export_onnx(model, tmp / "fp32.onnx", batch=BatchRange.static(batch), image_size=image_size)
+        self.layers = layer_names(self.source)  # {ONNX node: the PyTorch module it computes}
+        self.path = tmp / "int8.onnx"
+
+    def figures(self, keep_fp: tuple[str, ...]) -> dict:
+        """The parity figures with ``keep_fp`` (besides the calibration's own) left in fp32."""
+        keep = tuple(dict.fromkeys((*self.calibration.keep_fp, *keep_fp)))
+        quantize_onnx(self.source, self.path, Calibration(self.calibration.inputs, self.calibration.method, keep),
+                      cache_dir=self.cache_dir)
+        return parity.compare(self.reference, parity.predict(cpu_session(self.path), self.inputs, self.batch), "int8")
+
+
 def analyse(model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor, *, image_size: int,
             batch: int = 8, cache_dir: Path | None = None) -> dict:
     """Per-layer sensitivity of ``model`` to INT8 with ``calibration``, judged on ``inputs`` against
@@ -56,27 +79,22 @@ def analyse(model: nn.Module, calibration: Calibration, inputs: Tensor, referenc
 
     with tempfile.TemporaryDirectory(prefix="resnet-perf-sensitivity-") as tmp_name:
         tmp = Path(tmp_name)
-        source = export_onnx(model, tmp / "fp32.onnx", batch=BatchRange.static(batch), image_size=image_size)
-        layers = layer_names(source)
-        graph = onnx.load(str(source), load_external_data=False).graph
+        quantized = Requantized(model, calibration, inputs, reference, tmp, image_size=image_size, batch=batch,
+                                cache_dir=cache_dir)
+        layers = quantized.layers
+        graph = onnx.load(str(quantized.source), load_external_data=False).graph
         # A layer's quantized output is its ReLU's, where one follows (onnxruntime fuses the pair).
         relu_of = {node.input[0]: node.output[0] for node in graph.node if node.op_type == "Relu"}
         outputs = {node.name: relu_of.get(node.output[0], node.output[0]) for node in graph.node if node.name in layers}
         weights = {node.name: node.input[1] for node in graph.node if node.name in layers}
 
-        def figures(keep_fp: tuple[str, ...]) -> dict:
-            path = tmp / "int8.onnx"
-            quantize_onnx(source, path, Calibration(calibration.inputs, calibration.method, keep_fp),
-                          cache_dir=cache_dir or tmp / "calibration")
-            return parity.compare(reference, parity.predict(cpu_session(path), inputs, batch), "int8")
-
-        whole = figures(calibration.keep_fp)
-        weight_sqnr, activation_sqnr = _sqnr(source, tmp / "int8.onnx", inputs, batch, tmp)
+        whole = quantized.figures(())
+        weight_sqnr, activation_sqnr = _sqnr(quantized.source, quantized.path, inputs, batch, tmp)
         table = []
         for node, layer in layers.items():
             if layer in calibration.keep_fp:
                 continue
-            without = figures((*calibration.keep_fp, layer))
+            without = quantized.figures((layer,))
             errors = activation_sqnr.get(outputs[node], {})
             table.append({
                 "layer": layer,
@@ -90,3 +108,41 @@ def analyse(model: nn.Module, calibration: Calibration, inputs: Tensor, referenc
             })
     table.sort(key=lambda row: row["rel_l2_gain"], reverse=True)
     return {"int8": {k: whole[k] for k in FIGURES}, "layers": table}
+
+
+def keep_fp_from_lines(model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor,
+                       lines: list[str], *, image_size: int, batch: int = 8, cache_dir: Path | None = None) -> dict:
+    """For an int8 model that fails parity: the fewest layers to keep in fp32 for it to pass, taken
+    in model order from ``lines`` (the row's lines from where its error shows on). Keeping
+    the first ``n`` of them is bisected on ``n``, assuming that keeping more never hurts (as
+    Polygraphy's ``debug precision`` bisects TensorRT's layers): about log2 of their number in
+    quantizations. Lines that are no quantized layer (the pools) are passed over."""
+    with tempfile.TemporaryDirectory(prefix="resnet-perf-bisect-") as tmp_name:
+        quantized = Requantized(model, calibration, inputs, reference, Path(tmp_name), image_size=image_size,
+                                batch=batch, cache_dir=cache_dir)
+        layers = set(quantized.layers.values())
+        candidates = [line for line in lines if line in layers and line not in calibration.keep_fp]
+        tried: list[dict] = []
+
+        def passes(n: int) -> bool:
+            figures = quantized.figures(tuple(candidates[:n]))
+            tried.append({"kept": n, "passed": figures["passed"], **{k: figures[k] for k in FIGURES}})
+            return figures["passed"]
+
+        found = {"from_line": lines[0] if lines else None, "candidates": len(candidates), "tried": tried}
+        if not candidates or not passes(len(candidates)):
+            return {**found, "keep_fp": None,
+                    "why": "keeping every quantized layer from that line on in fp32 does not pass: the error enters "
+                           "before it, or outside the layers --keep-fp can keep"}
+        low, high = 0, len(candidates)  # the smallest n that passes lies in [low, high]; ``high`` does
+        while low < high:
+            middle = (low + high) // 2
+            if passes(middle):
+                high = middle
+            else:
+                low = middle + 1
+    figures = next(t for t in reversed(tried) if t["kept"] == low)
+    if low == 0:
+        return {**found, "keep_fp": None, "figures": figures,
+                "why": "onnxruntime's CPU session passes with no layer kept: the row's failure is its own runtime's"}
+    return {**found, "keep_fp": [*calibration.keep_fp, *candidates[:low]], "figures": figures}

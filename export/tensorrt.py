@@ -101,6 +101,21 @@ class BuildSettings:
 def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, device: torch.device) -> dict:
     """Build a serialized engine for ``device`` from ``onnx_path`` into ``plan_path`` (atomically)
     and save the timing cache, if one is set. Returns the build's description for the manifest."""
+    plan = _build(onnx_path, settings, device)
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(plan)
+    return {
+        "strongly_typed": strongly_typed(version()),
+        "workspace_mib": settings.workspace_mib,
+        "optimization_level": settings.optimization_level,
+        "profile": {INPUT_NAME: settings.profile_shapes()},
+        "timing_cache": None if settings.timing_cache is None else os.fspath(settings.timing_cache),
+    }
+
+
+def _build(onnx_path: Path, settings: BuildSettings, device: torch.device, mark: tuple[str, ...] = ()) -> bytes:
+    """The serialized engine for ``device`` from ``onnx_path``, with the tensors named in ``mark``
+    made outputs too; the timing cache, if one is set, read before and saved after."""
     trt = _import()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -112,6 +127,8 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, devi
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         detail = "; ".join(f"node {e.node()}: {e.desc()}" for e in errors) or "no detail given"
         raise TensorRTError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {detail}")
+    if mark:
+        _mark_outputs(network, mark, onnx_path.name)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
@@ -141,19 +158,63 @@ def build_engine(onnx_path: Path, plan_path: Path, settings: BuildSettings, devi
         plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise TensorRTError(f"TensorRT could not build an engine from {onnx_path.name} (its log above says why)")
-    with atomic_path(plan_path) as tmp:
-        tmp.write_bytes(plan)
     if cache_path is not None:
         with atomic_path(cache_path) as tmp:
             tmp.write_bytes(cache.serialize())  # the cache attached to the config, updated by the build
+    return bytes(plan)
 
-    return {
-        "strongly_typed": typed,
-        "workspace_mib": settings.workspace_mib,
-        "optimization_level": settings.optimization_level,
-        "profile": {INPUT_NAME: shapes},
-        "timing_cache": None if cache_path is None else os.fspath(cache_path),
-    }
+
+def _mark_outputs(network, names: tuple[str, ...], source: str) -> None:
+    """Make the network's tensors called ``names`` (their ONNX names, which the parser keeps) outputs."""
+    tensors = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for j in range(layer.num_outputs):
+            tensor = layer.get_output(j)
+            tensors[tensor.name] = tensor
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise TensorRTError(f"TensorRT's network of {source} has no tensor {missing[0]!r} to mark as an output")
+    for name in names:
+        if not tensors[name].is_network_output:
+            network.mark_output(tensors[name])
+
+
+def run_marked(onnx_path: Path, names: tuple[str, ...], settings: BuildSettings, device: torch.device,
+               x: Tensor) -> dict[str, Tensor]:
+    """Build an engine from ``onnx_path`` with the tensors ``names`` marked as outputs, as
+    Polygraphy's ``--trt-outputs`` does, run it once on ``x``, and return every output by name. A
+    marked tensor must exist, so TensorRT keeps it out of any fusion that would have hidden it:
+    this engine is not the row's, and its logits say whether that changed them."""
+    trt = _import()
+    plan = _build(onnx_path, settings, device, mark=names)
+    logger = trt.Logger(trt.Logger.WARNING)
+    with torch.cuda.device(device):
+        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        if engine is None:
+            raise TensorRTError("TensorRT could not deserialize the engine with marked outputs (its log above says why)")
+        context = engine.create_execution_context()
+    dtypes = _torch_dtypes(trt)
+    if not context.set_input_shape(INPUT_NAME, tuple(x.shape)):
+        raise ValueError(f"input shape {tuple(x.shape)} is outside the engine's optimization profile")
+    context.set_tensor_address(INPUT_NAME, x.data_ptr())
+    outputs = {}
+    for name in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors)):
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+            outputs[name] = torch.empty(tuple(context.get_tensor_shape(name)),
+                                        dtype=dtypes[engine.get_tensor_dtype(name)], device=device)
+            context.set_tensor_address(name, outputs[name].data_ptr())
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise TensorRTError("execute_async_v3 failed (TensorRT's log says why)")
+    stream.synchronize()
+    return outputs
+
+
+def _torch_dtypes(trt) -> dict:
+    """TensorRT's float tensor types (its enum exists only once tensorrt is imported) as torch's."""
+    return {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16}
 
 
 def write_source_onnx(model: nn.Module, onnx_path: Path, settings: BuildSettings, opset: int = DEFAULT_OPSET,
@@ -212,9 +273,9 @@ class Engine:
                 raise TensorRTError(f"TensorRT could not deserialize {plan_path.name} (its log above says why)")
             self.context = self.engine.create_execution_context()
 
-        # The engine's own tensor types, in TensorRT's enum (there only once tensorrt is imported),
-        # as torch's: what it binds, not a precision (a TensorRT 10 fp16 engine keeps fp32 inputs).
-        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16}
+        # The engine's own tensor types: what it binds, not a precision (a TensorRT 10 fp16 engine
+        # keeps fp32 inputs).
+        dtypes = _torch_dtypes(trt)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -285,8 +346,8 @@ class Engine:
         inspector = self.engine.create_engine_inspector()
         inspector.execution_context = self.context
         layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)).get("Layers", [])
-        return {layer["Name"]: re.findall(r"\[ONNX Layer: ([^\]]+)\]", layer.get("Metadata", ""))
-                for layer in layers if isinstance(layer, dict)}
+        return {entry["Name"]: re.findall(r"\[ONNX Layer: ([^\]]+)\]", entry.get("Metadata", ""))
+                for entry in layers if isinstance(entry, dict)}
 
     def __call__(self, x: Tensor) -> Tensor:
         """Infer on ``x``, ordered after the current stream's work and before what it queues next."""

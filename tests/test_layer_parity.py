@@ -76,12 +76,25 @@ def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_
     assert "(run-parity.png)" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_openvino_lines_agree_and_a_row_without_line_outputs_says_so_and_stands(tmp_path):
+def test_openvino_lines_agree_and_an_nncf_ir_gives_its_lines_by_their_onnx_names(tmp_path):
+    """OpenVINO keeps the ONNX tensor names through conversion, NNCF and the IR, so an NNCF IR's
+    lines are found as an ONNX file's are, and read after NNCF's FakeQuantize as the next layer reads them."""
     fp32, nncf = run(tmp_path, "--backend", "openvino", "--precision", "fp32,int8", "--ov-int8", "nncf")
     assert fp32["parity"]["layers"]["first_outside"] is None and "logits moved" not in fp32["parity"]["layers"]["how"]
-    assert [f["line"] for f in fp32["parity"]["layers"]["lines"]] == RESNET18_LINES
+    assert "requantized" not in fp32["parity"]["layers"]["how"]
     assert nncf["status"] == "ok" and nncf["parity"]["passed"]
-    assert nncf["parity"]["layers"] == {"reason": "an NNCF IR's layers keep no ONNX tensor names to take outputs at"}
+    for row in (fp32, nncf):
+        assert [f["line"] for f in row["parity"]["layers"]["lines"]] == RESNET18_LINES
+    assert all(f["rel_l2"] < 1e-4 for f in fp32["parity"]["layers"]["lines"])
+    assert "as the next layer reads it (requantized)" in nncf["parity"]["layers"]["how"]
+    first, last = nncf["parity"]["layers"]["lines"][0], nncf["parity"]["layers"]["lines"][-1]
+    assert 1e-4 < first["rel_l2"] < last["rel_l2"]
+
+
+def test_a_row_without_line_outputs_says_so_and_stands(tmp_path):
+    (row,) = run(tmp_path, "--backend", "aoti")
+    assert row["status"] == "ok" and row["parity"]["passed"]
+    assert row["parity"]["layers"]["reason"].startswith("aoti")
 
 
 def test_onnxruntime_lines_agree_in_fp32_and_int8_reads_them_as_the_next_layer_does(tmp_path):
@@ -126,3 +139,30 @@ def test_a_line_that_was_not_finite_reads_back(tmp_path):
     path.write_text(report.to_json([row], {}))
     (read,) = report.load(path)["results"]
     assert read["parity"]["layers"]["lines"] == [{"line": "conv1", "cosine": None, "rel_l2": None, "finite": False}]
+
+
+def test_a_failing_int8_row_is_bisected_to_the_layers_that_make_it_pass(capsys, tmp_path):
+    """One channel of layer2.0's first BatchNorm made 1000x larger (its next conv 1000x smaller, so
+    fp32 computes the same): per-tensor int8 of that ReLU output keeps the outlier and loses every
+    other channel. Only keeping both convolutions either side of that tensor in fp32 mends it, which
+    no one-layer exclusion of --sensitivity's ranking finds; bisection from the failing lines does,
+    and the row then passes with that --keep-fp."""
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    with torch.no_grad():
+        block = model.layer2[0]
+        block.bn1.weight[0] *= 1000
+        block.bn1.bias[0] = block.bn1.bias[0].abs() * 1000 + 1000
+        block.conv2.weight[:, 0] /= 1000
+    weights = tmp_path / "outlier.pt"
+    torch.save(model.state_dict(), weights)
+    common = ["--backend", "onnxruntime", "--precision", "int8", "--weights", str(weights),
+              "--cache-dir", str(tmp_path / "cache")]
+    (row,) = run(tmp_path, *common, "--sensitivity")
+    assert not row["parity"]["passed"] and row["parity"]["layers"]["first_outside"] == "layer2.0.conv2"
+    assert all(layer["kept_fp32"]["rel_l2"] > 0.2 for layer in row["sensitivity"]["layers"])
+    bisected = row["sensitivity"]["from_lines"]
+    assert bisected["from_line"] == "layer2.0.conv1" and bisected["keep_fp"] == ["layer2.0.conv1", "layer2.0.conv2"]
+    assert [t["passed"] for t in bisected["tried"] if t["kept"] == 1] == [False]
+    assert "--keep-fp layer2.0.conv1,layer2.0.conv2 gives" in " ".join(capsys.readouterr().out.split())
+    (kept,) = run(tmp_path, *common, "--keep-fp", ",".join(bisected["keep_fp"]))
+    assert kept["parity"]["passed"] and kept["parity"]["layers"]["first_outside"] is None

@@ -96,3 +96,18 @@ def test_layer_profile_maps_every_engine_layer_to_modules(tmp_path):
     assert len(profile["lines"]) == 23 and profile["notes"] == []  # every conv, both pools and fc, exact names
     assert profile["unattributed_ms"] < 0.2 * profile["layer_ms"]
     assert json.loads((tmp_path / "traces").glob("*.json").__next__().read_text())["onnx_nodes"]
+
+
+def test_layer_parity_marks_every_line_and_fp32_lines_agree(tmp_path):
+    import bench.__main__ as bench_cli
+
+    path = tmp_path / "run.json"
+    assert bench_cli.main([*SMALL, "--device", "cuda", "--backend", "tensorrt", "--precision", "fp32,int8",
+                           "--batch-size", "2", "--iters", "2", "--parity", "layers", "--json", str(path),
+                           "--cache-dir", str(tmp_path / "cache")]) == 0
+    fp32, int8 = json.loads(path.read_text())["results"]
+    for row in (fp32, int8):
+        assert len(row["parity"]["layers"]["lines"]) == 23, row["parity"]["layers"]
+    # TF32 convolutions: within fp32's tolerance, not eager's 1e-5.
+    assert fp32["parity"]["layers"]["first_outside"] is None
+    assert "as the next layer reads it (requantized)" in int8["parity"]["layers"]["how"]

@@ -37,6 +37,11 @@ OBJECTS = {
     "self.engine": "ICudaEngine",
     "self.context": "IExecutionContext",
     "inspector": "EngineInspector",
+    "network": "INetworkDefinition",
+    "layer": "ILayer",
+    "tensor": "ITensor",
+    "engine": "ICudaEngine",
+    "context": "IExecutionContext",
 }
 # Names TensorRT 11 removed, used only where the version check says 10.x.
 TENSORRT_10_ONLY = {"BuilderFlag.FP16", "BuilderFlag.INT8"}

@@ -68,12 +68,14 @@ def added_outputs_how(outputs: dict[str, Tensor], logits: Tensor, requantized: b
     """How lines taken as added outputs of a runtime's graph (with_line_outputs) were read, and
     whether adding them changed what it computes: an output inside a group the runtime fuses could,
     and the logits, unchanged or not against the row's own, say whether it did."""
-    how = "each line's end added as an output of the row's file"
+    how = "each line's end added as an output of the row's model"
     if requantized:
-        how += "; in the QDQ graph, as the next layer reads it (requantized)"
+        how += "; where the graph quantizes it, as the next layer reads it (requantized)"
     moved = (outputs["fc"] - logits.float().cpu()).abs().max().item()
     if moved > 0:
-        how += f"; with them the logits moved by up to {moved:.1e} (an output changed a fusion)"
+        # Seen on OpenVINO's CPU plugin: a convolution normally ends in its residual add and
+        # requantization (post-ops); with that tensor an output they run apart and round otherwise.
+        how += f"; with them the logits moved by up to {moved:.1e} (an output split a fused group)"
     return how
 
 

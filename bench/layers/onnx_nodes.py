@@ -123,26 +123,50 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
+def _line_ends(graph: onnx.GraphProto, model: nn.Module) -> dict[str, str]:
+    """Each line's end tensor: the first output of its last node with a module scope."""
+    nodes = _node_lines(graph, model)
+    return {nodes[node.name].line: node.output[0] for node in graph.node
+            if nodes[node.name].line is not None and nodes[node.name].members}
+
+
+def line_ends(path: str | os.PathLike, model: nn.Module) -> dict[str, str]:
+    """Each line's end tensor in the ONNX file at ``path``, by name, for runtimes that keep the
+    ONNX tensor names (OpenVINO, its IR converted from this file, TensorRT's parsed network)."""
+    return _line_ends(onnx.load(str(path), load_external_data=False).graph, model)
+
+
+def line_reads(path: str | os.PathLike, model: nn.Module) -> tuple[dict[str, str], bool]:
+    """Each line's end in the ONNX file at ``path`` as the next layer reads it: the end itself, or,
+    where the graph quantizes it, the output of its own DequantizeLinear after the Quantize (for a
+    runtime that marks existing tensors as outputs, TensorRT). Returns them, and whether any line
+    is read after requantization."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    consumers = _consumers(graph)
+    reads, requantized = {}, False
+    for line, tensor in _line_ends(graph, model).items():
+        quantize = next((c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"), None)
+        dequantize = None if quantize is None else next(
+            (c for c in consumers.get(quantize.output[0], []) if c.op_type == "DequantizeLinear"), None)
+        if dequantize is not None:
+            tensor, requantized = dequantize.output[0], True
+        reads[line] = tensor
+    return reads, requantized
+
+
 def with_line_outputs(path: str | os.PathLike, model: nn.Module) -> tuple[bytes, dict[str, str], bool]:
-    """The ONNX file at ``path`` with each line's end as a graph output: its last node with a module
-    scope. In a QDQ graph a line's end is quantized for the next layer (Quantize, then Dequantize);
-    there the output is a new DequantizeLinear beside the existing one, reading the same Quantize:
-    the value the next layer reads, while the graph's own Q/DQ pairs, and so the runtime's int8
-    fusions, stay as they were. Returns the model, each line's output name, and whether any line
-    was read after requantization."""
+    """The ONNX file at ``path`` with each line's end as a graph output. In a QDQ graph a line's
+    end is quantized for the next layer (Quantize, then Dequantize); there the output is a new
+    DequantizeLinear beside the existing one, reading the same Quantize: the value the next layer
+    reads, while the graph's own Q/DQ pairs, and so the runtime's int8 fusions, stay as they were.
+    Returns the model, each line's output name, and whether any line was read after
+    requantization."""
     graph_model = onnx.load(str(path), load_external_data=False)
     graph = graph_model.graph
-    nodes = _node_lines(graph, model)
-    ends: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        line = nodes[node.name]
-        if line.line is not None and line.members:
-            ends[line.line] = node
     consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     names, requantized = {}, False
-    for line, node in ends.items():
-        tensor = node.output[0]
+    for line, tensor in _line_ends(graph, model).items():
         quantize = next((c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"), None)
         if quantize is not None:
             dequantized = f"{tensor}/line_parity_dq"

@@ -101,6 +101,10 @@ class AotiRunner(TorchRunner):
         with torch.inference_mode():
             return self.package(inputs)
 
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        raise NotImplementedError("aoti runs one compiled library that keeps no line outputs (compile's row gives "
+                                  "an eager run of the same weights)")
+
     def stages(self) -> None:
         return None  # one compiled library: no stage runs apart
 

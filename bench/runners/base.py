@@ -192,7 +192,7 @@ class Runner(abc.ABC):
         """--parity layers: each model line's output on ``inputs`` (from ``to_input``), named by its
         anchor module (bench.layers.numerics), and how they were obtained. Backends that cannot give
         them raise NotImplementedError saying why."""
-        raise NotImplementedError(f"{self.name} gives no per-layer outputs yet")
+        raise NotImplementedError(f"{self.name} gives no per-layer outputs")
 
     @property
     def timing_note(self) -> str | None:

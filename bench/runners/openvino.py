@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from bench.layers.numerics import added_outputs_how
-from bench.layers.onnx_nodes import attribute, node_lines, with_line_outputs
+from bench.layers.onnx_nodes import attribute, line_ends, node_lines, with_line_outputs
 from bench.layers.profile import LayerProfile, RuntimeLayer
 from bench.runners.base import RunConfig, RunContext, Runner
 from bench.runners.onnxruntime import cached_onnx, export_path
@@ -283,23 +283,51 @@ class OpenVINORunner(Runner):
                             notes=["one synchronous request"] if self.config.streams != 1 else [])
 
     def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
-        """The row's ONNX file with each line's end added as a graph output
-        (bench.layers.onnx_nodes.with_line_outputs; in a QDQ file a line is read as the next layer
-        reads it), compiled with the row's settings; outputs found by their ONNX tensor names."""
+        """Each line's end as an output of the row's model, compiled with the row's settings. An
+        ONNX file gets them as graph outputs (bench.layers.onnx_nodes.with_line_outputs: in a QDQ
+        file a new Dequantize reads each line as the next layer does). An IR, NNCF's included,
+        keeps the ONNX tensor names, and gets them by ``ov.Model.add_outputs``, read after the
+        FakeQuantize that quantizes each for the next layer. (A Result on the FakeQuantize that
+        OpenVINO makes of a QDQ file's Quantize/Dequantize pair reads its integers, off by the
+        scale: hence the two ways.)"""
+        model, wanted, requantized = self._with_line_outputs()
+        compiled = self._compile(model=model)
+        results = compiled.create_infer_request().infer({0: inputs.numpy()})
+        outputs = {line: torch.from_numpy(results[compiled.outputs[i]].copy()).float() for line, i in wanted.items()}
+        return outputs, added_outputs_how(outputs, self.to_logits(self.run(inputs)), requantized)
+
+    def _with_line_outputs(self) -> tuple[Any, dict[str, int], bool]:
+        """The row's ov.Model with each line's end an output, the index of each line's output,
+        and whether any line is read after requantization."""
         import openvino as ov
 
         path = self.model_path()
-        if path.suffix != ".onnx":
-            raise NotImplementedError("an NNCF IR's layers keep no ONNX tensor names to take outputs at")
-        graph, names, requantized = with_line_outputs(path, self.model)
-        with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "lines.onnx").write_bytes(graph)
-            model = ov.Core().read_model(str(Path(folder) / "lines.onnx"))
-        request = self._compile(model=model).create_infer_request()
-        results = request.infer({0: inputs.numpy()})
-        by_name = {name: value for port, value in results.items() for name in port.get_names()}
-        outputs = {line: torch.from_numpy(by_name[tensor].copy()).float() for line, tensor in names.items()}
-        return outputs, added_outputs_how(outputs, self.to_logits(self.run(inputs)), requantized)
+        if path.suffix == ".onnx":
+            graph, names, requantized = with_line_outputs(path, self.model)
+            with tempfile.TemporaryDirectory() as folder:
+                (Path(folder) / "lines.onnx").write_bytes(graph)
+                model = ov.Core().read_model(str(Path(folder) / "lines.onnx"))
+            index = {name: i for i, output in enumerate(model.outputs) for name in output.get_names()}
+            return model, {line: index[tensor] for line, tensor in names.items()}, requantized
+        model = ov.Core().read_model(str(path))
+        tensors = {name: output for op in model.get_ordered_ops() for output in op.outputs()
+                   for name in output.get_names()}
+        ends = line_ends(self.onnx_path(), self.model)
+        missing = [tensor for tensor in ends.values() if tensor not in tensors]
+        if missing:
+            raise NotImplementedError(f"{path.name} has no tensor named {missing[0]!r} (a line's end in the ONNX "
+                                      "file it was converted from): its lines cannot be found")
+        read, requantized = {}, False
+        for line, tensor in ends.items():
+            output = tensors[tensor]
+            fake = next((i.get_node() for i in output.get_target_inputs()
+                         if i.get_node().get_type_name() == "FakeQuantize"), None)
+            read[line] = output if fake is None else fake.output(0)
+            requantized |= fake is not None
+        # A tensor that already is an output (the logits) is not added twice: each line's index comes
+        # from what add_outputs returns.
+        added = model.add_outputs(list(read.values()))
+        return model, {line: model.outputs.index(output) for line, output in zip(read, added)}, requantized
 
     def close_impl(self) -> None:
         del self.request, self.compiled

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.layers.onnx_nodes import attribute, node_lines
+from bench.layers.numerics import added_outputs_how
+from bench.layers.onnx_nodes import attribute, line_reads, node_lines
 from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunContext, Runner
 from bench.streams import Lane
@@ -139,6 +140,20 @@ class TensorRTRunner(Runner):
             layers=[RuntimeLayer(name, "TensorRT layer", ms / calls, *mapped[name]) for name, ms in times.items()],
             trace=trace,
             notes=[] if same else ["the ONNX written again differs from the engine's source: names may not match"])
+
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        """The engine's source ONNX written again, and an engine of its own built from it with each
+        line's end marked as an output (export.tensorrt.run_marked); in an int8 engine the line is
+        marked at the graph's Dequantize after its Quantize, as the next layer reads it."""
+        c = self.config
+        with tempfile.TemporaryDirectory(prefix="resnet-perf-") as folder:
+            source = Path(folder) / "source.onnx"
+            tensorrt.write_source_onnx(self.model, source, self._settings(), calibration=c.calibration,
+                                       calibration_cache=c.cache_dir / "calibration")
+            reads, requantized = line_reads(source, self.model)
+            marked = tensorrt.run_marked(source, tuple(dict.fromkeys(reads.values())), self._settings(), c.device, inputs)
+        outputs = {line: marked[tensor].float().cpu() for line, tensor in reads.items()}
+        return outputs, added_outputs_how(outputs, self.to_logits(self.run(inputs)), requantized)
 
     def run_impl(self, inputs: Tensor) -> Tensor:
         return self.launch(inputs)

@@ -362,6 +362,10 @@ class TritonServerRunner(Runner):
             return f"the local server runs {self.local.instances} instances of {self.hosted.name}"
         return None
 
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        raise NotImplementedError("a served model answers with its logits alone; the row of the backend it "
+                                  "serves gives the same file's lines")
+
     def close_impl(self) -> None:
         # The client first, then the server, then what it hosted: each even if an earlier one fails.
         with contextlib.ExitStack() as stack:
