@@ -30,10 +30,10 @@ import torch
 from rich.markup import escape
 
 import resnet_perf
-from bench import compare, plot, report, run, scenarios
+from bench import compare, plot, record, report, run, scenarios
 from bench import env as bench_env
 from bench.plan import Loop, Outputs, Plan
-from bench.runners import RUNNERS, RunContext, Runner
+from bench.runners import RUNNERS, RunContext, Runner, packages
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
 from bench.serving import serve
 from export import quantize
@@ -466,21 +466,21 @@ def resolve_outputs(args: argparse.Namespace) -> Outputs:
     return Outputs(*outputs)
 
 
-def load_resume(path: str, env: dict) -> dict[tuple, report.Row]:
+def load_resume(path: str, env: dict) -> dict[tuple, record.Row]:
     """The rows an earlier, interrupted run recorded, by key; refused if it ran somewhere else."""
-    document = report.load(path, "--resume")
+    document = record.load(path, "--resume")
     recorded = document["env"].get("settings")
     if not isinstance(recorded, dict):
         raise UsageError(f"--resume {path} does not record its seed, weights and timing settings (written before "
                          "run files did): its rows cannot be checked against this run's; start a new --json")
     # The machine and libraries, then what the run asked for: every figure depends on each.
-    machine = ("cpu", "gpu", "torch", "onnxruntime", "openvino", "tensorrt", "threads")
+    machine = ("cpu", "gpu", "threads", "torch", *packages())
     measured, ours = {**document["env"], **recorded}, {**{key: env[key] for key in machine}, **env["settings"]}
     for key, value in ours.items():
         if measured.get(key) != value:
             raise UsageError(f"--resume {path} was measured with {key} {measured.get(key)}, this run has {value}: "
                              "its rows would not compare")
-    return {report.row_key(r): r for r in report.rows_from_json(document)}
+    return {record.row_key(r): r for r in record.rows_from_json(document)}
 
 
 def resolve(args: argparse.Namespace) -> Plan:
@@ -558,7 +558,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     # What the rows' figures also depend on, so that --resume can refuse a file measured otherwise.
     settings = {"seed": seed, "weights": "synthetic" if args.weights is None else resnet_perf.weights_digest(model),
                 "warmup": args.warmup, "iters": args.iters, "min_time": args.min_time, "repeat": args.repeat}
-    env = {**bench_env.collect(device, threads), "settings": settings}
+    env = {**bench_env.collect(device, threads, packages()), "settings": settings}
     return Plan(
         tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,
         Path(args.cache_dir), env, options={name: options[name] for name in backends},

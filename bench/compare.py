@@ -36,8 +36,8 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from bench import report
-from bench.report import Row
+from bench import record, report
+from bench.record import Row
 from resnet_perf.cli import UsageError, positive_float, positive_int
 
 
@@ -130,17 +130,17 @@ def cost_change(base: Row, new: Row, figures: tuple[str, ...], threshold: float,
 def load_run(path: str) -> dict[tuple, Row]:
     """The rows of a ``python -m bench --json`` file by their key, each that ran with samples to compare."""
     rows = {}
-    for row in report.rows_from_json(report.load(path)):
+    for row in record.rows_from_json(record.load(path)):
         if row.status == "ok" and len(row.samples_ms) < 2:
             raise UsageError(f"{path}: row {row.backend} batch {row.batch_size} has fewer than 2 samples")
-        rows[report.row_key(row)] = row
+        rows[record.row_key(row)] = row
     return rows
 
 
 def reference(run: dict[tuple, Row], key: tuple, backend: str) -> Row | None:
     """The successful row of ``backend`` matching ``key`` in everything but the backend."""
-    fields = dict(zip(report.KEY, key), backend=backend)
-    row = run.get(tuple(fields[name] for name in report.KEY))
+    fields = dict(zip(record.KEY, key), backend=backend)
+    row = run.get(tuple(fields[name] for name in record.KEY))
     return row if row is not None and row.status == "ok" else None
 
 

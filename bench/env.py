@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Mapping
 
 import torch
 
@@ -72,8 +73,9 @@ def _gpu(device: torch.device) -> dict:
     return state
 
 
-def collect(device: torch.device, threads: int) -> dict:
-    """The contract's ``env`` fields, then the CPU and GPU state that figures depend on."""
+def collect(device: torch.device, threads: int, packages: Mapping[str, tuple[str, ...]]) -> dict:
+    """The contract's ``env`` fields, then the CPU and GPU state that figures depend on. ``packages``:
+    the backends' libraries (Runner.packages), each recorded by its key, None where not installed."""
     gpu = _gpu(device)
     return {
         "python": sys.version.split()[0],
@@ -83,11 +85,7 @@ def collect(device: torch.device, threads: int) -> dict:
         "cpu_features": speed_features(),
         "threads": threads,
         "torch": torch.__version__,
-        "triton": installed_version("triton"),
-        "onnx": installed_version("onnx"),
-        "onnxruntime": installed_version("onnxruntime-gpu", "onnxruntime"),
-        "openvino": installed_version("openvino"),
-        "tensorrt": installed_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
+        **{key: installed_version(*distributions) for key, distributions in packages.items()},
         "gpu": gpu["gpu"],
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "driver": gpu["driver"],

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.report import Row
+from bench.record import Row
 from bench.scenarios import ScenarioSettings
 from export.quantize import CalibrationFlags
 

@@ -29,7 +29,8 @@ from bench import scenarios, timing
 from bench.costs.meter import Gauges, RowMeter, complete
 from bench.layers import numerics
 from bench.plan import Loop, Plan, RowSpec
-from bench.report import Row, precision_cell, row_key
+from bench.record import Row, row_key
+from bench.report import precision_cell
 from bench.runners import RunConfig, Runner
 from bench.streams import Streams
 from export import quantize, sensitivity

@@ -113,17 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass(frozen=True)
+class Repository:
+    """--format triton-repo: how the model is served."""
+    platform: str  # Triton's backend: onnxruntime_onnx or tensorrt_plan
+    instances: int
+    max_queue_delay_ms: float
+
+
+@dataclass(frozen=True)
 class Plan:
+    """Everything the export reads, checked: nothing after resolve looks at the command line."""
     model: str
     format: str
-    engine: bool  # whether a TensorRT engine is built (tensorrt, or triton-repo serving a plan)
     output: Path
+    artifact: Path  # where the artifact goes, inside output
     batch: BatchRange
     precision: str
+    image_size: int
+    opset: int
+    weights: str | None  # a state_dict file, or None for the synthetic model of ``seed``
+    seed: int
     device: torch.device | None  # the GPU an engine is built for, the device an AOTInductor package is
+    engine: tensorrt.BuildSettings | None  # a TensorRT engine is built (tensorrt, or a repository serving one)
     trt_version: str | None
+    repository: Repository | None
     calibration_flags: quantize.CalibrationFlags
-    artifact: Path  # where the artifact goes, inside output
     calibration_inputs: torch.Tensor | None = None  # int8: the --calib-data inputs (None: synthetic)
 
 
@@ -132,9 +146,10 @@ def resolve(args: argparse.Namespace) -> Plan:
     check_thread_variables()
     if args.model not in resnet_perf.MODEL_NAMES:
         raise UsageError(f"--model {args.model!r}: unknown model; choose from {', '.join(resnet_perf.MODEL_NAMES)}")
-    apply_defaults(args, REPO_FLAGS, args.format == "triton-repo", "a Triton repository (--format triton-repo)")
-    apply_defaults(args, ENGINE_FLAGS, args.format == "tensorrt" or args.triton_platform == "tensorrt_plan",
-                   "a TensorRT engine (--format tensorrt, or --triton-platform tensorrt_plan)")
+    repo = given_or_default(args, REPO_FLAGS, args.format == "triton-repo", "a Triton repository (--format triton-repo)")
+    engine = args.format == "tensorrt" or repo["triton_platform"] == "tensorrt_plan"
+    build = given_or_default(args, ENGINE_FLAGS, engine,
+                             "a TensorRT engine (--format tensorrt, or --triton-platform tensorrt_plan)")
     if args.batch_size is not None:
         batch = BatchRange.static(args.batch_size)
     elif args.format == "openvino" and args.dynamic_batch is None:
@@ -173,10 +188,9 @@ def resolve(args: argparse.Namespace) -> Plan:
         if batch.dynamic and batch.min != 1:
             raise UsageError(f"--dynamic-batch {batch}: Triton's dynamic batcher sends every batch size from 1 "
                              "up, so MIN must be 1")
-        if args.name is not None and not triton_repo.usable_name(args.name):
-            raise UsageError(f"--name {args.name!r}: not a usable folder name")
+        if repo["name"] is not None and not triton_repo.usable_name(repo["name"]):
+            raise UsageError(f"--name {repo['name']!r}: not a usable folder name")
 
-    engine = args.format == "tensorrt" or (args.format == "triton-repo" and args.triton_platform == "tensorrt_plan")
     trt_version = None
     if engine:
         missing = tensorrt.missing_reason()
@@ -193,28 +207,39 @@ def resolve(args: argparse.Namespace) -> Plan:
         if args.precision == "int8" and not tensorrt.has_int8(capability):
             raise UsageError(f"--precision int8: {torch.cuda.get_device_name(device)} (compute capability "
                              f"{capability}) has no int8 instructions; build fp32")
-        output_file("--timing-cache", args.timing_cache)
+        output_file("--timing-cache", build["timing_cache"])
     flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
     calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, args.precision == "int8")
     if args.precision == "int8" and args.format == "openvino":
         quantize.check_quantizer(flags, "nncf", "--format openvino")
     if args.format == "triton-repo":
-        artifact = Path(args.name or args.model) / "1" / triton_repo.artifact_name(args.triton_platform)
+        artifact = Path(repo["name"] or args.model) / "1" / triton_repo.artifact_name(repo["triton_platform"])
     else:
         artifact = Path(f"{args.model}-{args.precision}.{SUFFIXES['tensorrt' if engine else args.format]}")
     check_replaced(Path(args.output), artifact, args.format)
     check_directory("--output", args.output)  # last: a refused export creates nothing
-    return Plan(args.model, args.format, engine, Path(args.output), batch, args.precision, device, trt_version,
-                flags, artifact, calibration_inputs)
+    settings = None
+    if engine:
+        timing_cache = Path(build["timing_cache"]) if build["timing_cache"] else None
+        settings = tensorrt.BuildSettings(args.precision, batch, args.image_size, build["workspace_mib"],
+                                          build["opt_level"], timing_cache)
+    repository = None
+    if args.format == "triton-repo":
+        repository = Repository(repo["triton_platform"], repo["instances"], repo["max_queue_delay_ms"])
+    return Plan(args.model, args.format, Path(args.output), artifact, batch, args.precision, args.image_size,
+                args.opset, args.weights, args.seed, device, settings, trt_version, repository, flags,
+                calibration_inputs)
 
 
-def apply_defaults(args: argparse.Namespace, flags: dict, applies: bool, what: str) -> None:
-    """Fill in the defaults of ``flags`` where they apply; refuse one given where it does not."""
+def given_or_default(args: argparse.Namespace, flags: dict, applies: bool, what: str) -> dict:
+    """The values of ``flags``, their defaults where not given; one given where it does not apply is refused."""
+    values = {}
     for dest, default in flags.items():
-        if getattr(args, dest) is None:
-            setattr(args, dest, default)
-        elif not applies:
+        given = getattr(args, dest)
+        if given is not None and not applies:
             raise UsageError(f"--{dest.replace('_', '-')} applies to {what}, not --format {args.format}")
+        values[dest] = default if given is None else given
+    return values
 
 
 def check_replaced(output: Path, artifact: Path, format: str) -> None:
@@ -249,49 +274,47 @@ def engine_run(path: Path, device: torch.device):
     return lambda x: engine(x.to(device, engine.input_dtype).contiguous()).float().cpu()
 
 
-def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module, path: Path, describe: dict) -> dict:
+def build_artifact(plan: Plan, model: torch.nn.Module, path: Path, describe: dict) -> dict:
     """Write the artifact at ``path`` with its manifest, after it passes parity; returns the manifest."""
-    inputs = resnet_perf.parity_inputs(parity.PARITY_BATCH, args.image_size, args.seed, model.fc.out_features)
+    inputs = resnet_perf.parity_inputs(parity.PARITY_BATCH, plan.image_size, plan.seed, model.fc.out_features)
     with torch.inference_mode():
         reference = model(inputs)
 
     calibration = None
     if plan.precision == "int8":
-        calibration = quantize.calibration(plan.calibration_flags, plan.calibration_inputs, args.image_size,
-                                           args.seed, model.fc.out_features)
+        calibration = quantize.calibration(plan.calibration_flags, plan.calibration_inputs, plan.image_size,
+                                           plan.seed, model.fc.out_features)
     # INT8 calibration ranges are kept beside the artifact, so re-exporting with the same inputs skips
     # them; but not inside a Triton model repository, where any folder is taken for a model.
     calibration_cache = plan.output / "calibration"
     if plan.format == "triton-repo":
         calibration_cache = default_cache_dir() / "calibration"
-    if plan.engine:
-        settings = tensorrt.BuildSettings(plan.precision, plan.batch, args.image_size, args.workspace_mib,
-                                          args.opt_level, Path(args.timing_cache) if args.timing_cache else None)
-        built = tensorrt.export_engine(model, path, settings, plan.device, args.opset, calibration, calibration_cache)
+    if plan.engine is not None:
+        built = tensorrt.export_engine(model, path, plan.engine, plan.device, plan.opset, calibration, calibration_cache)
         fields = {"format": "tensorrt", **describe, **built}
         write_manifest(path, fields)  # the engine loader reads it: the version and GPU check runs here too
         run = engine_run(path, plan.device)
     elif plan.format == "openvino":
-        built = openvino_ir.export_ir(model, path, batch=plan.batch, image_size=args.image_size, opset=args.opset,
+        built = openvino_ir.export_ir(model, path, batch=plan.batch, image_size=plan.image_size, opset=plan.opset,
                                       calibration=calibration)
-        fields = {"format": "openvino", **describe, **built, "opset": args.opset,
+        fields = {"format": "openvino", **describe, **built, "opset": plan.opset,
                   "versions": {**describe["versions"], **openvino_ir.versions()}, "gpu": None, "tensorrt": None}
         run = openvino_ir.cpu_run(path)
     elif plan.format == "aoti":
-        built = aoti.build_package(model, path, batch=plan.batch, image_size=args.image_size,
+        built = aoti.build_package(model, path, batch=plan.batch, image_size=plan.image_size,
                                    precision=plan.precision, device=plan.device)
         fields = {"format": "aoti", **describe, **built, "gpu": (built["target"].get("gpu")), "tensorrt": None}
         run = aoti.runner_for_parity(path, plan.device, plan.precision)
     else:
         quantization = None
         if calibration is not None:
-            quantization = quantize.export_quantized(model, path, batch=plan.batch, image_size=args.image_size,
-                                                     opset=args.opset, calibration=calibration, flavour="onnxruntime",
+            quantization = quantize.export_quantized(model, path, batch=plan.batch, image_size=plan.image_size,
+                                                     opset=plan.opset, calibration=calibration, flavour="onnxruntime",
                                                      cache_dir=calibration_cache)
         else:
-            export_onnx(model, path, batch=plan.batch, image_size=args.image_size, precision=plan.precision,
-                        opset=args.opset)
-        fields = {"format": "onnx", **describe, **graph_io(path), "opset": args.opset, "quantization": quantization,
+            export_onnx(model, path, batch=plan.batch, image_size=plan.image_size, precision=plan.precision,
+                        opset=plan.opset)
+        fields = {"format": "onnx", **describe, **graph_io(path), "opset": plan.opset, "quantization": quantization,
                   "gpu": None, "tensorrt": None}
         run = cpu_session(path, plan.precision)
 
@@ -304,37 +327,37 @@ def build_artifact(plan: Plan, args: argparse.Namespace, model: torch.nn.Module,
     return write_manifest(path, {**fields, "parity": checked})
 
 
-def describe_model(plan: Plan, args: argparse.Namespace, model: torch.nn.Module) -> dict:
+def describe_model(plan: Plan, model: torch.nn.Module) -> dict:
     """The manifest fields saying what the artifact computes: which model, weights and shapes."""
-    if args.weights is None:
-        weights = {"source": "synthetic", "seed": args.seed, "calibrated_for": args.image_size}
+    if plan.weights is None:
+        weights = {"source": "synthetic", "seed": plan.seed, "calibrated_for": plan.image_size}
     else:
-        weights = {"source": "file", "path": os.path.abspath(args.weights), "sha256": sha256_file(args.weights)}
+        weights = {"source": "file", "path": os.path.abspath(plan.weights), "sha256": sha256_file(plan.weights)}
     return {
         "model": plan.model,
         "num_classes": model.fc.out_features,
         "weights": weights,
         "weights_digest": resnet_perf.weights_digest(model),
         "precision": plan.precision,
-        "image_size": args.image_size,
+        "image_size": plan.image_size,
         "batch": asdict(plan.batch),
         "versions": versions(plan.trt_version),
     }
 
 
-def export(plan: Plan, args: argparse.Namespace, model: torch.nn.Module) -> tuple[list[Path], dict]:
+def export(plan: Plan, model: torch.nn.Module) -> tuple[list[Path], dict]:
     """Build, check and publish the artifact; returns what was published and the manifest."""
-    describe = describe_model(plan, args, model)
+    describe = describe_model(plan, model)
     with staging_dir(plan.output) as stage:
-        if plan.format == "triton-repo":
-            name = plan.artifact.parts[0]
+        if plan.repository is not None:
+            name, repository = plan.artifact.parts[0], plan.repository
             (stage / plan.artifact).parent.mkdir(parents=True)
-            manifest = build_artifact(plan, args, model, stage / plan.artifact, describe)
-            config = triton_repo.config_pbtxt(name, args.triton_platform, manifest, instances=args.instances,
-                                              max_queue_delay_us=round(args.max_queue_delay_ms * 1000))
+            manifest = build_artifact(plan, model, stage / plan.artifact, describe)
+            config = triton_repo.config_pbtxt(name, repository.platform, manifest, instances=repository.instances,
+                                              max_queue_delay_us=round(repository.max_queue_delay_ms * 1000))
             write_text(stage / name / "config.pbtxt", config)
         else:
-            manifest = build_artifact(plan, args, model, stage / plan.artifact, describe)
+            manifest = build_artifact(plan, model, stage / plan.artifact, describe)
         return publish(stage, plan.output), manifest
 
 
@@ -369,13 +392,13 @@ def export_command(argv: list[str] | None, start: float) -> int:
     try:
         args = build_parser().parse_args(argv)
         plan = resolve(args)
-        model = resnet_perf.build_model(plan.model, weights=args.weights, image_size=args.image_size, seed=args.seed)
+        model = resnet_perf.build_model(plan.model, weights=plan.weights, image_size=plan.image_size, seed=plan.seed)
     except (UsageError, resnet_perf.WeightsError) as exc:
         print(f"python -m export: error: {exc}", file=sys.stderr)
         return 2
 
     try:
-        published, manifest = export(plan, args, model)
+        published, manifest = export(plan, model)
     except ExportFailed as exc:
         print(f"python -m export: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""The kernel tables of docs/kernels.md, generated from the committed ``python -m kernels.aot``
+"""The kernel tables of docs/kernels.md, generated from the committed ``python -m resnet_perf.aot``
 reports, so that no compiled figure is typed by hand or written twice.
 
     python scripts/aot_tables.py            # print the tables

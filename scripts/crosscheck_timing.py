@@ -46,7 +46,7 @@ from bench import timing
 from bench.env import collect
 from bench.report import machine_line
 from bench.run import streams_count
-from bench.runners import RUNNERS, RunConfig, Runner
+from bench.runners import RUNNERS, RunConfig, Runner, packages
 from bench.streams import threads_each
 from export import quantize
 from resnet_perf.cli import Parser, check_choices, list_of, positive_float, positive_int, script
@@ -192,7 +192,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     cache = Path(tempfile.mkdtemp(prefix="crosscheck-"))
     try:
-        print(machine_line(collect(device, threads)))
+        print(machine_line(collect(device, threads, packages())))
         print(f"{args.model} bs{args.batch_size} {args.image_size}px, {threads} threads, {args.iters} requests per stream "
               f"per measurement, {args.rounds} alternating rounds; images/s")
         calibration = quantize.calibration(quantize.CalibrationFlags(None, "minmax", 64, ()), None, args.image_size, 0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import report
+from bench import record, report
 from resnet_perf.cli import Parser, script
 
 KINDS = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".pt2": "AOTInductor package"}
@@ -20,7 +20,7 @@ def main() -> None:
     p = Parser(prog="scripts/deployment_table.py", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="python -m bench --json files")
     args = p.parse_args()
-    rows = [row for run in args.runs for row in report.rows_from_json(report.load(run))]
+    rows = [row for run in args.runs for row in record.rows_from_json(record.load(run))]
     print("| backend | precision | streams | artifact | MB on disk | setup s | load s | img/s | cosine | rel_l2 |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -112,9 +112,9 @@ EOF
 # 1. Every config of every ResNet-50 conv compiled in parallel into Triton's cache (16 cores there),
 #    so the autotuning below measures instead of compiling one config after another.
 if [ $device = cuda ]; then
-    step warm-cache 90 "$PY" -m kernels.aot --warm-cache --model resnet50 --batch-size 1,64,256 --dtype fp16,bf16
+    step warm-cache 90 "$PY" -m resnet_perf.aot --warm-cache --model resnet50 --batch-size 1,64,256 --dtype fp16,bf16
 else
-    step sm90-compile 120 env TRITON_INTERPRET=0 "$PY" -m kernels.aot --model resnet18 --image-size 32 --batch-size 2 --dtype fp16 \
+    step sm90-compile 120 env TRITON_INTERPRET=0 "$PY" -m resnet_perf.aot --model resnet18 --image-size 32 --batch-size 2 --dtype fp16 \
         --path few_channels --jobs 2
 fi
 # 2. The kernel tests on the device: every path, config and dtype against PyTorch.

@@ -27,7 +27,7 @@ import resnet_perf
 from bench.env import collect
 from bench.report import machine_line
 from bench.run import streams_count
-from bench.runners import RunConfig
+from bench.runners import RunConfig, packages
 from bench.runners.openvino import OpenVINORunner
 from export import quantize
 from resnet_perf import parity
@@ -50,7 +50,7 @@ def main() -> None:
     calibration = quantize.calibration(quantize.CalibrationFlags(None, "minmax", 64, ()), None, args.image_size, 0,
                                        model.fc.out_features)
     threads = torch.get_num_threads()
-    print(machine_line(collect(torch.device("cpu"), threads)))
+    print(machine_line(collect(torch.device("cpu"), threads, packages())))
     with tempfile.TemporaryDirectory(prefix="resnet-perf-int8-") as cache:
         alternate(args, model, Path(cache), calibration, inputs, reference, threads)
 

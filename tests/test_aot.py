@@ -1,4 +1,4 @@
-"""kernels.aot: the fused kernels compiled for sm_90 (Hopper) on this CPU machine, with Triton's own
+"""kernels.aot and python -m resnet_perf.aot: the fused kernels compiled for sm_90 (Hopper) on this CPU machine, with Triton's own
 compiler and ptxas, and held to the rules of the autotune space: every config compiles, spills
 nothing, fits the shared memory a block may use, issues wgmma for fp16/bf16, and every conv kernel
 is one loop. These are compiled facts; what they cost in time is for a GPU to measure."""
@@ -28,7 +28,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 def run_aot(*args: str) -> subprocess.CompletedProcess:
     # The compiler needs the real kernels, which TRITON_INTERPRET (set for the other tests) replaces.
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    return subprocess.run([sys.executable, "-m", "kernels.aot", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "resnet_perf.aot", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=900)
 
 
@@ -56,7 +56,7 @@ def compiled(tmp_path_factory) -> list[dict]:
 
 def test_the_committed_sweep_covers_todays_autotune_spaces_on_every_resnet():
     """results/aot/resnets-sm90.json is the full sweep the spaces were pruned from: a config added
-    or changed since must be swept again (python -m kernels.aot --json ...)."""
+    or changed since must be swept again (python -m resnet_perf.aot --json ...)."""
     report = json.loads(REPORT.read_text())
     assert tuple(report["models"]) == MODELS and set(report["batch_sizes"]) == {256} and report["image_size"] == 224
     assert configs_of(report["records"]) == space()
@@ -169,10 +169,10 @@ def test_failures_name_each_rule():
     (["--path", "winograd"], "--path 'winograd': choose from gemm, gemm_tma, conv, few_channels"),
     (["--peaks-of", "/nonexistent.json"], "--peaks-of '/nonexistent.json': no such file"),
     (["--peaks-of", ""], "--peaks-of '': no such file"),
-    (["--peaks-of", str(ROOT / "README.md")], "README.md: not a kernels.aot --json report (JSONDecodeError"),
-    (["--peaks-of", str(ROOT / "pyproject.toml")], "not a kernels.aot --json report"),
+    (["--peaks-of", str(ROOT / "README.md")], "README.md: not a resnet_perf.aot --json report (JSONDecodeError"),
+    (["--peaks-of", str(ROOT / "pyproject.toml")], "not a resnet_perf.aot --json report"),
     (["--peaks-of", str(ROOT / "results" / "cpu" / "2026-11-29-xeon-avx512-2core-resnet50-bs8.json")],
-     "not a kernels.aot --json report: it holds no compile records"),
+     "not a resnet_perf.aot --json report: it holds no compile records"),
     (["--target", "sm_80", "--path", "gemm_tma"], "--path gemm_tma: TMA needs sm_90; on sm_80 the 1x1s take the gemm"),
     (["--json", "/dev/null"], "--json /dev/null: is a character device"),
     (["--json", "/tmp"], "--json /tmp: is a directory"),
@@ -197,7 +197,7 @@ def test_a_stop_signal_ends_the_compile_processes_too(tmp_path):
     temporary file left (Triton removes its .ptx and ptxas log only when a compile completes)."""
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "TRITON_INTERPRET": "0", "TMPDIR": str(tmp_path / "tmp")}
-    proc = subprocess.Popen([sys.executable, "-m", "kernels.aot", "--model", "resnet18", "--dtype", "fp16,bf16",
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_perf.aot", "--model", "resnet18", "--dtype", "fp16,bf16",
                              "--jobs", "2", "--json", str(tmp_path / "r.json")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     workers: list[str] = []
@@ -210,7 +210,7 @@ def test_a_stop_signal_ends_the_compile_processes_too(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
-    assert stderr.strip().splitlines()[-1] == ("python -m kernels.aot: stopped by SIGTERM; its compile processes "
+    assert stderr.strip().splitlines()[-1] == ("python -m resnet_perf.aot: stopped by SIGTERM; its compile processes "
                                                "ended, nothing written") and "Traceback" not in stderr
     time.sleep(1)
     assert not [w for w in workers if Path(f"/proc/{w}").exists()]
@@ -220,5 +220,5 @@ def test_a_stop_signal_ends_the_compile_processes_too(tmp_path):
 
 def test_the_interpreter_is_refused_in_one_line():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.aot"], capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "resnet_perf.aot"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 2 and "TRITON_INTERPRET=1 is set" in proc.stderr and "Traceback" not in proc.stderr

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import bench.__main__ as bench_cli
-import bench.runners.onnxruntime as onnxruntime_runner
+import bench.artifacts
 from bench.runners import RunConfig
 from bench.runners.onnxruntime import OnnxRuntimeRunner
 from export.manifest import ManifestError, load_manifest, manifest_path, write_manifest
@@ -79,7 +79,7 @@ def exports(resnet18_32, fp32_cache, monkeypatch):
         calls.append(path)
         shutil.copyfile(made, path)
 
-    monkeypatch.setattr(onnxruntime_runner, "export_onnx", export_onnx)
+    monkeypatch.setattr(bench.artifacts, "export_onnx", export_onnx)
     return calls
 
 

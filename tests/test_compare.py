@@ -10,7 +10,7 @@ import pytest
 
 import bench.__main__ as cli
 from bench.compare import bootstrap_ratio, judge
-from bench.report import SCHEMA, Row
+from bench.record import SCHEMA, Row
 from bench.timing import summarize
 
 

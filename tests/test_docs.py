@@ -25,6 +25,16 @@ def test_the_kernel_tables_are_the_committed_reports_own():
     assert proc.stdout in (ROOT / "docs" / "kernels.md").read_text()
 
 
+def test_the_readme_results_table_is_the_committed_runs_own():
+    """README.md's results table is scripts/readme_table.py's output on the run it names, unedited:
+    after pointing it at a newer run, or a change to bench report's Markdown, run it with --write."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_table.py")], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "| resnet50 | eager | cpu | fp32 | 8 |" in proc.stdout  # the table has rows, not only its header
+    assert proc.stdout in (ROOT / "README.md").read_text()
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_every_relative_link_resolves(page):
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)

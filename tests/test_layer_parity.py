@@ -115,7 +115,7 @@ def test_onnxruntime_lines_agree_in_fp32_and_int8_reads_them_as_the_next_layer_d
 
 
 def test_a_run_file_with_broken_layer_figures_is_one_line(capsys, tmp_path):
-    from bench.report import SCHEMA
+    from bench.record import SCHEMA
 
     row = {"model": "resnet18", "backend": "eager", "device": "cpu", "precision": "fp32", "batch_size": 2,
            "image_size": 32, "scenario": "offline", "status": "skipped", "error": "x",
@@ -130,14 +130,14 @@ def test_a_run_file_with_broken_layer_figures_is_one_line(capsys, tmp_path):
 def test_a_line_that_was_not_finite_reads_back(tmp_path):
     """A line whose tensor held NaN or Inf has no figures; JSON has neither, so the row's file holds
     null there, and bench report, compare and --resume read it back."""
-    from bench import report
+    from bench import record
 
     lines = [{"line": "conv1", "cosine": float("nan"), "rel_l2": float("nan"), "finite": False}]
-    row = report.Row("resnet18", "eager", "cpu", "fp32", 2, 32, status="skipped", error="x",
+    row = record.Row("resnet18", "eager", "cpu", "fp32", 2, 32, status="skipped", error="x",
                      parity={"layers": {"how": "hooks", "lines": lines, "first_outside": "conv1"}})
     path = tmp_path / "run.json"
-    path.write_text(report.to_json([row], {}))
-    (read,) = report.load(path)["results"]
+    path.write_text(record.to_json([row], {}))
+    (read,) = record.load(path)["results"]
     assert read["parity"]["layers"]["lines"] == [{"line": "conv1", "cosine": None, "rel_l2": None, "finite": False}]
 
 

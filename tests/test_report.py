@@ -8,7 +8,7 @@ import pytest
 
 import bench.__main__ as cli
 from bench import report
-from bench.report import SCHEMA
+from bench.record import SCHEMA, Row
 
 SWEEP = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--warmup", "0", "--iters", "3", "--backend", "eager,onnxruntime",
          "--batch-size", "1,2,4"]
@@ -81,17 +81,17 @@ def test_a_negative_serving_overhead_is_explained():
     """Served faster than called directly: the machine's drift, said beside the figure, not a gain."""
     serving = {"server": {}, "overhead_ms": -1.5, "client_ms": 10.0, "direct_ms": 11.5,
                "direct_before_after_ms": [12.5, 10.5]}
-    row = report.Row("resnet18", "triton-server", "cpu", "fp32", 4, 32, serving=serving)
+    row = Row("resnet18", "triton-server", "cpu", "fp32", 4, 32, serving=serving)
     (note,) = report.serving_notes([row])
     assert note == ("* resnet18 triton-server b4: served faster than called directly (10.00 ms against 12.50 before "
                     "and 10.50 after the window): what serving costs here is below the machine's drift between "
                     "measurements")
-    assert report.serving_notes([report.Row("resnet18", "triton-server", "cpu", "fp32", 4, 32,
+    assert report.serving_notes([Row("resnet18", "triton-server", "cpu", "fp32", 4, 32,
                                             serving={**serving, "overhead_ms": 0.5})]) == []
 
 
 def test_a_markdown_row_stays_one_row_whatever_its_error_says():
-    row = report.Row("resnet18", "onnxruntime", "cpu", "fp32", 4, 32, status="failed", error="a | b\nc")
+    row = Row("resnet18", "onnxruntime", "cpu", "fp32", 4, 32, status="failed", error="a | b\nc")
     text = report.to_markdown([row], {}, "run", None)
     (line,) = [line for line in text.splitlines() if line.startswith("| resnet18 |")]
     assert "failed: a \\| b c |" in line

@@ -94,6 +94,28 @@ def test_every_contract_backend_is_listed():
     assert all(name == runner.name for name, runner in RUNNERS.items())
 
 
+def test_a_backend_is_its_runner_and_one_registry_line(monkeypatch, capsys, tmp_path):
+    """Registered, a runner is listed, runs, and has its library's version in the run's env, with no
+    other file knowing its name."""
+    import json
+
+    import bench.__main__ as cli
+
+    class Extra(EagerRunner):
+        name = "extra"
+        packages = {"extra_library": ("pytest",)}
+
+    monkeypatch.setitem(RUNNERS, Extra.name, Extra)
+    assert cli.main(["--list-backends", "--device", "cpu"]) == 0
+    assert "extra" in capsys.readouterr().out.split()
+    path = tmp_path / "run.json"
+    assert cli.main(["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--iters", "2", "--warmup", "0",
+                     "--streams", "1", "--device", "cpu", "--backend", "extra", "--json", str(path)]) == 0
+    document = json.loads(path.read_text())
+    assert document["env"]["extra_library"] == pytest.__version__
+    assert [row["backend"] for row in document["results"] if row["status"] == "ok"] == ["extra"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only answers differ on a GPU machine")
 def test_unavailable_backends_say_why_on_cpu(monkeypatch):
     def unavailable_reason(name, options=None):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import bench.__main__ as cli
-from bench import report
 from bench.compare import per_batch_ms
-from bench.report import SCHEMA, Row, load, rows_from_json
+from bench.record import SCHEMA, Row, load, row_key, rows_from_json
+from bench.runners import packages
 from resnet_perf.cli import UsageError
 
 SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3",
@@ -76,8 +76,8 @@ def write(path, rows, env=None):
 def test_files_from_before_streams_read_as_one_stream(tmp_path):
     [old] = rows_from_json(load(write(tmp_path / "old.json", [record()])))
     assert old.streams == 1 and old.streams_asked == 1
-    assert report.row_key(old) == report.row_key(Row("resnet18", "eager", "cpu", "fp32", 2, 32, streams=1))
-    assert report.row_key(old) != report.row_key(Row("resnet18", "eager", "cpu", "fp32", 2, 32, streams=None,
+    assert row_key(old) == row_key(Row("resnet18", "eager", "cpu", "fp32", 2, 32, streams=1))
+    assert row_key(old) != row_key(Row("resnet18", "eager", "cpu", "fp32", 2, 32, streams=None,
                                                      streams_asked="auto"))
 
 
@@ -108,7 +108,7 @@ def test_compare_matches_rows_by_streams_asked_and_judges_throughput(capsys, tmp
 def test_resume_keeps_an_old_files_rows_as_the_one_stream_rows(capsys, tmp_path):
     import bench.env as bench_env
 
-    env = {**bench_env.collect(torch.device("cpu"), torch.get_num_threads()),
+    env = {**bench_env.collect(torch.device("cpu"), torch.get_num_threads(), packages()),
            "settings": {"seed": 0, "weights": "synthetic", "warmup": 1, "iters": 3, "min_time": None, "repeat": 1}}
     resumed = write(tmp_path / "run.json", [record(backend="eager", latency=123.0)], env=env)
     code = cli.main([*SMALL, "--backend", "eager", "--resume", resumed, "--cache-dir", str(tmp_path / "cache")])

@@ -31,4 +31,11 @@ RUNNERS: dict[str, type[Runner]] = {
     )
 }
 
-__all__ = ["RUNNERS", "RunConfig", "RunContext", "Runner"]
+
+
+def packages() -> dict[str, tuple[str, ...]]:
+    """Every backend's libraries (Runner.packages), for the run's env: a backend's come with its runner."""
+    return {key: found for runner in RUNNERS.values() for key, found in runner.packages.items()}
+
+
+__all__ = ["RUNNERS", "RunConfig", "RunContext", "Runner", "packages"]

@@ -110,6 +110,9 @@ class Runner(abc.ABC):
     # How the backend allocates GPU memory, which decides how its peak is read: "torch" (PyTorch's
     # caching allocator, exact per row) or "nvml" (a runtime's own allocator, seen device-wide).
     device_memory: ClassVar[str] = "nvml"
+    # The libraries whose versions the run's env records for this backend: env key -> the
+    # distributions that provide it, first found wins ({"onnxruntime": ("onnxruntime-gpu", "onnxruntime")}).
+    packages: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -318,6 +321,7 @@ CUDA_GRAPH_LIMIT = "its CUDA graph replays share one static memory pool, so they
 
 
 class TorchRunner(Runner):
+    packages = {"triton": ("triton",)}  # inductor's and our kernels' code generator
     """A backend that runs an nn.Module: a private copy in the run precision, channels_last
     (the layout oneDNN and cuDNN convolutions are fastest in), under inference_mode."""
 

@@ -15,81 +15,39 @@ import importlib.util
 import json
 import re
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bench.artifacts import cached_onnx, onnx_file
 from bench.layers.numerics import added_outputs_how
 from bench.layers.onnx_nodes import attribute, node_lines, with_line_outputs
 from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
-from bench.runners.base import RunConfig, Runner
+from bench.runners.base import Runner
 from bench.streams import Lane, threads_each
-from export.manifest import cached
-from export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, BatchRange, export_onnx
-from export.quantize import quantize_onnx, weight_bits
+from export.onnx import INPUT_NAME, OUTPUT_NAME
 from resnet_perf.atomic import write_text
 from resnet_perf.precision import PRECISIONS
 
 
-def _available_providers() -> list[str]:
+def available_providers() -> list[str]:
     import onnxruntime as ort
 
-    return ort.get_available_providers()
-
-
-def export_path(config: RunConfig, precision: str) -> Path:
-    """Where the cache keeps the model's ONNX export at ``precision`` for ``config``."""
-    # int8 weights are 7-bit on CPUs whose int8 products saturate: a cache shared by machines
-    # must not hand one machine's file to the other.
-    weights = f"-w{weight_bits('onnxruntime')}" if precision == "int8" else ""
-    stem = f"{config.artifact_stem(precision)}{weights}-opset{DEFAULT_OPSET}-torch{torch.__version__}"
-    return config.cache_dir / "onnx" / f"{stem}.onnx"
-
-
-def onnx_file(config: RunConfig) -> Path:
-    """The ONNX file a row runs: the one given with --onnx, else the model's cached export (for
-    int8, the fp32 export quantized with the row's calibration, uint8 activations)."""
-    return config.artifacts.get("onnx") or export_path(config, config.precision)
-
-
-def cached_onnx(model: torch.nn.Module, config: RunConfig, precision: str | None = None) -> Path:
-    """``onnx_file``, built unless it is there and checks out against its manifest. int8 is
-    quantized from the cached fp32 export, which is checked (or built) only then. A given --onnx
-    was checked when the run was resolved, and is returned as it is."""
-    precision = precision or config.precision
-    if "onnx" in config.artifacts:
-        return config.artifacts["onnx"]
-    batch = BatchRange.static(config.batch_size)
-    fields = {"format": "onnx", "model": config.model_id, "precision": precision, "image_size": config.image_size,
-              "batch": asdict(batch)}
-    if precision == "int8":
-        fields["calibration"] = config.calibration.key()
-
-    def build(target: Path) -> dict:
-        if precision != "int8":
-            export_onnx(model, target, batch=batch, image_size=config.image_size, precision=precision)
-            return {}
-        source = cached_onnx(model, config, "fp32")
-        return {"quantization": quantize_onnx(source, target, config.calibration, flavour="onnxruntime",
-                                              cache_dir=config.cache_dir / "calibration")}
-
-    path = export_path(config, precision)
-    cached(path, fields, build)
-    return path
+    return ort.getavailable_providers()
 
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
+    packages = {"onnx": ("onnx",), "onnxruntime": ("onnxruntime-gpu", "onnxruntime")}
     artifacts = ("onnx",)
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed (pip install onnxruntime-gpu, or onnxruntime on CPU-only machines)"
-        if device.type == "cuda" and "CUDAExecutionProvider" not in _available_providers():
+        if device.type == "cuda" and "CUDAExecutionProvider" not in available_providers():
             return "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"
         return None
 

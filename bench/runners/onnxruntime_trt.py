@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bench.runners.onnxruntime import OnnxRuntimeRunner, _available_providers, compute_stream
+from bench.runners.onnxruntime import OnnxRuntimeRunner, available_providers, compute_stream
 from export import tensorrt
 
 
@@ -22,7 +22,7 @@ class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
         reason = super().unavailable_reason(device)
         if reason:
             return reason
-        if "TensorrtExecutionProvider" not in _available_providers():
+        if "TensorrtExecutionProvider" not in available_providers():
             return "this onnxruntime build has no TensorrtExecutionProvider (install onnxruntime-gpu)"
         # onnxruntime-gpu lists the provider whether or not TensorRT's libraries are present.
         return tensorrt.missing_reason()

@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.artifacts import cached_onnx, export_path
 from bench.layers.numerics import added_outputs_how
 from bench.layers.onnx_nodes import attribute, line_ends, node_lines, with_line_outputs
 from bench.layers.profile import LayerProfile, RuntimeLayer
 from bench.runners.base import RunConfig, RunContext, Runner
-from bench.runners.onnxruntime import cached_onnx, export_path
 from bench.streams import Completion, Done, Streams
 from export.manifest import cached, load_manifest
 from export.onnx import BatchRange
@@ -84,6 +84,7 @@ def ir_path(config: RunConfig) -> Path:
 
 class OpenVINORunner(Runner):
     name = "openvino"
+    packages = {"openvino": ("openvino",), "nncf": ("nncf",)}
     artifacts = ("onnx", "openvino")
 
     @classmethod

@@ -41,6 +41,7 @@ class TensorRTOptions:
 
 class TensorRTRunner(Runner):
     name = "tensorrt"
+    packages = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")}
     artifacts = ("tensorrt",)
 
     @classmethod

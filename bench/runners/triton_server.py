@@ -117,6 +117,7 @@ def _counted(stats: dict | str) -> int | None:
 
 class TritonServerRunner(Runner):
     name = "triton-server"
+    packages = {"tritonclient": ("tritonclient",), "pytriton": ("nvidia-pytriton",)}
     serves_requests = True
 
     @classmethod

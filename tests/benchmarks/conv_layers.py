@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kernels import aot
+    from resnet_perf.aot import kernel_dtypes
     from resnet_perf.fused import conv_layers
 
     # One entry per distinct conv, with every module that has its shape.
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = list(distinct.values())[: args.layers]
     providers = args.providers.split(",")
     records = []
-    dtypes = aot.kernel_dtypes()
+    dtypes = kernel_dtypes()
     for dtype_name in args.dtype.split(","):
         dtype = dtypes[dtype_name]
         for convs in layers:
