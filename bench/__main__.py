@@ -34,13 +34,18 @@ from bench import compare, plot, record, report, run, scenarios
 from bench import env as bench_env
 from bench.plan import Loop, Outputs, Plan
 from bench.runners import RUNNERS, RunContext, Runner, packages
+from bench.runners.triton_server import hostable
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
 from bench.serving import serve
-from export import quantize
+from bench.serving.local import missing_reason as local_server_missing
+from export import quantize, triton_repo
 from export.manifest import ManifestError, load_manifest, manifest_path
 from export.onnx import BatchRange, graph_precision
 from export.openvino_ir import weights_path
-from resnet_perf.cli import (
+from resnet_perf.images import ImageFolderError, load_labelled
+from resnet_perf.parity import PARITY_BATCH
+from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.cli import (
     Parser,
     Stopped,
     UsageError,
@@ -60,10 +65,7 @@ from resnet_perf.cli import (
     rng_seed,
     stop_on_signals,
 )
-from resnet_perf.cpu import usable_cores
-from resnet_perf.images import ImageFolderError, load_labelled
-from resnet_perf.parity import PARITY_BATCH
-from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.cpu import usable_cores
 
 # More CUDA streams than this share hardware queues (CUDA_DEVICE_MAX_CONNECTIONS is at most 32):
 # further streams only queue behind the others.
@@ -181,8 +183,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     load.add_argument("--mlperf-rules", action="store_true",
                       help="keep LoadGen's own minimum duration and query count (MLPerf's: minutes per run)")
     load.add_argument("--loadgen-logs", default=None, help="keep LoadGen's logs under this folder, one per row")
+    add_backend_flags(p, list(RUNNERS))
+
+
+def add_backend_flags(p: argparse.ArgumentParser, backends: list[str]) -> None:
+    """The flags of each of ``backends`` that has its own, a group per distinct set."""
     for runner, names in flag_groups():
-        runner.add_arguments(p.add_argument_group(f"the {' and '.join(names)} backend"))
+        if set(names) & set(backends):
+            runner.add_arguments(p.add_argument_group(f"the {' and '.join(names)} backend"))
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    served = hostable(RUNNERS)
+    serve.add_arguments(p, served)
+    add_backend_flags(p, served)
 
 
 COMMANDS = {
@@ -199,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "resnet50`. `python -m bench COMMAND --help` lists a command's flags.")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     adders = {"run": add_run_arguments, "compare": compare.add_arguments, "report": report.add_arguments,
-              "serve": serve.add_arguments}
+              "serve": add_serve_arguments}
     for name, description in COMMANDS.items():
         adders[name](commands.add_parser(name, help=description, description=description))
     return p
@@ -266,9 +280,13 @@ def resolve_options(args: argparse.Namespace, context: RunContext) -> dict[str, 
     here sees the options of the backend it hosts."""
     options: dict[str, Any] = {}
     for name, runner in sorted(RUNNERS.items(), key=lambda item: item[1].serves_requests):
-        flags = {dest: getattr(args, dest) for dest in backend_flags(runner)}
-        options[name] = runner.resolve_options(flags, replace(context, options=dict(options)))
+        options[name] = backend_options(runner, args, replace(context, options=dict(options)))
     return options
+
+
+def backend_options(runner: type[Runner], args: argparse.Namespace, context: RunContext) -> Any:
+    """One backend's own options, from its flags."""
+    return runner.resolve_options({dest: getattr(args, dest) for dest in backend_flags(runner)}, context)
 
 
 def resolve_backends(args: argparse.Namespace, device: torch.device, precisions: list[str],
@@ -310,10 +328,7 @@ def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: 
     or hosted by a server that is run)."""
     explicit = args.backend != ["all"]
     reading = {*backends, *(RUNNERS[name].hosted(options[name]) for name in backends)}
-    applies: list[tuple[str, bool, list[str]]] = []
-    for runner, names in flag_groups():
-        for dest, default in backend_flags(runner).items():
-            applies.append((f"--{dest.replace('_', '-')}", getattr(args, dest) != default, names))
+    applies = [(flag, True, names) for flag, names in given_backend_flags(args)]
     for kind, flag in ARTIFACT_FLAGS.items():
         names = [name for name, runner in RUNNERS.items() if kind in runner.artifacts]
         applies.append((flag, kind in artifact_paths(args), names))
@@ -327,6 +342,16 @@ def check_backend_flags(args: argparse.Namespace, backends: list[str], not_run: 
     if "onnx" in paths and "openvino" in paths and not onnx_readers & reading and "int8" not in (args.precision or []):
         raise UsageError("--onnx: no row of this run reads it (openvino runs the --ir); leave it out, or add a "
                          "backend that runs it")
+
+
+def given_backend_flags(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """Each backend's own flag that was given (not left at its default), with the backends it belongs to."""
+    given = []
+    for runner, names in flag_groups():
+        for dest, default in backend_flags(runner).items():
+            if getattr(args, dest, default) != default:
+                given.append((f"--{dest.replace('_', '-')}", names))
+    return given
 
 
 def queue_delay_ms(args: argparse.Namespace) -> float:
@@ -603,10 +628,35 @@ def other_command(args: argparse.Namespace) -> int:
                   "nothing was written", file=sys.stderr)
             return 1
         return 0
-    return serve.serve(model=args.model, backend=args.backend, device=args.device, precision=args.precision,
-                       image_size=args.image_size, max_batch=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms,
-                       weights=args.weights, seed=args.seed, threads=args.threads, name=args.name,
-                       cache_dir=args.cache_dir)
+    return serve.serve(resolve_serve(args))
+
+
+def resolve_serve(args: argparse.Namespace) -> serve.Served:
+    """What ``bench serve`` serves, checked as a run's backends are: the backend from the registry,
+    its options from its flags, then whether it runs here and at that precision."""
+    check_choices("--model", args.model, resnet_perf.MODEL_NAMES)
+    if args.name is not None and not triton_repo.usable_name(args.name):
+        raise UsageError(f"--name {args.name!r}: not a usable model name")
+    check_choices("--backend", args.backend, hostable(RUNNERS))
+    for flag, names in given_backend_flags(args):
+        if args.backend not in names:
+            raise UsageError(f"{flag} applies to the {' or '.join(names)} backend, not {args.backend}")
+    device = resolve_device(args.device)
+    runner = RUNNERS[args.backend]
+    context = RunContext((args.model,), device, (args.precision,), (args.max_batch,), args.image_size,
+                         resnet_perf.IMAGENET_CLASSES, args.max_queue_delay_ms, runners=dict(RUNNERS))
+    options = backend_options(runner, args, context)
+    reason = local_server_missing() or runner.unavailable_reason(device, options)
+    if reason:
+        raise UsageError(f"cannot serve {args.backend} on {device}: {reason}")
+    # int8 needs its calibration, which a run resolves for its rows: a served int8 model is exported first.
+    precisions = [p for p in runner.precisions(device, options) if p != "int8"]
+    if args.precision not in precisions:
+        raise UsageError(f"--precision {args.precision}: {args.backend} on {device.type} serves {', '.join(precisions)}")
+    check_directory("--cache-dir", args.cache_dir)
+    return serve.Served(args.model, runner, options, device, args.precision, args.image_size, args.max_batch,
+                        args.max_queue_delay_ms, args.weights, args.seed, args.threads or torch.get_num_threads(),
+                        args.name or args.model, Path(args.cache_dir))
 
 
 def run_plan(plan: Plan) -> int:

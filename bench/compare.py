@@ -38,7 +38,7 @@ from rich.table import Table
 
 from bench import record, report
 from bench.record import Row
-from resnet_perf.cli import UsageError, positive_float, positive_int
+from resnet_perf.util.cli import UsageError, positive_float, positive_int
 
 
 @dataclass(frozen=True)

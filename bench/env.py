@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import torch
 
 from bench.costs.meter import Gauges, nvml_handle
-from resnet_perf.cpu import speed_features, usable_cores
-from resnet_perf.versions import installed_version
+from resnet_perf.util.cpu import speed_features, usable_cores
+from resnet_perf.util.versions import installed_version
 
 
 def _cpu_name() -> str:

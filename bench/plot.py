@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from resnet_perf.atomic import atomic_path
+from resnet_perf.util.atomic import atomic_path
 
 
 def _series(rows: list[dict]) -> dict[str, list[dict]]:

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from bench.scenarios import SCENARIOS
-from resnet_perf.cli import UsageError
 from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.cli import UsageError
 
 SCHEMA = "resnet-perf/bench/1"
 

@@ -19,9 +19,9 @@ from rich.table import Table
 
 from bench.layers import table as layers
 from bench.record import Row, finite, load, row_key, rows_from_json, to_json
-from resnet_perf.atomic import publish, staging_dir, write_text
-from resnet_perf.cli import UsageError, check_directory, one_line, output_file
-from resnet_perf.cpu import describe
+from resnet_perf.util.atomic import publish, staging_dir, write_text
+from resnet_perf.util.cli import UsageError, check_directory, one_line, output_file
+from resnet_perf.util.cpu import describe
 
 if TYPE_CHECKING:
     from bench.plan import Plan

@@ -35,10 +35,10 @@ from bench.runners import RunConfig, Runner
 from bench.streams import Streams
 from export import quantize, sensitivity
 from resnet_perf import parity
-from resnet_perf.cli import Stopped, one_line
-from resnet_perf.cpu import usable_cores
 from resnet_perf.flops import macs_per_image
 from resnet_perf.synthetic import parity_inputs
+from resnet_perf.util.cli import Stopped, one_line
+from resnet_perf.util.cpu import usable_cores
 
 
 @dataclass(frozen=True)

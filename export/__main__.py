@@ -43,8 +43,8 @@ from export.onnx import (
     graph_io,
 )
 from resnet_perf import parity
-from resnet_perf.atomic import publish, staging_dir, write_text
-from resnet_perf.cli import (
+from resnet_perf.util.atomic import publish, staging_dir, write_text
+from resnet_perf.util.cli import (
     Parser,
     Stopped,
     UsageError,

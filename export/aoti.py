@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from export.manifest import ManifestError
 from export.onnx import BatchRange
-from resnet_perf.cpu import cpu_flags
 from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.cpu import cpu_flags
 
 # The instruction-set extensions that decide which CPUs a package built with -march=native runs on.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from resnet_perf.atomic import write_text
-from resnet_perf.versions import installed_version
+from resnet_perf.util.atomic import write_text
+from resnet_perf.util.versions import installed_version
 
 SCHEMA = "resnet-perf/manifest/1"
 # What python -m bench reads from the manifest of an --onnx or --engine (one with weights_digest).

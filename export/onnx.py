@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnet_perf.atomic import atomic_path
 from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.atomic import atomic_path
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -24,7 +24,7 @@ from torch import Tensor
 from export.onnx import INPUT_NAME, BatchRange, export_onnx, graph_io
 from export.quantize import Calibration, QuantizationError, layer_names
 from resnet_perf.parity import cycled
-from resnet_perf.versions import installed_version
+from resnet_perf.util.versions import installed_version
 
 # NNCF's quantization settings for a CNN on a CPU, as its defaults have them: symmetric activations
 # and weights ("performance"), weights per channel, fast bias correction.

@@ -27,7 +27,7 @@ from torch import nn
 
 from export.quantize import Calibration
 from resnet_perf.parity import cycled
-from resnet_perf.versions import installed_version
+from resnet_perf.util.versions import installed_version
 
 
 @contextlib.contextmanager

@@ -25,10 +25,10 @@ from torch import Tensor
 
 from export.manifest import rebuilding, sha256_file
 from export.onnx import INPUT_NAME
-from resnet_perf.atomic import atomic_path
-from resnet_perf.cli import one_line
-from resnet_perf.cpu import speed_features
 from resnet_perf.parity import cycled
+from resnet_perf.util.atomic import atomic_path
+from resnet_perf.util.cli import one_line
+from resnet_perf.util.cpu import speed_features
 
 METHODS = ("minmax", "entropy", "percentile")
 FLAVOURS = {
@@ -205,7 +205,7 @@ def _static_batch(path: Path) -> int | None:
 
 def add_arguments(parser) -> None:
     """The INT8 calibration flags, the same for python -m bench and python -m export."""
-    from resnet_perf.cli import list_of, positive_int
+    from resnet_perf.util.cli import list_of, positive_int
 
     group = parser.add_argument_group("INT8 calibration (with --precision int8)")
     group.add_argument("--calib-data", default=None, metavar="DIR",
@@ -236,7 +236,7 @@ HONOURS = {"qdq": (METHODS, True), "nncf": (("minmax",), True), "pt2e": (("minma
 def check_quantizer(flags: CalibrationFlags, quantizer: str, who: str) -> None:
     """Refuse calibration flags ``quantizer`` would ignore; ``who`` names what uses it (a backend,
     a format) in the message. Raises UsageError."""
-    from resnet_perf.cli import UsageError
+    from resnet_perf.util.cli import UsageError
 
     methods, keep_fp = HONOURS.get(quantizer, (METHODS, True))
     if flags.method not in methods:
@@ -250,8 +250,8 @@ def check_arguments(flags: CalibrationFlags, models: list[str], image_size: int,
     """Check the calibration flags against the run; returns the inputs of --calib-data (None when
     calibration is synthetic or there is no int8). Raises UsageError on anything wrong."""
     import resnet_perf
-    from resnet_perf.cli import UsageError
     from resnet_perf.images import ImageFolderError, load_calibration
+    from resnet_perf.util.cli import UsageError
 
     given = [flag for flag, value in (("--calib-data", flags.data), ("--keep-fp", flags.keep_fp),
                                       ("--calib-method", flags.method != "minmax")) if value]

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from export.manifest import check_engine_target, load_manifest, sha256_file, versions
 from export.onnx import DEFAULT_OPSET, INPUT_NAME, BatchRange, export_onnx, graph_io
 from export.quantize import Calibration, export_quantized
-from resnet_perf.atomic import atomic_path
+from resnet_perf.util.atomic import atomic_path
 
 INSTALL = "TensorRT is not installed (pip install 'resnet-perf[tensorrt]' on a machine with an NVIDIA GPU)"
 

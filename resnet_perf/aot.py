@@ -19,8 +19,11 @@ import triton
 
 from kernels.aot import TARGETS, compiled_on, failures, peaks, read_records, records_table, sweep, warm_cache
 from kernels.fused_conv2d import CONFIGS, DTYPES, INTERPRET
-from resnet_perf.atomic import write_text
-from resnet_perf.cli import (
+from resnet_perf.fused import conv_layers
+from resnet_perf.models.resnet import MODEL_NAMES
+from resnet_perf.precision import by_dtype
+from resnet_perf.util.atomic import write_text
+from resnet_perf.util.cli import (
     Parser,
     Stopped,
     UsageError,
@@ -30,9 +33,6 @@ from resnet_perf.cli import (
     positive_int,
     stop_on_signals,
 )
-from resnet_perf.fused import conv_layers
-from resnet_perf.models.resnet import MODEL_NAMES
-from resnet_perf.precision import by_dtype
 
 
 def kernel_dtypes() -> dict[str, torch.dtype]:

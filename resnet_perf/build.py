@@ -10,9 +10,9 @@ import re
 import torch
 from torch import nn
 
-from resnet_perf.cli import one_line
 from resnet_perf.models.resnet import IMAGENET_CLASSES, MODEL_NAMES, _resnet
 from resnet_perf.synthetic import calibrate
+from resnet_perf.util.cli import one_line
 
 
 class WeightsError(ValueError):

@@ -20,7 +20,7 @@ import torch
 
 from kernels.aot import config_name
 from kernels.fused_conv2d import CONFIGS, in_space
-from resnet_perf.atomic import write_text
+from resnet_perf.util.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "results" / "aot" / "resnets-sm90.json"

@@ -49,8 +49,8 @@ from bench.run import streams_count
 from bench.runners import RUNNERS, RunConfig, Runner, packages
 from bench.streams import threads_each
 from export import quantize
-from resnet_perf.cli import Parser, check_choices, list_of, positive_float, positive_int, script
 from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.cli import Parser, check_choices, list_of, positive_float, positive_int, script
 
 
 def plain_calls(backend: str, precision: str, model: torch.nn.Module, x: torch.Tensor, onnx_path: Path | None,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from bench import record, report
-from resnet_perf.cli import Parser, script
+from resnet_perf.util.cli import Parser, script
 
 KINDS = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".pt2": "AOTInductor package"}
 

@@ -43,7 +43,6 @@ if [ $dry_run = 1 ]; then
     bench_sweep=(--precision fp32,bf16 --batch-size 8,16 --backend eager --streams 1)
     layers=(--dry-run --dtype fp32)
     profile=(--precision fp32 --batch-size 2 --backend eager --profile-calls 2 --streams 1)
-    kernel_tests=(tests/test_fused_conv2d.py -k "resnet_conv_shapes and 64-64 or takes_its_path")
 else
     export TRITON_INTERPRET=0
     device=cuda
@@ -56,7 +55,6 @@ else
     layers=(--batch-size 256 --dtype fp16,bf16)
     # compile in its default mode: CUDA graphs would hide the ops that name its convolutions
     profile=(--precision fp16 --batch-size 64 --backend eager,compile,triton --streams 1)
-    kernel_tests=(tests/test_fused_conv2d.py tests/test_fused_model.py)
 fi
 
 # step NAME BOX_S COMMAND...: run COMMAND for at most BOX_S seconds (or what is left before the
@@ -111,14 +109,16 @@ EOF
 
 # 1. Every config of every ResNet-50 conv compiled in parallel into Triton's cache (16 cores there),
 #    so the autotuning below measures instead of compiling one config after another.
+# 2. The kernel tests on the device: every path, config and dtype against PyTorch.
+# The dry run leaves both to the test suite, which compiles for sm_90 and runs the kernel tests on CPU.
 if [ $device = cuda ]; then
     step warm-cache 90 "$PY" -m resnet_perf.aot --warm-cache --model resnet50 --batch-size 1,64,256 --dtype fp16,bf16
+    step kernel-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused_conv2d.py tests/test_fused_model.py
 else
-    step sm90-compile 120 env TRITON_INTERPRET=0 "$PY" -m resnet_perf.aot --model resnet18 --image-size 32 --batch-size 2 --dtype fp16 \
-        --path few_channels --jobs 2
+    printf 'warm-cache\tskipped\t0\tthe test suite compiles for sm_90 (tests/test_aot.py)\n' >>"$out/steps.tsv.tmp"
+    printf 'kernel-tests\tskipped\t0\tthe test suite runs them in the interpreter (tests/test_fused_conv2d.py)\n' \
+        >>"$out/steps.tsv.tmp"
 fi
-# 2. The kernel tests on the device: every path, config and dtype against PyTorch.
-step kernel-tests 150 "$PY" -m pytest -q -p no:cacheprovider "${kernel_tests[@]}"
 # 3. The headline: resnet50 fp16 batch 256, ours against eager (channels_last) and max-autotune.
 step bench-bs256 170 "$PY" -m bench "${bench_size[@]}" "${bench_must[@]}" --json "$out/bench-bs256.json"
 # 4. timm's own resnet50 at the same settings: the outside check of our eager and compile rows.
@@ -129,7 +129,7 @@ else
     printf 'timm-bs256\tskipped\t0\ttimm or a CUDA GPU is missing here\n' >>"$out/steps.tsv.tmp"
 fi
 # 5. Per layer: our kernel against cuDNN conv + BN + add + ReLU, eager and under torch.compile.
-step layers 90 "$PY" tests/benchmarks/conv_layers.py "${layers[@]}" --json "$out/layers.json"
+step layers 90 "$PY" scripts/conv_layers.py "${layers[@]}" --json "$out/layers.json"
 # 6. Each backend's time per layer from its own profiler (the CUDA paths of --profile layers).
 step bench-layers 120 "$PY" -m bench "${bench_size[@]}" "${profile[@]}" --profile layers --json "$out/bench-layers.json"
 # 7. Requests in flight: streams 1 and auto (streams.json's rows say what auto tried and kept).

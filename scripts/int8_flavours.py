@@ -31,7 +31,7 @@ from bench.runners import RunConfig, packages
 from bench.runners.openvino import OpenVINORunner
 from export import quantize
 from resnet_perf import parity
-from resnet_perf.cli import Parser, positive_float, positive_int, script
+from resnet_perf.util.cli import Parser, positive_float, positive_int, script
 
 
 def main() -> None:

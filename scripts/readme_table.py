@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench.record import load, rows_from_json
 from bench.report import to_markdown
-from resnet_perf.atomic import write_text
-from resnet_perf.cli import Parser, script
+from resnet_perf.util.atomic import write_text
+from resnet_perf.util.cli import Parser, script
 
 ROOT = Path(__file__).resolve().parents[1]
 # resnet50 at batch 8 on every CPU backend, fp32, bf16 and int8, one request and auto's in flight:

@@ -13,6 +13,18 @@ if not torch.cuda.is_available():
 import resnet_perf
 
 
+# Module-scoped fixtures that take many seconds on 2 cores (a compile of every kernel config, the GPU
+# check's dry run, an exported artifact, a served model): every test using one is slow, however quick
+# its own body, or `pytest -m "not slow"` would build them anyway.
+SLOW_FIXTURES = {"compiled", "dry_run", "package", "sweep", "two_runs", "onnx_export", "int8_ir", "served"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _one_config_per_kernel(request, monkeypatch):
     """On a GPU, each kernel path runs its first autotune config only: autotuning would compile and

@@ -74,6 +74,7 @@ def test_the_autotuner_tries_what_in_space_keeps(path, dtype):
             "128x128x32 w4 s3", "128x128x64 w4 s3"}
 
 
+@pytest.mark.slow
 def test_every_config_compiles_for_sm90_without_spills(compiled):
     assert space() <= configs_of(compiled)
     problems = [(r["path"], r["dtype"], r["config"], r["shapes"][0], aot.failures(r)) for r in compiled if aot.failures(r)]
@@ -109,6 +110,7 @@ def test_operands_load_asynchronously_in_16_byte_vectors(compiled):
             assert r["loads"].get("LDGSTS 8B", 0) + r["loads"].get("LDGSTS 16B", 0) > 0, r
 
 
+@pytest.mark.slow
 def test_the_sm80_path_compiles_too(tmp_path):
     """Before Hopper: no TMA (the plain gemm path), and mma.sync (HMMA) instead of wgmma."""
     proc = run_aot("--model", "resnet50", "--image-size", "32", "--batch-size", "2", "--dtype", "fp16",
@@ -119,6 +121,7 @@ def test_the_sm80_path_compiles_too(tmp_path):
     assert all(r["mma"] == "HMMA" and not aot.failures(r, arch=80) for r in records)
 
 
+@pytest.mark.slow
 def test_a_path_no_conv_takes_is_a_usage_error():
     proc = run_aot("--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--path", "gemm")
     assert proc.returncode == 2
@@ -192,6 +195,7 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_a_stop_signal_ends_the_compile_processes_too(tmp_path):
     """SIGTERM while compiling: exit 143 with one line, no report, and no compile process or
     temporary file left (Triton removes its .ptx and ptxas log only when a compile completes)."""

@@ -43,6 +43,7 @@ def edited(package, tmp_path, **target) -> str:
     return str(copy)
 
 
+@pytest.mark.slow
 def test_the_package_is_proven_and_says_what_it_is_tied_to(package):
     manifest = load_manifest(package)
     assert manifest["format"] == "aoti" and manifest["batch"] == {"min": 1, "opt": 2, "max": 4}
@@ -59,6 +60,7 @@ def test_the_package_is_proven_and_says_what_it_is_tied_to(package):
     assert loaded(x).shape == (3, 1000)
 
 
+@pytest.mark.slow
 def test_bench_runs_a_given_package_and_reports_its_load(capsys, tmp_path, package):
     code, rows, _ = bench(capsys, tmp_path, "--pt2", str(package), "--backend", "aoti,compile")
     assert code == 0
@@ -72,6 +74,7 @@ def test_bench_runs_a_given_package_and_reports_its_load(capsys, tmp_path, packa
     assert not (tmp_path / "cache" / "aoti").exists()
 
 
+@pytest.mark.slow
 def test_bench_builds_caches_and_keeps_one_request_in_flight(capsys, tmp_path):
     argv = (*SMALL, "--backend", "aoti", "--batch-size", "2", "--streams", "1,2")
     code, rows, err = bench(capsys, tmp_path, *argv)

@@ -23,8 +23,8 @@ from bench.record import SCHEMA, load, rows_from_json
 from bench.report import to_csv
 from bench.runners import RUNNERS
 from bench.runners.eager import EagerRunner
-from resnet_perf.cli import UsageError
 from resnet_perf.flops import macs_per_image
+from resnet_perf.util.cli import UsageError
 from tests.test_compare import row as compare_row
 from tests.test_compare import samples
 
@@ -45,6 +45,7 @@ class AllocatingRunner(EagerRunner):
         super().close_impl()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exact", [True, False], ids=["vmhwm", "sampled"])
 def test_a_row_reports_the_memory_its_backend_holds(capsys, tmp_path, monkeypatch, exact):
     monkeypatch.setitem(RUNNERS, AllocatingRunner.name, AllocatingRunner)
@@ -80,6 +81,7 @@ class LoadingRunner(EagerRunner):
         self.built = int(scratch[::4096].sum())  # an exporter's working set, gone when it is done
 
 
+@pytest.mark.slow
 def test_a_build_and_a_runtime_load_are_not_the_rows_memory(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(RUNNERS, LoadingRunner.name, LoadingRunner)
     path = tmp_path / "run.json"
@@ -99,6 +101,7 @@ def test_a_build_and_a_runtime_load_are_not_the_rows_memory(capsys, tmp_path, mo
         assert eager["runtime_load_mb"] < 0.1 * HELD_MB
 
 
+@pytest.mark.slow
 def test_every_ok_row_has_its_costs_and_the_file_reads_back(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert cli.main(["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "1", "--iters", "2", "--warmup", "0",
@@ -121,6 +124,7 @@ def test_every_ok_row_has_its_costs_and_the_file_reads_back(capsys, tmp_path):
     assert {"costs_peak_mem_mb", "costs_energy_j_per_img", "costs_pct_of_peak", "costs_throttled"} <= set(header)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "size", "gmac"), [("resnet18", 64, 0.149), ("resnet50", 224, 4.089)])
 def test_the_mac_count_matches_torch_flop_counter(name, size, gmac):
     model = resnet_perf.build_model(name, image_size=size)

@@ -10,7 +10,7 @@ import pytest
 import bench.__main__ as cli
 from bench.runners import base
 from export import quantize
-from resnet_perf import cpu
+from resnet_perf.util import cpu
 
 AMX_XEON = "processor\t: 0\nflags\t\t: fpu sse avx avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8 amx_tile\n"
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\nprocessor\t: 1\nflags\t\t: fpu\n"
@@ -49,6 +49,7 @@ def test_int8_weights_follow_the_cpu(cpuinfo, monkeypatch):
         assert quantize.weight_bits("onnxruntime") == bits and quantize.weight_bits("tensorrt") == 8
 
 
+@pytest.mark.slow
 def test_the_run_records_the_features_and_prints_them_first(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(base, "native_bf16", lambda: False)

@@ -15,6 +15,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROO
 _LINK = re.compile(r"(?<!`)\[[^\]]*\]\(([^)\s]+)\)")
 
 
+@pytest.mark.slow
 def test_the_kernel_tables_are_the_committed_reports_own():
     """docs/kernels.md's tables are scripts/aot_tables.py's output on results/aot/, unedited: after a
     new sweep, run it with --write."""

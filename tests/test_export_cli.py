@@ -38,6 +38,7 @@ def onnx_export(tmp_path_factory):
     return out / "resnet18-fp32.onnx"
 
 
+@pytest.mark.slow
 def test_onnx_export_writes_a_proven_artifact_and_its_manifest(onnx_export):
     assert leftovers(onnx_export.parent) == ["resnet18-fp32.onnx", "resnet18-fp32.onnx.json"]
     manifest = load_manifest(onnx_export)  # checks the sha256 too
@@ -59,6 +60,7 @@ def test_onnx_export_writes_a_proven_artifact_and_its_manifest(onnx_export):
         assert figures["cosine"] >= 0.9999 and figures["top1_agreement"] == 1.0 and figures["distinct_top1"] >= 0.9
 
 
+@pytest.mark.slow
 def test_static_fp16_export(capsys, tmp_path):
     code, out, _ = run_cli(capsys, *SMALL, "--format", "onnx", "--batch-size", "3", "--precision", "fp16",
                            "--output", str(tmp_path))
@@ -96,6 +98,7 @@ def test_an_engine_for_another_tensorrt_or_gpu_is_refused(trt_version, gpu, mess
     check_engine_target(ENGINE, tensorrt_version="10.13.0.35", gpu=ENGINE["gpu"])  # the same target is fine
 
 
+@pytest.mark.slow
 def test_an_artifact_failing_parity_is_not_kept(capsys, tmp_path, monkeypatch):
     def perturbed(path, precision):
         run = original(path, precision)
@@ -109,6 +112,7 @@ def test_an_artifact_failing_parity_is_not_kept(capsys, tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_triton_repository(capsys, tmp_path):
     code, _, _ = run_cli(capsys, *SMALL, "--format", "triton-repo", "--dynamic-batch", "1:2:4", "--instances", "2",
                          "--max-queue-delay-ms", "0.5", "--output", str(tmp_path))
@@ -197,6 +201,7 @@ def test_tensorrt_formats_without_tensorrt(capsys, tmp_path, argv):
     assert leftovers(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_from_a_real_process(tmp_path):
     """The path a user takes: `python -m export`, no traceback on bad input."""
     proc = subprocess.run([sys.executable, "-m", "export", "--format", "onnx", "--model", "resnet51", "--output",
@@ -205,6 +210,7 @@ def test_from_a_real_process(tmp_path):
     assert proc.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_bench_runs_an_exported_onnx_file(onnx_export, tmp_path):
     """python -m bench --onnx: the artifact's manifest fixes the model, size and seed of the run."""
     import bench.__main__ as bench_cli
@@ -220,6 +226,7 @@ def test_bench_runs_an_exported_onnx_file(onnx_export, tmp_path):
     assert all(r["status"] == "ok" and r["parity"]["passed"] for r in rows)
 
 
+@pytest.mark.slow
 def test_bench_refuses_an_artifact_that_does_not_fit(capsys, onnx_export, tmp_path):
     import bench.__main__ as bench_cli
 

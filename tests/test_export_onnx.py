@@ -20,6 +20,7 @@ def exported(resnet18_32, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_checker_and_signature(exported):
     model = onnx.load(str(exported))
     onnx.checker.check_model(model, full_check=True)
@@ -52,6 +53,7 @@ def test_fp16_export(resnet18_32, tmp_path):
     assert resnet18_32.conv1.weight.dtype == torch.float32  # the model given is not changed
 
 
+@pytest.mark.slow
 def test_dynamic_batch_axis_runs_every_size_in_range(resnet18_32, tmp_path):
     path = export_onnx(resnet18_32, tmp_path / "d.onnx", batch=BatchRange.parse("1:2:5"), image_size=32)
     io = graph_io(path)
@@ -90,6 +92,7 @@ def test_batch_range():
     assert not BatchRange.static(4).dynamic and str(BatchRange.static(4)) == "4"
 
 
+@pytest.mark.slow
 def test_the_file_is_the_opset_asked_for_or_no_file(resnet18_32, tmp_path):
     """Asked for an opset it cannot convert down to, torch's exporter kept 18 and said so only in a
     traceback printed as a warning; the manifest then named the opset asked for."""

@@ -70,6 +70,7 @@ def check(x, weight, bias, stride, padding, with_residual, relu, packed=True, ge
 
 
 # On a GPU each example is a compile of its own (a second or two): fewer there.
+@pytest.mark.slow
 @settings(max_examples=60 if DEVICE.type == "cpu" else 20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 2), c=st.integers(1, 24), k=st.integers(1, 40), h=st.integers(1, 12), w=st.integers(1, 12),

@@ -13,6 +13,7 @@ from resnet_perf.parity import compare
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_fused_model_matches_the_reference_in_fp32(name):
     model = build_model(name, image_size=32)
@@ -29,6 +30,7 @@ def test_fused_model_matches_the_reference_in_fp32(name):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fused_model_in_low_precision_passes_parity(resnet18_32, dtype):
     x = parity_inputs(8, 32)
@@ -39,6 +41,7 @@ def test_fused_model_in_low_precision_passes_parity(resnet18_32, dtype):
     assert compare(expected, got, precision)["passed"]
 
 
+@pytest.mark.slow
 def test_fused_model_compiles_whole(resnet18_32):
     """The kernel is a custom op with a fake implementation: Dynamo traces the fused model in one
     graph (fullgraph=True fails on any break) and the compiled model gives the same numbers."""

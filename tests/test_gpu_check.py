@@ -26,14 +26,17 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     return proc, out
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_step(dry_run):
     proc, out = dry_run
     assert proc.returncode == 0, proc.stderr + (out / "log.txt").read_text()[-3000:]
     summary = (out / "summary.md").read_text()
-    for step in ("sm90-compile", "kernel-tests", "bench-bs256", "layers", "bench-layers", "bench-streams", "bench-sweep"):
+    for step in ("bench-bs256", "layers", "bench-layers", "bench-streams", "bench-sweep"):
         assert f"| {step} | ok |" in summary, summary
     assert "| timm-bs256 | skipped |" in summary  # timm is not installed here
-    assert "Kernel tests: 11 passed" in summary
+    # What the suite runs already (tests/test_aot.py, tests/test_fused_conv2d.py), the dry run does not repeat.
+    assert "| warm-cache | skipped | 0 | the test suite compiles for sm_90" in summary
+    assert "| kernel-tests | skipped | 0 | the test suite runs them" in summary
 
 
 def test_the_dry_run_leaves_few_files_that_parse(dry_run):

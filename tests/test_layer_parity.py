@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import bench.__main__ as cli
@@ -43,6 +44,7 @@ def run(tmp_path, *argv) -> list[dict]:
     return json.loads(path.read_text())["results"]
 
 
+@pytest.mark.slow
 def test_the_lines_are_the_models_in_order_and_the_fused_model_ends_each_where_the_reference_does():
     model = resnet_perf.build_model("resnet18", image_size=32)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -59,6 +61,7 @@ def test_the_lines_are_the_models_in_order_and_the_fused_model_ends_each_where_t
     assert numerics.first_outside(figures, "fp32") is None
 
 
+@pytest.mark.slow
 def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_path):
     monkeypatch.setitem(RUNNERS, CorruptedRunner.name, CorruptedRunner)
     eager, corrupted = run(tmp_path, "--backend", "eager,corrupted")
@@ -76,6 +79,7 @@ def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_
     assert "(run-parity.png)" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_openvino_lines_agree_and_an_nncf_ir_gives_its_lines_by_their_onnx_names(tmp_path):
     """OpenVINO keeps the ONNX tensor names through conversion, NNCF and the IR, so an NNCF IR's
     lines are found as an ONNX file's are, and read after NNCF's FakeQuantize as the next layer reads them."""
@@ -91,12 +95,14 @@ def test_openvino_lines_agree_and_an_nncf_ir_gives_its_lines_by_their_onnx_names
     assert 1e-4 < first["rel_l2"] < last["rel_l2"]
 
 
+@pytest.mark.slow
 def test_a_row_without_line_outputs_says_so_and_stands(tmp_path):
     (row,) = run(tmp_path, "--backend", "aoti")
     assert row["status"] == "ok" and row["parity"]["passed"]
     assert row["parity"]["layers"]["reason"].startswith("aoti")
 
 
+@pytest.mark.slow
 def test_onnxruntime_lines_agree_in_fp32_and_int8_reads_them_as_the_next_layer_does(tmp_path):
     """Each line's end added as an output of the row's file; in the QDQ graph a new Dequantize
     beside the graph's own, so the int8 fusions (and the logits) are those the row timed."""
@@ -141,6 +147,7 @@ def test_a_line_that_was_not_finite_reads_back(tmp_path):
     assert read["parity"]["layers"]["lines"] == [{"line": "conv1", "cosine": None, "rel_l2": None, "finite": False}]
 
 
+@pytest.mark.slow
 def test_a_failing_int8_row_is_bisected_to_the_layers_that_make_it_pass(capsys, tmp_path):
     """One channel of layer2.0's first BatchNorm made 1000x larger (its next conv 1000x smaller, so
     fp32 computes the same): per-tensor int8 of that ReLU output keeps the outlier and loses every

@@ -143,10 +143,10 @@ def test_no_module_imports_itself_through_others():
 def test_the_checks_see_imports_inside_functions_and_circles():
     """The checks can fail: an import inside a function is read, a relative one resolved, an arrow
     against the order named, and a circle of three found."""
-    source = "def main():\n    from resnet_perf.cli import UsageError\n    from . import fused_conv2d\n"
-    assert imports_of(source, "kernels.aot", False) == {"resnet_perf.cli", "resnet_perf.cli.UsageError",
+    source = "def main():\n    from resnet_perf.util.cli import UsageError\n    from . import fused_conv2d\n"
+    assert imports_of(source, "kernels.aot", False) == {"resnet_perf.util.cli", "resnet_perf.util.cli.UsageError",
                                                         "kernels", "kernels.fused_conv2d"}
-    graph = {"kernels.aot": {"resnet_perf.cli"}, "bench.report": {"bench.runners.eager"}}
-    assert against_layering(graph) == ["kernels.aot imports resnet_perf.cli",
+    graph = {"kernels.aot": {"resnet_perf.util.cli"}, "bench.report": {"bench.runners.eager"}}
+    assert against_layering(graph) == ["kernels.aot imports resnet_perf.util.cli",
                                        "bench.report imports a runner (bench.runners.eager)"]
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

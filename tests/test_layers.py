@@ -70,6 +70,7 @@ def test_a_fused_layer_names_every_module_it_absorbed_and_an_unknown_one_is_kept
     assert mapped["Reorder"] == (None, ())
 
 
+@pytest.mark.slow
 def test_profile_layers_lines_up_every_backend_by_module(capsys, tmp_path):
     path, traces = tmp_path / "run.json", tmp_path / "traces"
     assert cli.main([*SMALL, "--backend", "eager,compile,onnxruntime,openvino", "--json", str(path),
@@ -107,6 +108,7 @@ def test_profile_layers_lines_up_every_backend_by_module(capsys, tmp_path):
     assert "(run-layers.png)" in (tmp_path / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_int8_layers_map_through_the_quantized_graph(tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "onnxruntime,openvino", "--precision", "int8", "--json", str(path),
@@ -125,6 +127,7 @@ def test_profile_dir_needs_a_layer_profile(capsys, tmp_path):
     assert "--profile-dir keeps the traces of --profile layers" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_each_fused_triton_launch_is_on_its_reference_line(tmp_path):
     model = resnet_perf.build_model("resnet18", image_size=32)
     config = RunConfig("resnet18-layers", torch.device("cpu"), "fp32", 1, 32, 2, tmp_path)

@@ -96,6 +96,7 @@ def test_building_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "size"), [("resnet18", 32), ("resnet18", 64), ("resnet34", 32), ("resnet50", 32),
                                             ("resnet50", 64), ("resnet101", 32), ("resnet152", 32)])
 def test_synthetic_model_tells_the_parity_inputs_apart(name, size):
@@ -110,6 +111,7 @@ def test_synthetic_model_tells_the_parity_inputs_apart(name, size):
     assert ((top2[:, 0] - top2[:, 1]) / logits.std(dim=1)).min() > 0.5
 
 
+@pytest.mark.slow
 def test_random_init_alone_would_not_be_discriminative():
     """Why calibrate exists: the uncalibrated model gives most parity inputs one class."""
     torch.manual_seed(0)

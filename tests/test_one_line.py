@@ -1,11 +1,11 @@
-"""resnet_perf.cli.one_line: every runtime error as one line, the way both commands report it."""
+"""resnet_perf.util.cli.one_line: every runtime error as one line, the way both commands report it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from resnet_perf.cli import one_line
+from resnet_perf.util.cli import one_line
 
 
 def test_a_message_is_one_line_named_by_its_type():

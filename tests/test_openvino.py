@@ -32,6 +32,7 @@ def runner(model, tmp_path, precision: str, streams: int | str = 1) -> OpenVINOR
     return OpenVINORunner(model, config)
 
 
+@pytest.mark.slow
 def test_fp32_is_pinned_and_read_back_as_f32(resnet18_32, tmp_path):
     x = resnet_perf.parity_inputs(2, 32)
     with runner(resnet18_32, tmp_path, "fp32") as ov:
@@ -45,6 +46,7 @@ def test_fp32_is_pinned_and_read_back_as_f32(resnet18_32, tmp_path):
     assert sum(facts["convolutions"].values()) == 20  # resnet18: 17 convs and 3 projection shortcuts
 
 
+@pytest.mark.slow
 def test_a_bf16_row_is_bf16_or_refused_where_the_cpu_would_lower_it(resnet18_32, tmp_path):
     """Asked for bf16 on a CPU without it, OpenVINO compiles f32 without a word: the read-back
     catches it. Where the CPU has bf16, the row runs its convolutions in bf16."""
@@ -58,6 +60,7 @@ def test_a_bf16_row_is_bf16_or_refused_where_the_cpu_would_lower_it(resnet18_32,
         assert set(ov.run_facts()["convolutions"]) == {"bf16"}
 
 
+@pytest.mark.slow
 def test_bf16_through_the_cli(capsys, tmp_path):
     code, rows, err = bench(capsys, tmp_path, "--backend", "openvino", "--precision", "bf16", "--batch-size", "2")
     if NATIVE_BF16:
@@ -68,6 +71,7 @@ def test_bf16_through_the_cli(capsys, tmp_path):
                 "plugin computes FP32, INT8 here), and asked for bf16 it would compile f32 instead") in err
 
 
+@pytest.mark.slow
 def test_fp32_and_int8_rows_pass_parity_and_say_what_ran(capsys, tmp_path):
     code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino,onnxruntime", "--precision", "fp32,int8",
                           "--batch-size", "2")
@@ -84,6 +88,7 @@ def test_fp32_and_int8_rows_pass_parity_and_say_what_ran(capsys, tmp_path):
     assert len(list((tmp_path / "cache" / "openvino").glob("*int8*.xml"))) == 1
 
 
+@pytest.mark.slow
 def test_streams_are_openvinos_own_and_auto_takes_its_optimal_requests(capsys, tmp_path):
     code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino", "--batch-size", "2", "--streams", "1,2,auto",
                           "--iters", "4")
@@ -100,6 +105,7 @@ def test_streams_are_openvinos_own_and_auto_takes_its_optimal_requests(capsys, t
     assert all(r["parity"]["passed"] for r in rows)
 
 
+@pytest.mark.slow
 def test_an_exported_onnx_file_runs_in_openvino(capsys, tmp_path):
     import export.__main__ as export_cli
 
@@ -123,6 +129,7 @@ def test_the_backend_says_why_it_cannot_run(capsys, monkeypatch):
         "runs on OpenVINO's CPU plugin: use --device cpu")
 
 
+@pytest.mark.slow
 def test_a_loadgen_scenario_runs_openvino_like_any_backend(capsys, tmp_path):
     code, rows, _ = bench(capsys, tmp_path, "--backend", "openvino", "--scenario", "single-stream", "--duration", "1")
     assert code == 0

@@ -52,6 +52,7 @@ def quantized_inputs(xml: Path) -> dict[str, bool]:
             if op.get_type_name() in ("Convolution", "MatMul")}
 
 
+@pytest.mark.slow
 def test_int8_ir_is_nncf_quantized_proven_and_described(int8_ir):
     assert sorted(p.name for p in int8_ir.parent.iterdir()) == [
         "resnet18-int8.bin", "resnet18-int8.xml", "resnet18-int8.xml.json"]
@@ -68,6 +69,7 @@ def test_int8_ir_is_nncf_quantized_proven_and_described(int8_ir):
     assert [name for name, quantized in layers.items() if not quantized] == q["ignored_layers"]
 
 
+@pytest.mark.slow
 def test_fp32_ir_keeps_fp32_weights(capsys, tmp_path):
     import openvino as ov
 
@@ -107,6 +109,7 @@ def test_benchmark_app_runs_the_ir_as_it_is(int8_ir):
     assert "Throughput:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_runs_a_given_ir(capsys, tmp_path, int8_ir):
     code, rows, _ = bench(capsys, tmp_path, "--ir", str(int8_ir), "--backend", "openvino")
     assert code == 0
@@ -116,6 +119,7 @@ def test_bench_runs_a_given_ir(capsys, tmp_path, int8_ir):
     assert not (tmp_path / "cache" / "openvino").exists()  # the given IR ran, nothing was built
 
 
+@pytest.mark.slow
 def test_both_int8_flavours_side_by_side_and_cached(capsys, tmp_path):
     argv = ("--backend", "openvino", "--precision", "int8", "--ov-int8", "nncf,qdq", "--calib-samples", "8",
             "--model", "resnet18", "--image-size", "32", "--batch-size", "2")
@@ -153,6 +157,7 @@ def test_export_refuses_what_ir_is_not_written_in(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_the_default_ir_is_static_so_benchmark_app_takes_it_as_it_is(capsys, tmp_path):
     args = ["--model", "resnet18", "--image-size", "32", "--format", "openvino"]
     assert export_cli.main([*args, "--output", str(tmp_path / "static")]) == 0
@@ -162,6 +167,7 @@ def test_the_default_ir_is_static_so_benchmark_app_takes_it_as_it_is(capsys, tmp
     assert manifest["batch"] == {"min": 1, "opt": 2, "max": 4} and manifest["inputs"][0]["shape"][0] == "batch"
 
 
+@pytest.mark.slow
 def test_an_fp32_ir_runs_as_given_and_exports_nothing(capsys, tmp_path):
     assert export_cli.main([*SMALL, "--format", "openvino", "--output", str(tmp_path / "ir")]) == 0
     code, rows, _ = bench(capsys, tmp_path, "--ir", str(tmp_path / "ir" / "resnet18-fp32.xml"), "--backend", "openvino")

@@ -36,6 +36,7 @@ def refused(capsys, *argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_a_symlinked_output_writes_its_target_and_keeps_the_link(capsys, tmp_path):
     target, link = tmp_path / "results" / "run.json", tmp_path / "latest.json"
     target.parent.mkdir()
@@ -126,6 +127,7 @@ def full_disk_after(monkeypatch):
     return arm
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_keeps_running_and_the_last_complete_file(capsys, tmp_path, full_disk_after):
     json_path = tmp_path / "run.json"
     full_disk_after(json_path, 1)
@@ -140,6 +142,7 @@ def test_a_full_disk_while_saving_keeps_running_and_the_last_complete_file(capsy
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_a_disk_that_frees_up_again_ends_with_a_complete_file(capsys, tmp_path, full_disk_after, monkeypatch):
     json_path = tmp_path / "run.json"
     free = full_disk_after(json_path, 0)
@@ -158,6 +161,7 @@ def test_a_disk_that_frees_up_again_ends_with_a_complete_file(capsys, tmp_path, 
     assert [r["batch_size"] for r in json.loads(json_path.read_text())["results"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_full_disk_before_the_first_write_says_the_file_was_not_written(capsys, tmp_path, full_disk_after):
     csv_path = tmp_path / "run.csv"
     full_disk_after(csv_path, 0)
@@ -167,6 +171,7 @@ def test_a_full_disk_before_the_first_write_says_the_file_was_not_written(capsys
                                             "device): it was not written in this run")
 
 
+@pytest.mark.slow
 def test_a_plot_that_cannot_be_written_is_one_line_and_exit_1(capsys, tmp_path, monkeypatch):
     from bench import plot
 
@@ -192,6 +197,7 @@ def two_runs(tmp_path_factory) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_report_of_two_runs_of_one_name_keeps_both_plots(capsys, tmp_path, two_runs):
     assert cli.main(["report", *map(str, two_runs), "--output", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.md", "run-1.png", "run-2.png"]
@@ -259,6 +265,7 @@ def test_export_checks_every_file_it_replaces_before_building(capsys, tmp_path, 
     assert stat.S_ISFIFO(manifest.lstat().st_mode) if kind == "fifo" else manifest.is_dir()
 
 
+@pytest.mark.slow
 def test_export_through_a_symlinked_artifact_replaces_its_target_and_keeps_the_link(capsys, tmp_path):
     target, link = tmp_path / "store" / "real.onnx", tmp_path / "out" / "resnet18-fp32.onnx"
     target.parent.mkdir()
@@ -272,6 +279,7 @@ def test_export_through_a_symlinked_artifact_replaces_its_target_and_keeps_the_l
     assert sha256_file(target) == manifest["sha256"]
 
 
+@pytest.mark.slow
 def test_a_model_repository_gains_only_its_own_version(capsys, tmp_path):
     """Another version and the model folder's own files are kept; version 1 is swapped whole, so a
     file of an earlier export (a TensorRT plan) does not linger beside the new model."""
@@ -298,9 +306,10 @@ def test_report_never_writes_over_a_run_it_reads(capsys, tmp_path, two_runs):
     assert run.read_bytes() == two_runs[0].read_bytes()
 
 
+@pytest.mark.slow
 def test_a_run_file_another_run_is_writing_is_refused(capsys, tmp_path):
     """Two runs given one --json would both run to the end, the file keeping one run's rows."""
-    from resnet_perf.cli import held
+    from resnet_perf.util.cli import held
 
     path = tmp_path / "run.json"
     with held("--json", path):
@@ -316,6 +325,7 @@ def test_a_folder_path_for_a_file_is_refused(capsys, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_plot_with_no_row_to_draw_says_so(capsys, tmp_path, monkeypatch):
     from bench.runners import RUNNERS
     from bench.runners.eager import EagerRunner

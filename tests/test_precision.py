@@ -51,6 +51,7 @@ def test_importing_the_table_needs_no_onnx():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ONNX_PRECISIONS)
 def test_an_exported_graph_and_its_triton_config_have_the_tables_types(resnet18_32, tmp_path, name):
     p = PRECISIONS[name]

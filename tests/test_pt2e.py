@@ -23,6 +23,7 @@ def calibration(size: int = 32, samples: int = 4) -> Calibration:
     return Calibration(resnet_perf.parity_inputs(samples, size, seed=5), source={"kind": "test"})
 
 
+@pytest.mark.slow
 def test_compile_int8_rows_run_int8_kernels_and_pass_parity(capsys, tmp_path):
     json_path = tmp_path / "run.json"
     code = cli.main(["--model", "resnet18", "--image-size", "32", "--backend", "compile", "--precision", "int8",
@@ -45,6 +46,7 @@ def test_a_non_strict_export_trips_the_quantizer_on_the_blocks_shared_relu(resne
         pt2e.quantize_pt2e(resnet18_32, calibration(), 2, strict=False)
 
 
+@pytest.mark.slow
 def test_the_quantized_graph_is_what_inductor_lowers_to_int8(resnet18_32):
     quantized = pt2e.quantize_pt2e(resnet18_32, calibration(), 2)
     ops = {str(node.target) for node in quantized.graph.nodes if node.op == "call_function"}
@@ -62,6 +64,7 @@ def test_int8_is_a_cpu_row_and_says_why_not_on_cuda():
     assert CompileRunner.quantizers() == ("pt2e",)
 
 
+@pytest.mark.slow
 def test_streams_and_parity_reuse_the_frozen_build(resnet18_32, tmp_path, monkeypatch):
     """Every build stays: a dynamo reset between prepare and close would throw the timed build away
     and have parity judge a recompiled one, unfrozen (for int8, without an int8 kernel)."""

@@ -85,6 +85,7 @@ def test_quantized_model_passes_int8_parity(resnet18_32, fp32_onnx, tmp_path, fl
     assert figures["cosine"] < 0.9999  # it did quantize: not fp32's numbers
 
 
+@pytest.mark.slow
 def test_calibration_is_cached_and_shared_by_both_flavours(fp32_onnx, tmp_path):
     calibration = Calibration(quantization_inputs(16, 32))
     first = quantize_onnx(fp32_onnx, tmp_path / "a.onnx", calibration, cache_dir=tmp_path / "cache")
@@ -196,6 +197,7 @@ def test_labelled_folders(tmp_path):
         load_labelled("", 32)
 
 
+@pytest.mark.slow
 def test_bench_int8_row(capsys, tmp_path):
     path = tmp_path / "run.json"
     code = bench_cli.main([*SMALL, "--streams", "1", "--backend", "onnxruntime", "--precision", "fp32,int8", "--batch-size", "4",
@@ -208,6 +210,7 @@ def test_bench_int8_row(capsys, tmp_path):
     assert "top5" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_export_int8_records_its_calibration(tmp_path):
     (tmp_path / "calib").mkdir()
     np.save(tmp_path / "calib" / "inputs.npy", quantization_inputs(16, 32).numpy())
@@ -221,6 +224,7 @@ def test_export_int8_records_its_calibration(tmp_path):
     assert manifest["inputs"][0]["dtype"] == "float32"
 
 
+@pytest.mark.slow
 def test_calibrating_on_the_wrong_data_is_refused(capsys, tmp_path):
     """Noise images calibrate ranges the model's inputs do not have: parity fails, nothing is kept."""
     write_images(tmp_path / "noise", 4)
@@ -248,6 +252,7 @@ def test_bad_int8_flags(capsys, tmp_path, tool, argv, message):
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_eval_data_reports_real_accuracy_beside_fp32(tmp_path):
     """Images in 1000 class folders, each image in the folder of the class the fp32 model gives its
     clean prototype: the fp32 model scores 1.0 by construction, and each row is measured the same way."""
@@ -278,6 +283,7 @@ def test_eval_data_reports_real_accuracy_beside_fp32(tmp_path):
     assert int8["top1"] >= fp32["top1"] - 0.125 and int8["top5"] >= int8["top1"]
 
 
+@pytest.mark.slow
 def test_sensitivity_ranks_every_layer(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert bench_cli.main([*SMALL, "--streams", "1", "--backend", "onnxruntime", "--precision", "int8", "--batch-size", "8", "--iters",
@@ -308,6 +314,7 @@ def test_bad_evaluation_flags(capsys, argv, message):
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.slow
 def test_int8_triton_repository_holds_only_the_model(tmp_path, monkeypatch):
     """Triton takes every folder of a repository for a model: the calibration is cached elsewhere."""
     monkeypatch.setenv("RESNET_PERF_CACHE", str(tmp_path / "cache"))

@@ -27,6 +27,7 @@ def sweep(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_plot_is_a_png_with_both_panels(sweep):
     import matplotlib.image
 

@@ -25,6 +25,7 @@ def config(tmp_path, precision="fp32", batch_size=2, **kw):
                      image_size=32, threads=torch.get_num_threads(), cache_dir=tmp_path, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("runner_cls", "precision"), [
     (EagerRunner, "fp32"),
     (EagerRunner, "bf16"),
@@ -170,7 +171,7 @@ def test_an_engine_for_another_tensorrt_is_refused_before_any_row(tmp_path, monk
     from bench.runners.tensorrt import TensorRTOptions, TensorRTRunner
     from export import tensorrt
     from export.manifest import write_manifest
-    from resnet_perf.cli import UsageError
+    from resnet_perf.util.cli import UsageError
 
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"a serialized engine")

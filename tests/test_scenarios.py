@@ -26,6 +26,7 @@ def run_rows(tmp_path, *argv):
     return code, json.loads(path.read_text())["results"]
 
 
+@pytest.mark.slow
 def test_server_holds_its_rate_and_reports_loadgen_verdict(tmp_path):
     code, (row,) = run_rows(tmp_path, "--scenario", "server", "--target-qps", "100", "--batch-size", "4",
                             "--loadgen-logs", str(tmp_path / "logs"))
@@ -42,12 +43,14 @@ def test_server_holds_its_rate_and_reports_loadgen_verdict(tmp_path):
     assert lg["log_dir"] == str(log_dir) and (log_dir / "mlperf_log_summary.txt").is_file()
 
 
+@pytest.mark.slow
 def test_a_missed_latency_bound_is_the_reason_given(tmp_path):
     _, (row,) = run_rows(tmp_path, "--scenario", "server", "--target-qps", "100", "--p99-ms", "0.01")
     assert row["loadgen"]["result"] == "INVALID" and "latency bound missed" in row["loadgen"]["reasons"]
     assert row["loadgen"]["p99_bound_ms"] == 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("scenario", "batch"), [("single-stream", 1), ("multi-stream", 4), ("offline-loadgen", 8)])
 def test_other_scenarios(tmp_path, scenario, batch):
     argv = ["--scenario", scenario] + ([] if scenario == "single-stream" else ["--batch-size", str(batch)])
@@ -60,6 +63,7 @@ def test_other_scenarios(tmp_path, scenario, batch):
         assert set(row["loadgen"]["early_stopping_estimates_ms"]) <= {"p90", "p99"}
 
 
+@pytest.mark.slow
 def test_offline_loadgen_keeps_the_rows_streams_in_flight(tmp_path, monkeypatch):
     """LoadGen's Offline scenario hands each batch to a free stream: with two streams, two batches
     are in flight at once."""
@@ -101,6 +105,7 @@ def test_default_streams_follow_the_scenario():
     assert streams("--scenario", "server", "--target-qps", "10") == (1,)
 
 
+@pytest.mark.slow
 def test_find_max_qps_confirms_its_rate(tmp_path):
     code, (row,) = run_rows(tmp_path, "--scenario", "server", "--find-max-qps", "--p99-ms", "200", "--batch-size", "8")
     assert row["status"] == "ok"

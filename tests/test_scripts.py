@@ -46,7 +46,7 @@ def test_a_stop_signal_unwinds_a_script_and_its_temporary_folders(capsys, tmp_pa
     import signal
     import tempfile
 
-    from resnet_perf.cli import script as run_script
+    from resnet_perf.util.cli import script as run_script
 
     made = []
 

@@ -95,6 +95,7 @@ def served(tmp_path_factory):
     assert not leftovers(servers), "tritonserver outlived bench serve"
 
 
+@pytest.mark.slow
 def test_local_server_row_has_parity_and_the_servers_split(capsys, tmp_path):
     before = stubs()
     code, (row,), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4")
@@ -114,6 +115,7 @@ def test_local_server_row_has_parity_and_the_servers_split(capsys, tmp_path):
     assert not tritonservers(os.getpid()) and stubs() <= before, "the row's server outlived it"
 
 
+@pytest.mark.slow
 def test_streams_are_concurrent_requests_and_the_local_server_runs_as_many_instances(capsys, tmp_path):
     code, (row,), err = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
                                   "--streams", "2")
@@ -130,6 +132,7 @@ def test_streams_are_concurrent_requests_and_the_local_server_runs_as_many_insta
     assert s["server"]["mean_batch"] == 4 and s["server"]["failed"] == 0
 
 
+@pytest.mark.slow
 def test_server_scenario_sends_single_requests_the_server_batches(capsys, tmp_path):
     code, (row,), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--scenario", "server",
                                 "--target-qps", "60", "--duration", "2", "--max-batch", "4")
@@ -142,6 +145,7 @@ def test_server_scenario_sends_single_requests_the_server_batches(capsys, tmp_pa
     assert row["loadgen"]["result"] in ("VALID", "INVALID") and row["achieved_qps"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_remote_server_over_both_protocols(capsys, tmp_path, served, protocol):
     code, (row,), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server", "--batch-size", "4",
@@ -152,6 +156,7 @@ def test_remote_server_over_both_protocols(capsys, tmp_path, served, protocol):
     assert s["direct_ms"] is None and s["requests"] == s["server"]["requests"] == row["iters"]
 
 
+@pytest.mark.slow
 def test_remote_server_under_loadgen(capsys, tmp_path, served):
     code, (remote, direct), _ = bench_rows(capsys, tmp_path, *SMALL, "--backend", "triton-server,onnxruntime",
                                           "--server-url", served["grpc"], "--server-model", "r18",
@@ -164,6 +169,7 @@ def test_remote_server_under_loadgen(capsys, tmp_path, served):
     assert direct["status"] == "ok" and direct["serving"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("scenario", "batch", "per_request"), [("single-stream", [], 1),
                                                                 ("multi-stream", ["--batch-size", "4"], 4)])
 def test_stream_scenarios_through_a_remote_server(capsys, tmp_path, served, scenario, batch, per_request):
@@ -274,6 +280,7 @@ def wait_until_serving(server: int) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_run_fails_its_row_and_keeps_the_others(capsys, tmp_path):
     killed, before = [], stubs()
 
@@ -298,6 +305,7 @@ def test_a_server_killed_mid_run_fails_its_row_and_keeps_the_others(capsys, tmp_
     assert not leftovers(killed) and stubs() <= before
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_local_server(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "bench", *SMALL, "--backend", "triton-server", "--scenario", "server",

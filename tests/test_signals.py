@@ -48,10 +48,13 @@ def signalled(monkeypatch):
     return arm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_end_the_run_like_ctrl_c(capsys, tmp_path, signalled, signum):
     signalled(signum, at=2)
     json_path = tmp_path / "run.json"
+    # As this process had them (a shell that starts it in the background ignores SIGINT; nohup, SIGHUP).
+    handlers = signal.getsignal(signum), signal.getsignal(signal.SIGINT)
     code = cli.main([*RUN, "--backend", "signalled", "--batch-size", "1,2,3", "--json", str(json_path)])
     out, err = capsys.readouterr()
     name = signal.Signals(signum).name
@@ -60,9 +63,10 @@ def test_sigterm_and_sighup_end_the_run_like_ctrl_c(capsys, tmp_path, signalled,
                    f"(--resume {json_path} runs the rest)\n")
     assert [r["batch_size"] for r in json.loads(json_path.read_text())["results"]] == [1]
     assert "resnet18" in out  # the table of the finished rows is still printed
-    assert signal.getsignal(signum) is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (signal.getsignal(signum), signal.getsignal(signal.SIGINT)) == handlers  # put back after the run
 
 
+@pytest.mark.slow
 def test_a_stop_before_the_first_row_names_no_file(capsys, tmp_path, signalled):
     signalled(signal.SIGTERM, at=1)
     json_path = tmp_path / "run.json"
@@ -71,6 +75,7 @@ def test_a_stop_before_the_first_row_names_no_file(capsys, tmp_path, signalled):
     assert capsys.readouterr().err == "python -m bench: interrupted by SIGTERM after 0 row(s)\n"
 
 
+@pytest.mark.slow
 def test_a_stop_before_the_first_row_of_a_resumed_run_names_the_file_it_kept(capsys, tmp_path, signalled, monkeypatch):
     json_path = tmp_path / "run.json"
     assert cli.main([*RUN, "--backend", "eager", "--batch-size", "1", "--json", str(json_path)]) == 0
@@ -107,6 +112,7 @@ def start(*argv: str) -> subprocess.Popen:
                             env={**os.environ, "TRITON_INTERPRET": "0"})
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_real_run_keeps_its_rows(tmp_path):
     json_path = tmp_path / "run.json"
     process = start("-m", "bench", *RUN, "--backend", "eager", "--batch-size", "1,2,4,8,16,32,64,128",
@@ -138,6 +144,7 @@ def test_a_stop_during_start_up_exits_quietly(tmp_path, module, signum):
     assert not list(Path(tmp_path).rglob("*.onnx"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mlperf_loadgen") is None, reason="MLPerf LoadGen is not installed")
 def test_sigterm_during_a_loadgen_run_ends_it_within_seconds(tmp_path):
     """Raised in LoadGen's frames, the stop crashed the process (SIGSEGV); deferred to the run's end,

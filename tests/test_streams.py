@@ -14,7 +14,7 @@ import bench.__main__ as cli
 from bench.compare import per_batch_ms
 from bench.record import SCHEMA, Row, load, row_key, rows_from_json
 from bench.runners import packages
-from resnet_perf.cli import UsageError
+from resnet_perf.util.cli import UsageError
 
 SMALL = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--warmup", "1", "--iters", "3",
          "--device", "cpu"]
@@ -27,6 +27,7 @@ def run(capsys, tmp_path, *argv) -> tuple[int, list[dict], str]:
     return code, json.loads(path.read_text())["results"], out
 
 
+@pytest.mark.slow
 def test_the_default_run_has_a_latency_row_and_a_throughput_row_per_backend(capsys, tmp_path):
     code, rows, out = run(capsys, tmp_path, "--backend", "eager,onnxruntime")
     assert code == 0
@@ -49,6 +50,7 @@ def test_the_default_run_has_a_latency_row_and_a_throughput_row_per_backend(caps
     assert " (auto)" in out and "best throughput (resnet18, parity passing): " in out
 
 
+@pytest.mark.slow
 def test_fixed_streams_run_that_many_threads_with_the_intra_op_threads_split(capsys, tmp_path):
     code, rows, _ = run(capsys, tmp_path, "--backend", "eager", "--streams", "2", "--threads", "2")
     assert code == 0
@@ -105,6 +107,7 @@ def test_compare_matches_rows_by_streams_asked_and_judges_throughput(capsys, tmp
     assert per_batch_ms(Row(**record(latency=18.0, streams=2))).mean() == pytest.approx(18.0 * 1.01 / 2)
 
 
+@pytest.mark.slow
 def test_resume_keeps_an_old_files_rows_as_the_one_stream_rows(capsys, tmp_path):
     import bench.env as bench_env
 
@@ -118,6 +121,7 @@ def test_resume_keeps_an_old_files_rows_as_the_one_stream_rows(capsys, tmp_path)
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_the_table_names_the_fast_precisions_a_fp32_run_left_out(capsys, tmp_path, monkeypatch):
     amx = {"avx2": True, "avx512f": True, "avx_vnni": True, "avx512_vnni": True, "avx512_bf16": True,
            "amx_bf16": True, "amx_int8": True}

@@ -26,8 +26,8 @@ import torch
 from bench.costs import clocks, peak
 from bench.costs.energy import NvmlEnergy, Rapl
 from bench.costs.memory import HostMemory, NvmlMemory, TorchCudaMemory
-from resnet_perf.cli import one_line
-from resnet_perf.cpu import usable_cores
+from resnet_perf.util.cli import one_line
+from resnet_perf.util.cpu import usable_cores
 
 SAMPLE_S = 0.02
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench import timing
-from resnet_perf.cli import one_line
+from resnet_perf.util.cli import one_line
 
 SIZES = (256, 512, 1024, 2048, 4096, 8192)
 CALL_MS = 20.0  # the smallest size whose call takes this long is big enough to reach the peak

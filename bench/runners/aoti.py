@@ -23,7 +23,7 @@ from bench.runners.base import RunContext, TorchRunner
 from export import aoti
 from export.manifest import ManifestError, cached, load_manifest
 from export.onnx import BatchRange
-from resnet_perf.cli import UsageError
+from resnet_perf.util.cli import UsageError
 
 # Measured with torch 2.13 (a Python thread spinning beside a 485 ms call stalled 479 ms): the loaded
 # package's Python call holds the GIL throughout, so calls from several threads run one at a time.

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from bench.streams import CudaStreams, Lane, Streams, ThreadedStreams, threads_each
 from export.quantize import Calibration
-from resnet_perf.cpu import native_bf16
 from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.cpu import native_bf16
 
 if TYPE_CHECKING:
     from bench.layers.profile import LayerProfile

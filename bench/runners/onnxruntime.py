@@ -28,8 +28,8 @@ from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import Runner
 from bench.streams import Lane, threads_each
 from export.onnx import INPUT_NAME, OUTPUT_NAME
-from resnet_perf.atomic import write_text
 from resnet_perf.precision import PRECISIONS
+from resnet_perf.util.atomic import write_text
 
 
 def available_providers() -> list[str]:

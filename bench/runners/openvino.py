@@ -51,8 +51,8 @@ from export.manifest import cached, load_manifest
 from export.onnx import BatchRange
 from export.openvino_ir import PRESET, convert_ir, weights_path
 from export.openvino_ir import versions as ir_versions
-from resnet_perf.atomic import write_text
-from resnet_perf.cli import UsageError, list_of
+from resnet_perf.util.atomic import write_text
+from resnet_perf.util.cli import UsageError, list_of
 
 # OpenVINO's name for each precision a row may run in, as its runtime graph reports it.
 RUNTIME_PRECISIONS = {"fp32": ("f32",), "bf16": ("bf16",), "int8": ("u8", "i8")}

@@ -30,8 +30,8 @@ from bench.streams import Lane
 from export import tensorrt
 from export.manifest import ManifestError, cached, check_engine_target, load_manifest, sha256_file
 from export.onnx import BatchRange
-from resnet_perf.atomic import write_text
-from resnet_perf.cli import UsageError
+from resnet_perf.util.atomic import write_text
+from resnet_perf.util.cli import UsageError
 
 
 @dataclass(frozen=True)

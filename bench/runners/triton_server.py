@@ -31,9 +31,9 @@ from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
 from bench.serving import local
 from bench.serving.client import Endpoint, ModelInterface, ServerError, TritonClient
 from bench.streams import Completion, Done, Streams
-from resnet_perf.cli import UsageError, one_line
 from resnet_perf.parity import cycled
 from resnet_perf.precision import PRECISIONS, by_triton
+from resnet_perf.util.cli import UsageError, one_line
 
 
 @dataclass(frozen=True)

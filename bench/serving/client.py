@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from resnet_perf.cli import one_line
 from resnet_perf.precision import by_dtype
+from resnet_perf.util.cli import one_line
 
 # A request that has not come back after this long is failed: a dead server must not hang a run.
 REQUEST_TIMEOUT_S = 60.0

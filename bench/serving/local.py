@@ -32,8 +32,8 @@ import torch
 from bench.serving.client import Endpoint
 from bench.streams import threads_each
 from export.onnx import INPUT_NAME, OUTPUT_NAME
-from resnet_perf.cli import one_line
 from resnet_perf.parity import cycled
+from resnet_perf.util.cli import one_line
 
 if TYPE_CHECKING:  # bench.runners imports this module: a runtime import back would be a cycle
     from bench.runners.base import Runner

@@ -10,32 +10,25 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import resnet_perf
-from bench.runners import RUNNERS, RunConfig
-from bench.runners.triton_server import hostable
+from bench.runners.base import RunConfig
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS
-from bench.serving.local import LocalServer, missing_reason
-from export import triton_repo
-from resnet_perf.cli import (
-    UsageError,
-    check_choices,
-    check_directory,
-    default_cache_dir,
-    non_negative_float,
-    one_line,
-    positive_int,
-    resolve_device,
-    rng_seed,
-)
+from bench.serving.local import LocalServer
+from resnet_perf.util.cli import default_cache_dir, non_negative_float, one_line, positive_int, rng_seed
+
+if TYPE_CHECKING:
+    from bench.runners.base import Runner
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, hostable: list[str]) -> None:
     p.add_argument("--model", default="resnet50", help=f"{'|'.join(resnet_perf.MODEL_NAMES)} (default resnet50)")
-    p.add_argument("--backend", default="onnxruntime", help=f"the backend served: {', '.join(hostable(RUNNERS))}")
+    p.add_argument("--backend", default="onnxruntime", help=f"the backend served: {', '.join(hostable)}")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16, as the backend supports")
     p.add_argument("--image-size", type=positive_int, default=224)
@@ -49,37 +42,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=str(default_cache_dir()))
 
 
-def serve(*, model: str, backend: str, device: str, precision: str, image_size: int, max_batch: int,
-          max_queue_delay_ms: float, weights: str | None, seed: int, threads: int | None, name: str | None,
-          cache_dir: str) -> int:
-    """Serve ``backend`` until Ctrl-C or SIGTERM (exit 0), or until the server dies (exit 1). Bad
-    input raises UsageError (or WeightsError) before anything starts."""
-    check_choices("--model", model, resnet_perf.MODEL_NAMES)
-    if name is not None and not triton_repo.usable_name(name):
-        raise UsageError(f"--name {name!r}: not a usable model name")
-    check_choices("--backend", backend, hostable(RUNNERS))
-    where = resolve_device(device)
-    runner_cls = RUNNERS[backend]
-    reason = missing_reason() or runner_cls.unavailable_reason(where)
-    if reason:
-        raise UsageError(f"cannot serve {backend} on {where}: {reason}")
-    precisions = [p for p in runner_cls.precisions(where) if p != "int8"]
-    if precision not in precisions:
-        raise UsageError(f"--precision {precision}: {backend} on {where.type} serves {', '.join(precisions)}")
-    check_directory("--cache-dir", cache_dir)
-    reference = resnet_perf.build_model(model, weights=weights, image_size=image_size, seed=seed)
+@dataclass(frozen=True)
+class Served:
+    """What ``bench serve`` serves, resolved and checked as a run's backends are (bench/__main__.py)."""
+    model: str
+    runner: type[Runner]
+    options: Any  # the backend's own, from its flags (Runner.resolve_options)
+    device: torch.device
+    precision: str
+    image_size: int
+    max_batch: int
+    max_queue_delay_ms: float
+    weights: str | None
+    seed: int
+    threads: int
+    name: str  # the model's name on the server
+    cache_dir: Path
 
-    threads = threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    config = RunConfig(f"{model}-{resnet_perf.weights_digest(reference)[:12]}", where, precision, max_batch,
-                       image_size, threads, Path(cache_dir))
-    runner = runner_cls(reference, config)
-    server = LocalServer(runner, name or model, max_queue_delay_ms)
+
+def serve(served: Served) -> int:
+    """Serve until Ctrl-C or SIGTERM (exit 0), or until the server dies (exit 1). Weights that do
+    not load raise WeightsError before anything starts."""
+    reference = resnet_perf.build_model(served.model, weights=served.weights, image_size=served.image_size,
+                                        seed=served.seed)
+    torch.set_num_threads(served.threads)
+    config = RunConfig(f"{served.model}-{resnet_perf.weights_digest(reference)[:12]}", served.device, served.precision,
+                       served.max_batch, served.image_size, served.threads, served.cache_dir, options=served.options)
+    runner = served.runner(reference, config)
+    server = LocalServer(runner, served.name, served.max_queue_delay_ms)
     try:
         runner.prepare()
         server.start()
-        print(f"serving {server.name} ({backend}, {precision}, {where}, max batch {max_batch}) at "
-              f"{server.grpc.url} and {server.http.url}; Ctrl-C stops it", flush=True)
+        print(f"serving {server.name} ({runner.name}, {served.precision}, {served.device}, max batch "
+              f"{served.max_batch}) at {server.grpc.url} and {server.http.url}; Ctrl-C stops it", flush=True)
         while server.alive():
             time.sleep(0.5)
         print(f"python -m bench serve: the server stopped: {server.log_tail() or 'no error in its log'}", file=sys.stderr)

@@ -50,6 +50,7 @@ def results(path):
     return [(r["backend"], r["batch_size"], r["status"]) for r in json.loads(path.read_text())["results"]]
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_every_finished_row_and_resume_runs_the_rest(capsys, tmp_path, extra_runners, monkeypatch):
     json_path, csv_path = tmp_path / "run.json", tmp_path / "run.csv"
     code = cli.main([*SMALL, "--backend", "eager,interrupted", "--batch-size", "1,2", "--json", str(json_path),
@@ -72,6 +73,7 @@ def test_ctrl_c_keeps_every_finished_row_and_resume_runs_the_rest(capsys, tmp_pa
                                   ("interrupted", 2, "ok")]
 
 
+@pytest.mark.slow
 def test_resume_runs_a_failed_row_again(tmp_path, monkeypatch):
     """A row that failed (a one-off full disk, a crashed runtime) is run again, not kept failed."""
     path = tmp_path / "run.json"
@@ -86,6 +88,7 @@ def test_resume_runs_a_failed_row_again(tmp_path, monkeypatch):
     assert results(path) == [("eager", 1, "ok"), ("eager", 2, "ok")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("flags", "key"), [(["--seed", "5"], "seed"), (["--iters", "4"], "iters"),
                                            (["--warmup", "1"], "warmup")])
 def test_resume_refuses_rows_measured_with_other_settings(capsys, tmp_path, flags, key):
@@ -99,6 +102,7 @@ def test_resume_refuses_rows_measured_with_other_settings(capsys, tmp_path, flag
     assert err.count("\n") == 1 and f"--resume {path} was measured with {key} " in err
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0
@@ -113,6 +117,7 @@ def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     assert not (tmp_path / "no").exists()  # refused before any output folder is made
 
 
+@pytest.mark.slow
 def test_resume_with_a_narrower_plan_keeps_the_files_other_rows(tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1,2", "--json", str(path)]) == 0
@@ -123,6 +128,7 @@ def test_resume_with_a_narrower_plan_keeps_the_files_other_rows(tmp_path):
     assert rows[1:] == measured  # kept as they were measured
 
 
+@pytest.mark.slow
 def test_resume_of_a_file_whose_row_lacks_a_key_is_one_line(capsys, tmp_path):
     """Defect 2 of issue 15, for --resume: a KeyError traceback before."""
     path = tmp_path / "run.json"
@@ -136,6 +142,7 @@ def test_resume_of_a_file_whose_row_lacks_a_key_is_one_line(capsys, tmp_path):
     assert out == "" and err == f"python -m bench: error: --resume {path}: row 0: missing key 'scenario'\n"
 
 
+@pytest.mark.slow
 def test_repeat_reports_each_repetition(tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "2", "--repeat", "3", "--json", str(path)]) == 0
@@ -144,6 +151,7 @@ def test_repeat_reports_each_repetition(tmp_path):
     assert row["iters"] == 9 and len(row["samples_ms"]) == 9
 
 
+@pytest.mark.slow
 def test_profile_times_each_stage_where_the_backend_has_stages(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager,onnxruntime", "--batch-size", "2", "--profile", "--json", str(path),
@@ -155,6 +163,7 @@ def test_profile_times_each_stage_where_the_backend_has_stages(capsys, tmp_path)
     assert "per-stage time" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threshold", ["1e-12", "1000"])
 def test_noisy_rows_are_flagged(tmp_path, threshold):
     """The flag is the row's own cv against the threshold, whatever this machine's noise (a fast,
@@ -167,6 +176,7 @@ def test_noisy_rows_are_flagged(tmp_path, threshold):
     assert row["noisy"] is (threshold == "1e-12") or row["cv"] == 0
 
 
+@pytest.mark.slow
 def test_environment_records_what_figures_depend_on(tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0

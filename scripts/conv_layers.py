@@ -1,7 +1,7 @@
 """Per-layer micro-benchmark: our fused conv kernel against cuDNN's conv + BatchNorm (+ add) + ReLU,
 run as separate ops in eager PyTorch and fused by torch.compile, on every distinct conv of a model.
 
-    python tests/benchmarks/conv_layers.py --model resnet50 --batch-size 256 --dtype fp16,bf16 --json layers.json
+    python scripts/conv_layers.py --model resnet50 --batch-size 256 --dtype fp16,bf16 --json layers.json
 
 Each provider computes the same layer from the same tensors: the unfused ones from the conv's
 weights and BatchNorm statistics, ours from the folded weights, as each model runs it. Times come
@@ -24,9 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run as a script from a checkout, installed or not
 
 PROVIDERS = ("fused", "eager", "compile")
 

@@ -130,6 +130,7 @@ def test_unwritable_output(capsys, tmp_path, flag):
     assert code == 2 and "is a directory" in err
 
 
+@pytest.mark.slow
 def test_bad_input_from_a_real_process():
     """The same path through `python -m bench`: no traceback reaches the user."""
     proc = subprocess.run([sys.executable, "-m", "bench", "--model", "resnet51"], capture_output=True, text=True)
@@ -146,6 +147,7 @@ def test_list_backends(capsys):
     assert "onnxruntime-trt  unavailable: needs --device cuda" in out
 
 
+@pytest.mark.slow
 def test_json_and_csv_of_a_real_run(capsys, tmp_path):
     json_path, csv_path = tmp_path / "deep" / "run.json", tmp_path / "run.csv"
     code, out, _ = run_cli(capsys, *SMALL, "--backend", "eager,onnxruntime", "--json", str(json_path),
@@ -211,6 +213,7 @@ def extra_runners(monkeypatch):
         monkeypatch.setitem(RUNNERS, runner.name, runner)
 
 
+@pytest.mark.slow
 def test_parity_failure_and_runtime_failure_keep_the_other_rows(capsys, tmp_path, extra_runners):
     json_path = tmp_path / "run.json"
     code, out, _ = run_cli(capsys, *SMALL, "--backend", "broken,perturbed,eager", "--json", str(json_path))
@@ -225,6 +228,7 @@ def test_parity_failure_and_runtime_failure_keep_the_other_rows(capsys, tmp_path
     assert "FAIL" in out and "failed: RuntimeError" in out
 
 
+@pytest.mark.slow
 def test_all_skips_unsupported_precisions_with_a_reason(capsys, tmp_path):
     code, out, _ = run_cli(capsys, *SMALL, "--precision", "bf16", "--device", "cpu",
                            "--json", str(tmp_path / "r.json"), "--cache-dir", str(tmp_path / "cache"),
@@ -248,6 +252,7 @@ class OutOfMemoryRunner(EagerRunner):
         super().prepare_impl()
 
 
+@pytest.mark.slow
 def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(RUNNERS, "oom", OutOfMemoryRunner)
     json_path = tmp_path / "run.json"
@@ -262,6 +267,7 @@ def test_out_of_memory_fails_that_row_and_skips_larger_batches(capsys, tmp_path,
     ]
 
 
+@pytest.mark.slow
 def test_a_value_given_twice_in_any_list_is_measured_once(capsys, tmp_path):
     json_path = tmp_path / "run.json"
     code, _, _ = run_cli(capsys, "--model", "resnet18,resnet18", "--batch-size", "2,1,2", "--backend",
@@ -272,6 +278,7 @@ def test_a_value_given_twice_in_any_list_is_measured_once(capsys, tmp_path):
         ("resnet18", 2), ("resnet18", 1)]
 
 
+@pytest.mark.slow
 def test_a_reference_failing_on_the_second_model_fails_its_rows_and_keeps_the_first(capsys, tmp_path, monkeypatch):
     """Defect 4 of issue 15: this was a usage error (exit 2) after resnet18's rows had run, and no
     table was printed."""
@@ -341,6 +348,7 @@ class OwnFlagRunner(EagerRunner):
         return super().run_impl(inputs) * self.config.options
 
 
+@pytest.mark.slow
 def test_a_backend_brings_its_own_flags_through_the_registry(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(RUNNERS, OwnFlagRunner.name, OwnFlagRunner)
     json_path = tmp_path / "run.json"
@@ -356,3 +364,15 @@ def test_a_backend_brings_its_own_flags_through_the_registry(capsys, tmp_path, m
 def test_serve_refuses_an_empty_model_name(capsys):
     code, out, err = run_cli(capsys, "serve", "--backend", "eager", "--name", "")
     assert code == 2 and err == "python -m bench serve: error: --name '': not a usable model name\n"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--backend", "eager", "--compile-mode", "max-autotune"], "--compile-mode applies to the compile backend, not eager"),
+    (["--backend", "eager", "--precision", "int8"], "--precision int8: eager on cpu serves fp32, bf16"),
+    (["--backend", "triton-server"], "--backend 'triton-server'"),
+    (["--backend", "compile", "--compile-mode", "fast"], "--compile-mode: invalid choice: 'fast'"),
+])
+def test_serve_resolves_its_backend_as_a_run_does(capsys, argv, message):
+    """The served backend, its own flags and its precision are checked by the run's resolution."""
+    code, _, err = run_cli(capsys, "serve", "--device", "cpu", *argv)
+    assert code == 2 and err.count("\n") == 1 and message in err, err

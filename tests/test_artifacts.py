@@ -83,6 +83,7 @@ def exports(resnet18_32, fp32_cache, monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_first_prepare_caches_the_export_with_its_manifest(resnet18_32, fp32_cache):
     path = OnnxRuntimeRunner(resnet18_32, config(fp32_cache)).onnx_path()
     manifest = load_manifest(path)  # the sha256 checks out
@@ -128,6 +129,7 @@ def test_a_damaged_export_is_rebuilt_with_a_notice(resnet18_32, fp32_cache, tmp_
     assert exports == [path] and load_manifest(path)["precision"] == "fp32"  # rebuilt once, with its manifest
 
 
+@pytest.mark.slow
 def test_a_damaged_int8_model_is_quantized_again_from_the_intact_fp32_export(resnet18_32, int8_cache, tmp_path,
                                                                               capfd, exports):
     cache = cache_of(tmp_path, int8_cache)
@@ -171,6 +173,7 @@ def calibrated(resnet18_32, fp32_cache, tmp_path_factory):
     return source, folder / "int8.onnx", Path(info["calibration_cache"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [truncate, lambda path: path.write_text("[]"), other_method],
                          ids=["truncated", "not-ranges", "other-method"])
 def test_a_damaged_calibration_cache_is_computed_again(calibrated, tmp_path, capfd, damage):
