@@ -35,6 +35,7 @@ from bench import env as bench_env
 from bench.plan import Loop, Outputs, Plan
 from bench.runners import RUNNERS, RunContext, Runner, packages
 from bench.runners.triton_server import hostable
+from bench.saver import Saver
 from bench.scenarios import DEFAULT_QUEUE_DELAY_MS, SCENARIOS, ScenarioSettings
 from bench.serving import serve
 from bench.serving.local import missing_reason as local_server_missing
@@ -665,7 +666,7 @@ def run_plan(plan: Plan) -> int:
     if plan.device.type == "cuda":
         # Synchronize and CUDA events act on the current device: make it the one measured.
         torch.cuda.set_device(plan.device)
-    saver = report.Saver(plan)
+    saver = Saver(plan)
     rows, stopped = run.run_rows(plan, RUNNERS, on_row=saver)
 
     report.print_run(rows, plan, report.console())

@@ -4,6 +4,8 @@ The views of rows (the console table, Markdown, CSV) are bench.report's."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -272,3 +274,35 @@ def rows_from_json(document: dict) -> list[Row]:
             known.setdefault("quantizer", "qdq")  # files from before rows named their quantizer ran QDQ files only
         rows.append(Row(**known))
     return rows
+
+
+_CSV_LATENCY = ("mean", "p50", "p90", "p95", "p99", "p99.9", "min", "max", "std")
+_CSV_PARITY = ("max_abs", "rel_l2", "cosine", "top1_agreement", "top5_agreement", "distinct_top1", "passed")
+_CSV_COSTS = ("peak_mem_mb", "setup_peak_mem_mb", "run_peak_mem_mb", "mem_source", "host_peak_mem_mb", "runtime_load_mb", "energy_j_per_img", "mean_power_w", "energy_reason",
+              "achieved_gflops", "pct_of_peak", "peak_probe_gflops", "clock_min_mhz", "clock_mean_mhz", "throttled",
+              "cpu_cores_busy", "cpu_cores_usable")
+
+
+def to_csv(rows: list[Row]) -> str:
+    """One line per row; nested figures flattened (latency_p50_ms, parity_cosine), samples left out."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    scalar = ["model", "backend", "device", "precision", "batch_size", "streams", "streams_asked", "image_size",
+              "status", "error", "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
+    writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY),
+                     *(f"costs_{k}" for k in _CSV_COSTS), "loadgen_result", "loadgen_reasons", "loadgen_target_qps",
+                     "quantizer"])  # last, as it came last: files read by column position keep their columns
+    for row in rows:
+        record = finite(asdict(row))
+        latency = record["latency_ms"] or {}
+        parity = record["parity"] or {}
+        costs = record.get("costs") or {}
+        writer.writerow([
+            *(record[k] for k in scalar),
+            *(latency.get(k) for k in _CSV_LATENCY),
+            *(parity.get(k) for k in _CSV_PARITY),
+            *(costs.get(k) for k in _CSV_COSTS),
+            *((lg["result"], "; ".join(lg["reasons"]), lg["target_qps"]) if (lg := record["loadgen"]) else (None,) * 3),
+            record["quantizer"],
+        ])
+    return buffer.getvalue()

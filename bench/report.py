@@ -1,14 +1,11 @@
-"""Result rows, and the three views of them: a rich table, JSON and CSV, all from one list."""
+"""The views of a run's rows: the console table and what is printed below it, and the Markdown
+report (``python -m bench report``) of one or more run files."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import os
-import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.layers import table as layers
-from bench.record import Row, finite, load, row_key, rows_from_json, to_json
+from bench.record import Row, load, rows_from_json
 from resnet_perf.util.atomic import publish, staging_dir, write_text
-from resnet_perf.util.cli import UsageError, check_directory, one_line, output_file
+from resnet_perf.util.cli import UsageError, check_directory, output_file
 from resnet_perf.util.cpu import describe
 
 if TYPE_CHECKING:
@@ -36,38 +33,6 @@ def streams_cell(r: Row) -> str:
     if r.streams_asked != "auto":
         return str(r.streams)
     return "auto" if r.streams is None else f"{r.streams} (auto)"
-
-
-_CSV_LATENCY = ("mean", "p50", "p90", "p95", "p99", "p99.9", "min", "max", "std")
-_CSV_PARITY = ("max_abs", "rel_l2", "cosine", "top1_agreement", "top5_agreement", "distinct_top1", "passed")
-_CSV_COSTS = ("peak_mem_mb", "setup_peak_mem_mb", "run_peak_mem_mb", "mem_source", "host_peak_mem_mb", "runtime_load_mb", "energy_j_per_img", "mean_power_w", "energy_reason",
-              "achieved_gflops", "pct_of_peak", "peak_probe_gflops", "clock_min_mhz", "clock_mean_mhz", "throttled",
-              "cpu_cores_busy", "cpu_cores_usable")
-
-
-def to_csv(rows: list[Row]) -> str:
-    """One line per row; nested figures flattened (latency_p50_ms, parity_cosine), samples left out."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    scalar = ["model", "backend", "device", "precision", "batch_size", "streams", "streams_asked", "image_size",
-              "status", "error", "throughput_ips", "iters", "setup_s", "first_run_ms", "scenario", "achieved_qps", "host_io", "cv", "noisy", "note"]
-    writer.writerow([*scalar, *(f"latency_{k}_ms" for k in _CSV_LATENCY), *(f"parity_{k}" for k in _CSV_PARITY),
-                     *(f"costs_{k}" for k in _CSV_COSTS), "loadgen_result", "loadgen_reasons", "loadgen_target_qps",
-                     "quantizer"])  # last, as it came last: files read by column position keep their columns
-    for row in rows:
-        record = finite(asdict(row))
-        latency = record["latency_ms"] or {}
-        parity = record["parity"] or {}
-        costs = record.get("costs") or {}
-        writer.writerow([
-            *(record[k] for k in scalar),
-            *(latency.get(k) for k in _CSV_LATENCY),
-            *(parity.get(k) for k in _CSV_PARITY),
-            *(costs.get(k) for k in _CSV_COSTS),
-            *((lg["result"], "; ".join(lg["reasons"]), lg["target_qps"]) if (lg := record["loadgen"]) else (None,) * 3),
-            record["quantizer"],
-        ])
-    return buffer.getvalue()
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -323,49 +288,6 @@ def console() -> Console:
     table would then be squeezed into unreadable ellipses in every log a user keeps."""
     out = Console()
     return out if out.is_terminal and out.width >= 300 else Console(width=max(out.width, 300))
-
-
-class Saver:
-    """Writes the run's JSON and CSV, each atomically, after every row, so that a crash or Ctrl-C
-    loses no finished one. The rows of a --resume file that are not (yet) among the run's are
-    written after them: a rerun with a narrower plan never drops a measured row.
-
-    A file that cannot be written (a full disk, an I/O error) is reported in one line, once per
-    cause; the run goes on, the file keeps its last complete version (the rename never happened),
-    and ``failed`` tells main to end with exit 1."""
-
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        self.saved: dict[Path, int] = {}  # rows in each file's last complete version of this run
-        self.failed: dict[Path, str] = {}  # why each file's latest write failed
-
-    def __call__(self, rows: list[Row]) -> None:
-        named = {row_key(r) for r in rows}
-        rows = rows + [r for key, r in self.plan.resumed.items() if key not in named]
-        views = ((self.plan.outputs.json, lambda: to_json(rows, self.plan.env)),
-                 (self.plan.outputs.csv, lambda: to_csv(rows)))
-        for path, render in views:
-            if path is None:
-                continue
-            try:
-                write_text(path, render())
-            except OSError as exc:
-                cause = exc.strerror or one_line(exc)
-                if self.failed.get(path) != cause:
-                    print(f"python -m bench: could not write {path} ({cause}); the run goes on", file=sys.stderr)
-                self.failed[path] = cause
-            else:
-                self.saved[path] = len(rows)
-                self.failed.pop(path, None)
-
-    def report_failures(self) -> None:
-        """What each file that could not be written last holds."""
-        for path, cause in self.failed.items():
-            if path in self.saved:
-                held = f"it holds the {self.saved[path]} row(s) of its last complete write"
-            else:
-                held = "it was not written in this run" + (", and holds what it held before" if path.exists() else "")
-            print(f"python -m bench: the last write of {path} failed ({cause}): {held}", file=sys.stderr)
 
 
 def machine_line(env: dict) -> str:

@@ -12,7 +12,6 @@ if not torch.cuda.is_available():
 
 import resnet_perf
 
-
 # Module-scoped fixtures that take many seconds on 2 cores (a compile of every kernel config, the GPU
 # check's dry run, an exported artifact, a served model): every test using one is slow, however quick
 # its own body, or `pytest -m "not slow"` would build them anyway.

@@ -160,7 +160,8 @@ def test_json_and_csv_of_a_real_run(capsys, tmp_path):
     assert set(doc["env"]) == {"python", "platform", "cpu", "threads", "torch", "triton", "onnx", "onnxruntime",
                                "tensorrt", "gpu", "cuda", "driver",  # the contract's, then the state figures depend on
                                "cpu_governor", "cpu_cores_usable", "interop_threads", "thread_env", "gpu_state",
-                               "cpu_features", "openvino", "costs", "settings"}
+                               "cpu_features", "costs", "settings",
+                               "openvino", "nncf", "tritonclient", "pytriton"}  # and every backend's libraries
     assert doc["env"]["settings"]["weights"] == "synthetic" and doc["env"]["settings"]["seed"] == 0
     assert doc["env"]["torch"] == torch.__version__
     assert [r["backend"] for r in doc["results"]] == ["eager", "onnxruntime"]

@@ -19,8 +19,7 @@ import resnet_perf
 from bench.costs import clocks, meter, peak
 from bench.costs.energy import NvmlEnergy, Rapl
 from bench.costs.memory import HostMemory, NvmlMemory
-from bench.record import SCHEMA, load, rows_from_json
-from bench.report import to_csv
+from bench.record import SCHEMA, load, rows_from_json, to_csv
 from bench.runners import RUNNERS
 from bench.runners.eager import EagerRunner
 from resnet_perf.flops import macs_per_image

@@ -35,8 +35,8 @@ def test_the_dry_run_runs_every_step(dry_run):
         assert f"| {step} | ok |" in summary, summary
     assert "| timm-bs256 | skipped |" in summary  # timm is not installed here
     # What the suite runs already (tests/test_aot.py, tests/test_fused_conv2d.py), the dry run does not repeat.
-    assert "| warm-cache | skipped | 0 | the test suite compiles for sm_90" in summary
-    assert "| kernel-tests | skipped | 0 | the test suite runs them" in summary
+    assert "| warm-cache | skipped | 0 | `the test suite compiles for sm_90" in summary
+    assert "| kernel-tests | skipped | 0 | `the test suite runs them" in summary
 
 
 def test_the_dry_run_leaves_few_files_that_parse(dry_run):

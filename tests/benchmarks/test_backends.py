@@ -1,6 +1,7 @@
 """pytest-benchmark cases: eager vs compile vs onnxruntime on resnet18 at 64 px, batch 8.
 
-Run with ``pytest tests/benchmarks --benchmark-only`` (the default test run skips them). They time
+Run with ``pytest tests/benchmarks --benchmark-only -n 0`` (the default test run skips them; under
+xdist, which the default run uses, pytest-benchmark does not time). They time
 each runner's ``run`` with pytest-benchmark's own loop, which is also an independent check of the
 harness's figures (compare with ``python -m bench --model resnet18 --image-size 64``).
 """
