@@ -189,7 +189,7 @@ def test_a_damaged_calibration_cache_is_computed_again(calibrated, tmp_path, cap
 
 
 def test_a_damaged_cached_engine_is_rebuilt(resnet18_32, tmp_path, capfd, monkeypatch):
-    """TensorRT does not run here: its build and load are stand-ins, the cache policy is the runner's."""
+    """TensorRT does not run here: its build and load are stand-ins, the cache policy is bench.artifacts'."""
     from bench.runners.tensorrt import TensorRTRunner
     from export import tensorrt
 

@@ -9,20 +9,17 @@ says how long the load took, and the build where this run built the package.
 from __future__ import annotations
 
 import functools
-import hashlib
-import re
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bench.artifacts import cached_package, package_path
 from bench.runners.base import RunContext, TorchRunner
 from export import aoti
-from export.manifest import ManifestError, cached, load_manifest
-from export.onnx import BatchRange
+from export.manifest import ManifestError, load_manifest
 from resnet_perf.util.cli import UsageError
 
 # Measured with torch 2.13 (a Python thread spinning beside a 485 ms call stalled 479 ms): the loaded
@@ -52,34 +49,10 @@ class AotiRunner(TorchRunner):
 
     @functools.cached_property
     def package_path(self) -> Path:
-        """The package the row loads: --pt2, or the cache's for this configuration and machine
-        (named by what it is tied to, read from /proc/cpuinfo or the GPU once per row)."""
-        c = self.config
-        if "aoti" in c.artifacts:
-            return c.artifacts["aoti"]
-        built_for = aoti.target(c.device)
-        # The GPU by name; the CPU by its extensions, a digest of them (thirteen names are too long).
-        where = (re.sub(r"[^A-Za-z0-9]+", "_", built_for["gpu"]["name"]) if c.device.type == "cuda"
-                 else "isa" + hashlib.sha256(" ".join(built_for["cpu_isa"]).encode()).hexdigest()[:10])
-        return c.cache_dir / "aoti" / f"{c.artifact_stem()}-torch{torch.__version__}-{where}.pt2"
+        return package_path(self.config)
 
     def build_impl(self) -> None:
-        c = self.config
-        self.built_s = None
-        if "aoti" in c.artifacts:  # checked by check_ready
-            return
-        batch = BatchRange.static(c.batch_size)
-        fields = {"format": "aoti", "model": c.model_id, "precision": c.precision, "image_size": c.image_size,
-                  "batch": asdict(batch), "target": aoti.target(c.device), "inductor_configs": aoti.INDUCTOR_CONFIGS}
-
-        def build(path: Path) -> dict:
-            start = time.perf_counter()
-            built = aoti.build_package(self.model, path, batch=batch, image_size=c.image_size, precision=c.precision,
-                                       device=c.device)
-            self.built_s = time.perf_counter() - start
-            return built
-
-        cached(self.package_path, fields, build)
+        self.built_s = None if "aoti" in self.config.artifacts else cached_package(self.model, self.config)
 
     def prepare_impl(self) -> None:
         start = time.perf_counter()

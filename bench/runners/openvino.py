@@ -34,23 +34,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from bench.artifacts import cached_onnx, export_path
+from bench.artifacts import cached_ir, cached_onnx, export_path, ir_path
 from bench.layers.numerics import added_outputs_how
 from bench.layers.onnx_nodes import attribute, line_ends, node_lines, with_line_outputs
 from bench.layers.profile import LayerProfile, RuntimeLayer
-from bench.runners.base import RunConfig, RunContext, Runner
+from bench.runners.base import RunContext, Runner
 from bench.streams import Completion, Done, Streams
-from export.manifest import cached, load_manifest
-from export.onnx import BatchRange
-from export.openvino_ir import PRESET, convert_ir, weights_path
-from export.openvino_ir import versions as ir_versions
+from export.manifest import load_manifest
+from export.openvino_ir import weights_path
 from resnet_perf.util.atomic import write_text
 from resnet_perf.util.cli import UsageError, list_of
 
@@ -73,13 +70,6 @@ def cpu_capabilities() -> tuple[str, ...]:
     import openvino as ov
 
     return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-
-
-def ir_path(config: RunConfig) -> Path:
-    """Where the cache keeps the NNCF-quantized IR for ``config`` (beside the ONNX exports)."""
-    versions = ir_versions()
-    stem = f"{config.artifact_stem()}-nncf{versions['nncf']}-ov{versions['openvino']}-torch{torch.__version__}"
-    return config.cache_dir / "openvino" / f"{stem}.xml"
 
 
 class OpenVINORunner(Runner):
@@ -160,12 +150,7 @@ class OpenVINORunner(Runner):
         if path.suffix == ".onnx":
             cached_onnx(self.model, c, "int8" if c.precision == "int8" else "fp32")
         elif path != c.artifacts.get("openvino"):  # a given --ir was checked when the run was resolved
-            batch = BatchRange.static(c.batch_size)
-            fields = {"format": "openvino", "model": c.model_id, "precision": "int8", "image_size": c.image_size,
-                      "batch": asdict(batch), "calibration": c.calibration.key(), "versions": ir_versions(),
-                      "nncf_preset": PRESET}
-            source = cached_onnx(self.model, c, "fp32")
-            cached(ir_path(c), fields, lambda xml: convert_ir(source, xml, batch, c.calibration))
+            cached_ir(self.model, c)
         self.quantization = load_manifest(path).get("quantization") if c.precision == "int8" else None
 
     def _compile(self, profiling: bool = False, model: Any = None) -> Any:

@@ -15,20 +15,21 @@ import json
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bench.artifacts import cached_engine, engine_path
 from bench.layers.numerics import added_outputs_how
 from bench.layers.onnx_nodes import attribute, line_reads, node_lines
 from bench.layers.profile import LayerProfile, RuntimeLayer, mean_wall_ms
 from bench.runners.base import RunContext, Runner
 from bench.streams import Lane
 from export import tensorrt
-from export.manifest import ManifestError, cached, check_engine_target, load_manifest, sha256_file
+from export.manifest import ManifestError, check_engine_target, load_manifest, sha256_file
 from export.onnx import BatchRange
 from resnet_perf.util.atomic import write_text
 from resnet_perf.util.cli import UsageError
@@ -76,11 +77,7 @@ class TensorRTRunner(Runner):
                 raise UsageError(f"--engine {exc}") from None
 
     def plan_path(self) -> Path:
-        c = self.config
-        if "tensorrt" in c.artifacts:
-            return c.artifacts["tensorrt"]
-        gpu = re.sub(r"[^A-Za-z0-9]+", "_", tensorrt.gpu_target(c.device)["name"])
-        return c.cache_dir / "tensorrt" / f"{c.artifact_stem()}-trt{tensorrt.version()}-{gpu}.plan"
+        return engine_path(self.config)
 
     def _settings(self) -> tensorrt.BuildSettings:
         c = self.config
@@ -88,16 +85,8 @@ class TensorRTRunner(Runner):
                                       timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
 
     def build_impl(self) -> None:
-        c = self.config
-        if "tensorrt" not in c.artifacts:  # a given --engine was checked by check_ready already
-            settings = self._settings()
-            fields = {"format": "tensorrt", "model": c.model_id, "precision": c.precision, "image_size": c.image_size,
-                      "batch": asdict(settings.batch)}
-            if c.precision == "int8":
-                fields["calibration"] = c.calibration.key()
-            cached(self.plan_path(), fields, lambda plan: tensorrt.export_engine(
-                self.model, plan, settings, c.device, calibration=c.calibration,
-                calibration_cache=c.cache_dir / "calibration"))
+        if "tensorrt" not in self.config.artifacts:  # a given --engine was checked by check_ready already
+            cached_engine(self.model, self.config, self._settings())
 
     def prepare_impl(self) -> None:
         c = self.config
