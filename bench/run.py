@@ -486,26 +486,28 @@ def rank_int8_layers(plan: Plan, rows: list[Row], references: References) -> Non
                     and r.sensitivity is None]
         if not measured:
             continue
-        settings = {"image_size": plan.image_size, "batch": plan.batch_sizes[0], "cache_dir": plan.cache_dir / "calibration"}
-        try:
-            reference = references(name)
-            calibration = references.calibration(name)
-            analysis = sensitivity.analyse(reference.model, calibration, reference.inputs, reference.logits, **settings)
-        except Exception as exc:  # noqa: BLE001 - the rows keep their figures without the ranking
-            analysis = {"error": one_line(exc)}
-        bisected: dict[tuple[str, ...], dict] = {}
-        for row in measured:
-            row.sensitivity = analysis
-            lines = failing_lines(row)
-            if "error" in analysis or not lines:
-                continue
-            if lines not in bisected:
-                try:
-                    bisected[lines] = sensitivity.keep_fp_from_lines(reference.model, calibration, reference.inputs,
-                                                                     reference.logits, list(lines), **settings)
-                except Exception as exc:  # noqa: BLE001 - the ranking stands without the bisection
-                    bisected[lines] = {"error": one_line(exc)}
-            row.sensitivity = {**analysis, "from_lines": bisected[lines]}
+        with contextlib.ExitStack() as folder:
+            try:
+                reference = references(name)
+                # One export of the model serves the ranking and the bisections.
+                quantized = folder.enter_context(sensitivity.requantized(
+                    reference.model, references.calibration(name), reference.inputs, reference.logits,
+                    image_size=plan.image_size, batch=plan.batch_sizes[0], cache_dir=plan.cache_dir / "calibration"))
+                analysis = sensitivity.analyse(quantized)
+            except Exception as exc:  # noqa: BLE001 - the rows keep their figures without the ranking
+                analysis = {"error": one_line(exc)}
+            bisected: dict[tuple[str, ...], dict] = {}
+            for row in measured:
+                row.sensitivity = analysis
+                lines = failing_lines(row)
+                if "error" in analysis or not lines:
+                    continue
+                if lines not in bisected:
+                    try:
+                        bisected[lines] = sensitivity.keep_fp_from_lines(quantized, list(lines))
+                    except Exception as exc:  # noqa: BLE001 - the ranking stands without the bisection
+                        bisected[lines] = {"error": one_line(exc)}
+                row.sensitivity = {**analysis, "from_lines": bisected[lines]}
 
 
 def failing_lines(row: Row) -> tuple[str, ...]:

@@ -14,7 +14,9 @@ layers to keep in fp32 for it to pass, found by bisection from the first line ou
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -52,11 +54,12 @@ FIGURES = ("rel_l2", "cosine", "top1_agreement", "top5_agreement")
 
 class Requantized:
     """One fp32 export of the model (in ``tmp``), quantized again with a given set of layers kept
-    in fp32 and judged on the parity inputs against the fp32 logits."""
+    in fp32 and judged on ``inputs`` against ``reference`` (the fp32 logits). The ranking and the
+    bisection below share one."""
 
     def __init__(self, model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor, tmp: Path, *,
                  image_size: int, batch: int, cache_dir: Path | None):
-        self.calibration, self.inputs, self.reference, self.batch = calibration, inputs, reference, batch
+        self.calibration, self.inputs, self.reference, self.batch, self.tmp = calibration, inputs, reference, batch, tmp
         self.cache_dir = cache_dir or tmp / "calibration"
         self.source = export_onnx(model, tmp / "fp32.onnx", batch=BatchRange.static(batch), image_size=image_size)
         self.layers = layer_names(self.source)  # {ONNX node: the PyTorch module it computes}
@@ -70,79 +73,79 @@ class Requantized:
         return parity.compare(self.reference, parity.predict(cpu_session(self.path), self.inputs, self.batch), "int8")
 
 
-def analyse(model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor, *, image_size: int,
-            batch: int = 8, cache_dir: Path | None = None) -> dict:
-    """Per-layer sensitivity of ``model`` to INT8 with ``calibration``, judged on ``inputs`` against
-    ``reference`` (the fp32 logits): the int8 model's parity figures, and per layer the figures with
-    that layer kept in fp32, ranked by how much that helps."""
+@contextlib.contextmanager
+def requantized(model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor, *, image_size: int,
+                batch: int = 8, cache_dir: Path | None = None) -> Iterator[Requantized]:
+    """A Requantized of ``model`` with ``calibration``, in a temporary folder removed after."""
+    with tempfile.TemporaryDirectory(prefix="resnet-perf-sensitivity-") as tmp:
+        yield Requantized(model, calibration, inputs, reference, Path(tmp), image_size=image_size, batch=batch,
+                          cache_dir=cache_dir)
+
+
+def analyse(quantized: Requantized) -> dict:
+    """Per-layer sensitivity of the model to INT8: the int8 model's parity figures, and per layer
+    the figures with that layer kept in fp32, ranked by how much that helps."""
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="resnet-perf-sensitivity-") as tmp_name:
-        tmp = Path(tmp_name)
-        quantized = Requantized(model, calibration, inputs, reference, tmp, image_size=image_size, batch=batch,
-                                cache_dir=cache_dir)
-        layers = quantized.layers
-        graph = onnx.load(str(quantized.source), load_external_data=False).graph
-        # A layer's quantized output is its ReLU's, where one follows (onnxruntime fuses the pair).
-        relu_of = {node.input[0]: node.output[0] for node in graph.node if node.op_type == "Relu"}
-        outputs = {node.name: relu_of.get(node.output[0], node.output[0]) for node in graph.node if node.name in layers}
-        weights = {node.name: node.input[1] for node in graph.node if node.name in layers}
+    layers, keep_fp = quantized.layers, quantized.calibration.keep_fp
+    graph = onnx.load(str(quantized.source), load_external_data=False).graph
+    # A layer's quantized output is its ReLU's, where one follows (onnxruntime fuses the pair).
+    relu_of = {node.input[0]: node.output[0] for node in graph.node if node.op_type == "Relu"}
+    outputs = {node.name: relu_of.get(node.output[0], node.output[0]) for node in graph.node if node.name in layers}
+    weights = {node.name: node.input[1] for node in graph.node if node.name in layers}
 
-        whole = quantized.figures(())
-        weight_sqnr, activation_sqnr = _sqnr(quantized.source, quantized.path, inputs, batch, tmp)
-        table = []
-        for node, layer in layers.items():
-            if layer in calibration.keep_fp:
-                continue
-            without = quantized.figures((layer,))
-            errors = activation_sqnr.get(outputs[node], {})
-            table.append({
-                "layer": layer,
-                "weight_sqnr_db": weight_sqnr.get(weights[node]),
-                # The int8 model's output of this layer against the fp32 model's: the error up to here.
-                # (onnxruntime's other figure, qdq_err, compares a tensor before and after its own
-                # Q/DQ, which is meaningless where the ReLU was folded into the uint8 range.)
-                "output_vs_fp32_sqnr_db": errors.get("xmodel_err"),
-                "kept_fp32": {k: without[k] for k in FIGURES},
-                "rel_l2_gain": whole["rel_l2"] - without["rel_l2"],
-            })
+    whole = quantized.figures(())
+    weight_sqnr, activation_sqnr = _sqnr(quantized.source, quantized.path, quantized.inputs, quantized.batch,
+                                         quantized.tmp)
+    table = []
+    for node, layer in layers.items():
+        if layer in keep_fp:
+            continue
+        without = quantized.figures((layer,))
+        errors = activation_sqnr.get(outputs[node], {})
+        table.append({
+            "layer": layer,
+            "weight_sqnr_db": weight_sqnr.get(weights[node]),
+            # The int8 model's output of this layer against the fp32 model's: the error up to here.
+            # (onnxruntime's other figure, qdq_err, compares a tensor before and after its own
+            # Q/DQ, which is meaningless where the ReLU was folded into the uint8 range.)
+            "output_vs_fp32_sqnr_db": errors.get("xmodel_err"),
+            "kept_fp32": {k: without[k] for k in FIGURES},
+            "rel_l2_gain": whole["rel_l2"] - without["rel_l2"],
+        })
     table.sort(key=lambda row: row["rel_l2_gain"], reverse=True)
     return {"int8": {k: whole[k] for k in FIGURES}, "layers": table}
 
 
-def keep_fp_from_lines(model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor,
-                       lines: list[str], *, image_size: int, batch: int = 8, cache_dir: Path | None = None) -> dict:
+def keep_fp_from_lines(quantized: Requantized, lines: list[str]) -> dict:
     """For an int8 model that fails parity: the fewest layers to keep in fp32 for it to pass, taken
     in model order from ``lines`` (the row's lines from where its error shows on). Keeping
     the first ``n`` of them is bisected on ``n``, assuming that keeping more never hurts (as
     Polygraphy's ``debug precision`` bisects TensorRT's layers): about log2 of their number in
     quantizations. Lines that are no quantized layer (the pools) are passed over."""
-    with tempfile.TemporaryDirectory(prefix="resnet-perf-bisect-") as tmp_name:
-        quantized = Requantized(model, calibration, inputs, reference, Path(tmp_name), image_size=image_size,
-                                batch=batch, cache_dir=cache_dir)
-        layers = set(quantized.layers.values())
-        candidates = [line for line in lines if line in layers and line not in calibration.keep_fp]
-        tried: list[dict] = []
+    layers, keep_fp = set(quantized.layers.values()), quantized.calibration.keep_fp
+    candidates = [line for line in lines if line in layers and line not in keep_fp]
+    tried: list[dict] = []
 
-        def passes(n: int) -> bool:
-            figures = quantized.figures(tuple(candidates[:n]))
-            tried.append({"kept": n, "passed": figures["passed"], **{k: figures[k] for k in FIGURES}})
-            return figures["passed"]
+    def passes(n: int) -> bool:
+        figures = quantized.figures(tuple(candidates[:n]))
+        tried.append({"kept": n, "passed": figures["passed"], **{k: figures[k] for k in FIGURES}})
+        return figures["passed"]
 
-        found = {"from_line": lines[0] if lines else None, "candidates": len(candidates), "tried": tried}
-        if not candidates or not passes(len(candidates)):
-            return {**found, "keep_fp": None,
-                    "why": "keeping every quantized layer from that line on in fp32 does not pass: the error enters "
-                           "before it, or outside the layers --keep-fp can keep"}
-        low, high = 0, len(candidates)  # the smallest n that passes lies in [low, high]; ``high`` does
-        while low < high:
-            middle = (low + high) // 2
-            if passes(middle):
-                high = middle
-            else:
-                low = middle + 1
+    found = {"from_line": lines[0] if lines else None, "candidates": len(candidates), "tried": tried}
+    if not candidates or not passes(len(candidates)):
+        return {**found, "keep_fp": None,
+                "why": "keeping every quantized layer from that line on in fp32 does not pass: the error enters "
+                       "before it, or outside the layers --keep-fp can keep"}
+    low, high = 0, len(candidates)  # the smallest n that passes lies in [low, high]; ``high`` does
+    while low < high:
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle + 1
     figures = next(t for t in reversed(tried) if t["kept"] == low)
     if low == 0:
         return {**found, "keep_fp": None, "figures": figures,
                 "why": "onnxruntime's CPU session passes with no layer kept: the row's failure is its own runtime's"}
-    return {**found, "keep_fp": [*calibration.keep_fp, *candidates[:low]], "figures": figures}
+    return {**found, "keep_fp": [*keep_fp, *candidates[:low]], "figures": figures}

@@ -330,7 +330,7 @@ def failures(record: dict, arch: int = 90) -> list[str]:
     return found
 
 
-# --- command line ---------------------------------------------------------------------------------
+# --- reports: what python -m resnet_perf.aot prints, and reads back with --peaks-of ------------------
 def records_table(records: list[dict]):
     from rich.table import Table
 

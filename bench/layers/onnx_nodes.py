@@ -136,6 +136,11 @@ def line_ends(path: str | os.PathLike, model: nn.Module) -> dict[str, str]:
     return _line_ends(onnx.load(str(path), load_external_data=False).graph, model)
 
 
+def _reader(tensor: str, op_type: str, consumers: dict[str, list[onnx.NodeProto]]) -> onnx.NodeProto | None:
+    """The first node of ``op_type`` that reads ``tensor``, if any."""
+    return next((c for c in consumers.get(tensor, []) if c.op_type == op_type), None)
+
+
 def line_reads(path: str | os.PathLike, model: nn.Module) -> tuple[dict[str, str], bool]:
     """Each line's end in the ONNX file at ``path`` as the next layer reads it: the end itself, or,
     where the graph quantizes it, the output of its own DequantizeLinear after the Quantize (for a
@@ -145,9 +150,8 @@ def line_reads(path: str | os.PathLike, model: nn.Module) -> tuple[dict[str, str
     consumers = _consumers(graph)
     reads, requantized = {}, False
     for line, tensor in _line_ends(graph, model).items():
-        quantize = next((c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"), None)
-        dequantize = None if quantize is None else next(
-            (c for c in consumers.get(quantize.output[0], []) if c.op_type == "DequantizeLinear"), None)
+        quantize = _reader(tensor, "QuantizeLinear", consumers)
+        dequantize = None if quantize is None else _reader(quantize.output[0], "DequantizeLinear", consumers)
         if dequantize is not None:
             tensor, requantized = dequantize.output[0], True
         reads[line] = tensor
@@ -167,7 +171,7 @@ def with_line_outputs(path: str | os.PathLike, model: nn.Module) -> tuple[bytes,
     outputs = {o.name for o in graph.output}
     names, requantized = {}, False
     for line, tensor in _line_ends(graph, model).items():
-        quantize = next((c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"), None)
+        quantize = _reader(tensor, "QuantizeLinear", consumers)
         if quantize is not None:
             dequantized = f"{tensor}/line_parity_dq"
             graph.node.append(onnx.helper.make_node("DequantizeLinear", [quantize.output[0], *quantize.input[1:]],

@@ -11,10 +11,11 @@ small batches. Requests in flight are an execution context per CUDA stream, as t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,7 @@ class TensorRTRunner(Runner):
         times.clear()  # the profiler's first run
         wall_ms = mean_wall_ms(lambda: engine(inputs), calls, c.device)
         from_inspector = engine.layer_nodes()
-        with tempfile.TemporaryDirectory(prefix="resnet-perf-") as folder:
-            source = Path(folder) / "source.onnx"
-            tensorrt.write_source_onnx(self.model, source, self._settings(), calibration=c.calibration,
-                                       calibration_cache=c.cache_dir / "calibration")
+        with self._source_onnx() as source:
             nodes = node_lines(source, self.model)
             same = sha256_file(source) == engine.manifest["tensorrt"].get("source_onnx_sha256")
         claimed = {name: from_inspector.get(name) or re.findall(r"[\w./:-]+", name) for name in times}
@@ -131,15 +129,23 @@ class TensorRTRunner(Runner):
             trace=trace,
             notes=[] if same else ["the ONNX written again differs from the engine's source: names may not match"])
 
-    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
-        """The engine's source ONNX written again, and an engine of its own built from it with each
-        line's end marked as an output (export.tensorrt.run_marked); in an int8 engine the line is
-        marked at the graph's Dequantize after its Quantize, as the next layer reads it."""
+    @contextlib.contextmanager
+    def _source_onnx(self) -> Iterator[Path]:
+        """The ONNX the row's engine is built from, written again in a temporary folder (the export
+        is deterministic: it names the same nodes and tensors)."""
         c = self.config
         with tempfile.TemporaryDirectory(prefix="resnet-perf-") as folder:
             source = Path(folder) / "source.onnx"
             tensorrt.write_source_onnx(self.model, source, self._settings(), calibration=c.calibration,
                                        calibration_cache=c.cache_dir / "calibration")
+            yield source
+
+    def line_outputs(self, inputs: Tensor) -> tuple[dict[str, Tensor], str]:
+        """The engine's source ONNX written again, and an engine of its own built from it with each
+        line's end marked as an output (export.tensorrt.run_marked); in an int8 engine the line is
+        marked at the graph's Dequantize after its Quantize, as the next layer reads it."""
+        c = self.config
+        with self._source_onnx() as source:
             reads, requantized = line_reads(source, self.model)
             marked = tensorrt.run_marked(source, tuple(dict.fromkeys(reads.values())), self._settings(), c.device, inputs)
         outputs = {line: marked[tensor].float().cpu() for line, tensor in reads.items()}

@@ -66,24 +66,23 @@ def list_of(kind):
     return parse
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str, least: int, what: str) -> int:
+    """``text`` as an integer of ``least`` or more, else an argparse error saying it is not ``what``."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of 0 or more")
-    return value
+    return _integer(text, 0, "an integer of 0 or more")
 
 
 def rng_seed(text: str) -> int:
