@@ -159,7 +159,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --profile layers: keep each row's raw trace here (torch Chrome trace, onnxruntime's "
                         "JSON, OpenVINO's counters), for Perfetto or chrome://tracing")
     p.add_argument("--sensitivity", action="store_true",
-                   help="with --precision int8: rank the layers by how much INT8 costs them (onnxruntime)")
+                   help="with --precision int8: rank the layers by how much INT8 costs them (onnxruntime); with "
+                        "--parity layers, an int8 or fp16 row that fails parity also gets the fewest layers to keep "
+                        "in fp32 (--keep-fp) for it to pass, bisected from its first line outside tolerance")
     p.add_argument("--repeat", type=positive_int, default=1,
                    help="measure each row this many times over and report the spread of their throughputs")
     p.add_argument("--noise-threshold", type=positive_float, default=0.05,
@@ -548,14 +550,22 @@ def resolve(args: argparse.Namespace) -> Plan:
     options = resolve_options(args, context)
     backends, not_run = resolve_backends(args, device, precisions, options)
     check_backend_flags(args, backends, not_run, options)
-    if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends):
-        raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime: use it with --precision int8 and the "
-                         "onnxruntime backend")
+    if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends) and "fp16" not in precisions:
+        raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime (use it with --precision int8 and the "
+                         "onnxruntime backend) or bisects failing fp16 rows (with --precision fp16)")
+    if args.sensitivity and "fp16" in precisions and "int8" not in precisions and args.parity != "layers":
+        raise UsageError("--sensitivity with fp16: the bisection starts from a failing row's lines; "
+                         "add --parity layers")
     outputs = resolve_outputs(args)
     check_directory("--cache-dir", args.cache_dir)
     calibration = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
                                             tuple(args.keep_fp or ()))
-    calibration_inputs = quantize.check_arguments(calibration, models, image_size, "int8" in precisions)
+    calibration_inputs = quantize.check_arguments(calibration, models, image_size, precisions)
+    if calibration.keep_fp and "fp16" in precisions:
+        for name in backends:
+            if "fp16" in RUNNERS[name].precisions(device, options[name]) and not RUNNERS[name].keeps_fp16_layers:
+                keeping = ", ".join(n for n in RUNNERS if RUNNERS[n].keeps_fp16_layers)
+                raise UsageError(f"--keep-fp: the {name} backend's fp16 rows keep no layer in fp32 ({keeping} do)")
     # int8 rows, a row per quantizer of each backend that runs int8 (None for the others' skipped rows)
     quantizers = {name: RUNNERS[name].quantizers(options[name]) if "int8" in RUNNERS[name].precisions(
         device, options[name]) else (None,) for name in backends}
@@ -595,6 +605,7 @@ def resolve(args: argparse.Namespace) -> Plan:
         scenario=ScenarioSettings(args.scenario, args.duration or ScenarioSettings.duration_s, args.target_qps, args.p99_ms, args.max_queue_delay_ms,
                                   args.mlperf_rules, Path(args.loadgen_logs) if args.loadgen_logs else None),
         find_max_qps=args.find_max_qps, model=model, calibration=calibration if "int8" in precisions else None,
+        keep_fp=calibration.keep_fp if "fp16" in precisions else (),
         calibration_inputs=calibration_inputs, evaluation=evaluation, sensitivity=args.sensitivity,
         parity_layers=args.parity == "layers",
         outputs=outputs, resumed=load_resume(args.resume, env) if args.resume else {},

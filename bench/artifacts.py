@@ -48,10 +48,14 @@ def cached_onnx(model: torch.nn.Module, config: RunConfig, precision: str | None
               "batch": asdict(batch)}
     if precision == "int8":
         fields["calibration"] = config.calibration.key()
+    keep_fp = config.keep_fp if precision == "fp16" else ()
+    if keep_fp:
+        fields["keep_fp"] = list(keep_fp)
 
     def build(target: Path) -> dict:
         if precision != "int8":
-            export_onnx(model, target, batch=batch, image_size=config.image_size, precision=precision)
+            export_onnx(model, target, batch=batch, image_size=config.image_size, precision=precision,
+                        keep_fp=keep_fp)
             return {}
         source = cached_onnx(model, config, "fp32")
         return {"quantization": quantize_onnx(source, target, config.calibration, flavour="onnxruntime",
@@ -131,6 +135,8 @@ def cached_engine(model: torch.nn.Module, config: RunConfig, settings: tensorrt.
               "image_size": config.image_size, "batch": asdict(settings.batch)}
     if config.precision == "int8":
         fields["calibration"] = config.calibration.key()
+    if settings.keep_fp:
+        fields["keep_fp"] = list(settings.keep_fp)
     path = engine_path(config)
     cached(path, fields, lambda plan: tensorrt.export_engine(model, plan, settings, config.device,
                                                              calibration=config.calibration,

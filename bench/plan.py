@@ -85,6 +85,7 @@ class Plan:
     model: nn.Module | None = None
     calibration: CalibrationFlags | None = None  # int8 rows: how they are calibrated
     calibration_inputs: Tensor | None = None  # --calib-data's inputs (None: synthetic)
+    keep_fp: tuple[str, ...] = ()  # fp16 rows: the layers kept in fp32 (--keep-fp)
     evaluation: tuple[Tensor, Tensor] | None = None  # --eval-data: images and their labels
     sensitivity: bool = False  # rank the layers by their INT8 cost (onnxruntime int8 rows)
     parity_layers: bool = False  # --parity layers: every line's output compared with the fp32 model's

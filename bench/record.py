@@ -54,7 +54,9 @@ class Row:
     noisy: bool | None = None  # cv above the run's --noise-threshold: the figures are less trustworthy
     repeats: list[float] | None = None  # with --repeat: the throughput of each repetition
     profile: dict | None = None  # --profile: {"stages": median ms of each} or {"layers": bench.layers' profile}
-    sensitivity: dict | None = None  # with --sensitivity, on int8 onnxruntime rows: per-layer INT8 cost
+    # with --sensitivity: on int8 onnxruntime rows, per-layer INT8 cost (and with --parity layers the
+    # bisection of a failing row, "from_lines"); on failing fp16 rows, that bisection alone
+    sensitivity: dict | None = None
     accuracy: dict | None = None  # with --eval-data: top-1/top-5 on labelled images, and the fp32 model's
     note: str | None = None  # e.g. "interpreter timing": figures that are not performance
     serving: dict | None = None  # triton-server: the server's own split of the time, the client's, direct

@@ -275,7 +275,10 @@ def keep_fp_advice(bisected: dict) -> str:
     """The bisection from a failing row's first line outside tolerance, in a sentence."""
     if "error" in bisected:
         return f"bisection from the failing lines failed: {bisected['error']}"
-    where = f"bisected over {bisected['candidates']} layers from {bisected['from_line']}, {len(bisected['tried'])} quantizations"
+    builds = "quantizations" if bisected.get("precision", "int8") == "int8" else "fp16 runs"
+    judged = f" by {bisected['judged_on']}" if "judged_on" in bisected else ""
+    where = (f"bisected over {bisected['candidates']} layers from {bisected['from_line']}, "
+             f"{len(bisected['tried'])} {builds}{judged}")
     if bisected["keep_fp"] is None:
         return f"no --keep-fp found ({where}): {bisected['why']}"
     f = bisected["figures"]
@@ -366,8 +369,11 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
             if "error" in row.sensitivity:
                 out.print(f"[yellow]{row.model} int8 sensitivity failed[/yellow]: {escape(row.sensitivity['error'])}",
                           highlight=False)
-            else:
+            elif "layers" in row.sensitivity:
                 out.print(sensitivity_table(row))
+            else:  # a failing fp16 row: its bisection alone
+                out.print(f"{row.model} {row.backend} {precision_cell(row)} b{row.batch_size}: "
+                          f"{escape(keep_fp_advice(row.sensitivity['from_lines']))}", highlight=False)
     for backend, reason in plan.not_run.items():
         out.print(f"[dim]not run: {backend}: {escape(reason)}[/dim]", highlight=False)
 

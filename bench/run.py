@@ -166,6 +166,8 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
             if plan.sensitivity:
                 progress.update(task, description="int8 sensitivity, one layer in fp32 at a time")
                 rank_int8_layers(plan, rows, references)
+                progress.update(task, description="fp16 rows that failed: which layers to keep in fp32")
+                bisect_fp16_rows(plan, rows, references)
                 on_row(rows)
         except KeyboardInterrupt as exc:
             return rows, Stopped.of(exc)
@@ -189,9 +191,10 @@ def run_row(spec: RowSpec, row: Row, plan: Plan, runners: Mapping[str, type[Runn
     except ReferenceFailed as exc:
         row.status, row.error = "failed", str(exc)
         return row
+    keep_fp = plan.keep_fp if spec.precision == "fp16" else ()
     config = RunConfig(reference.ident, plan.device, spec.precision, spec.batch_size, plan.image_size, plan.threads,
                        plan.cache_dir, artifacts=plan.artifacts, options=plan.options.get(spec.backend),
-                       calibration=calibration, streams=spec.streams, quantizer=spec.quantizer)
+                       calibration=calibration, keep_fp=keep_fp, streams=spec.streams, quantizer=spec.quantizer)
     if spec.backend not in loaded:
         loaded[spec.backend] = gauges.runtime_load(lambda: runners[spec.backend].load_runtime(plan.device))
     row = bench_row(runners[spec.backend](reference.model, config), row, reference, plan, gauges)
@@ -510,14 +513,37 @@ def rank_int8_layers(plan: Plan, rows: list[Row], references: References) -> Non
                 row.sensitivity = {**analysis, "from_lines": bisected[lines]}
 
 
+def bisect_fp16_rows(plan: Plan, rows: list[Row], references: References) -> None:
+    """--sensitivity with --parity layers: each fp16 row that failed parity gets the fewest layers
+    to keep in fp32 for it to pass, bisected from its first line outside tolerance and judged by
+    PyTorch's fp16 on the run's device (export.sensitivity.Halved). A bisection that fails is
+    recorded as its one-line error."""
+    bisected: dict[tuple, dict] = {}
+    for row in rows:
+        lines = failing_lines(row)
+        if row.precision != "fp16" or row.status != "ok" or row.sensitivity is not None or not lines:
+            continue
+        if (row.model, lines) not in bisected:
+            try:
+                reference = references(row.model)
+                halved = sensitivity.Halved(reference.model, reference.inputs, reference.logits, device=plan.device,
+                                            batch=plan.batch_sizes[0], keep_fp=plan.keep_fp)
+                bisected[row.model, lines] = sensitivity.keep_fp_from_lines(halved, list(lines))
+            except Exception as exc:  # noqa: BLE001 - the row keeps its figures without the bisection
+                bisected[row.model, lines] = {"error": one_line(exc)}
+        row.sensitivity = {"from_lines": bisected[row.model, lines]}
+
+
 def failing_lines(row: Row) -> tuple[str, ...]:
-    """A row that failed parity: its lines from the one before the first outside its tolerance on
-    (none without --parity layers, or where every line was inside). The line before is where the
-    first failing line's input was quantized: an outlier channel that spoils that quantization
-    dominates its own tensor's figures, so the damage shows one line later."""
+    """A row that failed parity: its lines from where its error shows on (none without --parity
+    layers, or where every line was inside). fp16 shows it at the first line outside its tolerance,
+    whose own output overflows or rounds away. int8 shows it one line later than where it enters:
+    the line before is where the failing line's input was quantized, and an outlier channel that
+    spoils that quantization dominates its own tensor's figures, so the bisection starts there."""
     layers = (row.parity or {}).get("layers") or {}
     first = layers.get("first_outside")
     if row.parity is None or row.parity.get("passed", True) or first is None:
         return ()
     names = [f["line"] for f in layers["lines"]]
-    return tuple(names[max(0, names.index(first) - 1):])
+    start = names.index(first) - (row.precision == "int8")
+    return tuple(names[max(0, start):])

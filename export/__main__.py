@@ -209,7 +209,14 @@ def resolve(args: argparse.Namespace) -> Plan:
                              f"{capability}) has no int8 instructions; build fp32")
         output_file("--timing-cache", build["timing_cache"])
     flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
-    calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, args.precision == "int8")
+    calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, [args.precision])
+    if flags.keep_fp and args.precision == "fp16":
+        if args.format == "aoti":
+            raise UsageError("--keep-fp: an AOTInductor package is compiled whole in one precision; fp16 layers are "
+                             "kept in fp32 in the ONNX export (--format onnx, tensorrt, triton-repo)")
+        if engine and not tensorrt.strongly_typed(trt_version):
+            raise UsageError(f"--keep-fp: TensorRT {trt_version} builds fp16 from the fp32 graph with the FP16 flag, "
+                             "choosing each layer's type itself; keeping layers in fp32 needs TensorRT 11")
     if args.precision == "int8" and args.format == "openvino":
         quantize.check_quantizer(flags, "nncf", "--format openvino")
     if args.format == "triton-repo":
@@ -222,7 +229,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     if engine:
         timing_cache = Path(build["timing_cache"]) if build["timing_cache"] else None
         settings = tensorrt.BuildSettings(args.precision, batch, args.image_size, build["workspace_mib"],
-                                          build["opt_level"], timing_cache)
+                                          build["opt_level"], timing_cache,
+                                          flags.keep_fp if args.precision == "fp16" else ())
     repository = None
     if args.format == "triton-repo":
         repository = Repository(repo["triton_platform"], repo["instances"], repo["max_queue_delay_ms"])
@@ -313,7 +321,7 @@ def build_artifact(plan: Plan, model: torch.nn.Module, path: Path, describe: dic
                                                      cache_dir=calibration_cache)
         else:
             export_onnx(model, path, batch=plan.batch, image_size=plan.image_size, precision=plan.precision,
-                        opset=plan.opset)
+                        opset=plan.opset, keep_fp=plan.calibration_flags.keep_fp)
         fields = {"format": "onnx", **describe, **graph_io(path), "opset": plan.opset, "quantization": quantization,
                   "gpu": None, "tensorrt": None}
         run = cpu_session(path, plan.precision)
@@ -328,7 +336,8 @@ def build_artifact(plan: Plan, model: torch.nn.Module, path: Path, describe: dic
 
 
 def describe_model(plan: Plan, model: torch.nn.Module) -> dict:
-    """The manifest fields saying what the artifact computes: which model, weights and shapes."""
+    """The manifest fields saying what the artifact computes: which model, weights and shapes, and
+    for fp16 the layers kept in fp32 (int8's are in its quantization's description)."""
     if plan.weights is None:
         weights = {"source": "synthetic", "seed": plan.seed, "calibrated_for": plan.image_size}
     else:
@@ -342,6 +351,7 @@ def describe_model(plan: Plan, model: torch.nn.Module) -> dict:
         "image_size": plan.image_size,
         "batch": asdict(plan.batch),
         "versions": versions(plan.trt_version),
+        **({"keep_fp": list(plan.calibration_flags.keep_fp)} if plan.precision == "fp16" else {}),
     }
 
 

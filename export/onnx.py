@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnet_perf.mixed import keep_fp32
 from resnet_perf.precision import PRECISIONS
 from resnet_perf.util.atomic import atomic_path
 
@@ -73,16 +74,23 @@ def export_onnx(
     image_size: int,
     precision: str = "fp32",
     opset: int = DEFAULT_OPSET,
+    keep_fp: tuple[str, ...] = (),
 ) -> Path:
     """Write ``model`` as an ONNX graph taking ``batch`` x 3 x image_size x image_size (a named
     ``batch`` axis when the range is dynamic) to ``path``, atomically, after onnx.checker (with
-    strict shape inference) accepts it. ``model`` is not changed."""
+    strict shape inference) accepts it. ``model`` is not changed.
+
+    In fp16 the layers named in ``keep_fp`` (module names: "layer2.0.conv1") compute in fp32
+    between casts (``resnet_perf.mixed.keep_fp32``)."""
     import onnx  # lazy: importing the package must not need the exporter's dependencies
 
     if precision not in ONNX_PRECISIONS:
         raise ValueError(f"ONNX export supports {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
+    if keep_fp and precision != "fp16":
+        raise ValueError(f"keep_fp: a {precision} export has no lower-precision layer to keep in fp32 "
+                         "(int8 keeps its layers through its calibration)")
     dtype = PRECISIONS[precision].dtype
-    module = copy.deepcopy(model).eval().to(dtype)
+    module = keep_fp32(model, keep_fp, dtype).eval() if keep_fp else copy.deepcopy(model).eval().to(dtype)
     example = torch.zeros(batch.opt, 3, image_size, image_size, dtype=dtype)
     # One entry per positional argument of forward(): the batch axis of the image, when dynamic.
     dynamic_shapes = ({0: torch.export.Dim(BATCH_AXIS, min=batch.min, max=batch.max)},) if batch.dynamic else None
@@ -151,7 +159,8 @@ def graph_precision(path: str | os.PathLike) -> str:
 def cpu_session(path: str | os.PathLike, precision: str = "fp32"):
     """A function running ``path`` in onnxruntime's CPU provider: fp32 logits for an fp32 batch.
     Where the CPU provider lacks an fp16 kernel it computes that node in fp32 (onnxruntime inserts the
-    casts), so an fp16 graph is checked for its structure and its fp16 weights, not fp16 arithmetic."""
+    casts, and drops those between two such nodes), so an fp16 graph is checked for its structure and
+    its fp16 weights, not fp16 arithmetic nor fp16's range between nodes."""
     import onnxruntime as ort
 
     dtype = PRECISIONS[precision].numpy

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from export.onnx import INPUT_NAME, BatchRange, export_onnx, graph_io
-from export.quantize import Calibration, QuantizationError, layer_names
+from export.quantize import Calibration, layer_nodes
 from resnet_perf.parity import cycled
 from resnet_perf.util.versions import installed_version
 
@@ -67,13 +67,9 @@ def nncf_quantize(onnx_path: Path, calibration: Calibration, batch: BatchRange):
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx_path))
-    by_module = {module: node for node, module in layer_names(onnx_path).items()}
-    unknown = [name for name in calibration.keep_fp if name not in by_module]
-    if unknown:
-        raise QuantizationError(f"--keep-fp {','.join(unknown)}: no such layer")
     # OpenVINO names each layer after its ONNX node, the conv's weights part with a suffix
     # ("node_Conv_12/WithoutBiases"); NNCF's ignored scope takes the layers whose inputs it would quantize.
-    kept = {by_module[name] for name in calibration.keep_fp}
+    kept = set(layer_nodes(onnx_path, calibration.keep_fp))
     ignored = [op.get_friendly_name() for op in model.get_ordered_ops()
                if op.get_type_name() in ("Convolution", "MatMul") and op.get_friendly_name().split("/")[0] in kept]
     size = batch.max if not batch.dynamic else 1

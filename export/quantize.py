@@ -18,6 +18,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,17 @@ def layer_names(model_path: str | os.PathLike) -> dict[str, str]:
     return names
 
 
+def layer_nodes(model_path: str | os.PathLike, layers: tuple[str, ...]) -> list[str]:
+    """The ONNX nodes computing ``layers`` (module names), in their order; QuantizationError naming
+    any layer the graph does not have."""
+    by_module = {module: node for node, module in layer_names(model_path).items()}
+    unknown = [name for name in layers if name not in by_module]
+    if unknown:
+        raise QuantizationError(f"--keep-fp {','.join(unknown)}: no such layer; layers are e.g. "
+                                f"{', '.join(list(by_module)[:4])}, ..., {list(by_module)[-1]}")
+    return [by_module[name] for name in layers]
+
+
 def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavour: str = "onnxruntime",
                   cache_dir: Path | None = None) -> dict:
     """Write ``source`` (fp32 ONNX) quantized to ``target``, atomically; returns the manifest's
@@ -109,12 +121,7 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
     inputs, method, keep_fp = calibration.inputs, calibration.method, calibration.keep_fp
     if method not in METHODS:
         raise QuantizationError(f"calibration method {method!r}: choose from {', '.join(METHODS)}")
-    layers = layer_names(source)
-    by_module = {module: node for node, module in layers.items()}
-    unknown = [name for name in keep_fp if name not in by_module]
-    if unknown:
-        raise QuantizationError(f"--keep-fp {','.join(unknown)}: no such layer; layers are e.g. "
-                                f"{', '.join(list(by_module)[:4])}, ..., {list(by_module)[-1]}")
+    kept = layer_nodes(source, keep_fp)
     # The ranges depend on the model, the inputs and the method, not on which layers stay fp32 (every
     # tensor is calibrated) nor on the flavour: one cached calibration serves all of those.
     digest = hashlib.sha256(f"{sha256_file(source)}|{method}".encode())
@@ -147,7 +154,7 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
         with contextlib.redirect_stdout(io.StringIO()):
             q.quantize_static(str(prepared), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                               activation_type=getattr(q.QuantType, spec["activations"]), weight_type=q.QuantType.QInt8,
-                              calibrate_method=ort_method, nodes_to_exclude=[by_module[name] for name in keep_fp],
+                              calibrate_method=ort_method, nodes_to_exclude=kept,
                               reduce_range=bits == 7,
                               extra_options=dict(spec["options"]),
                               calibration_cache_path=None if cache is None else str(cache))
@@ -161,7 +168,7 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
         "calibration_digest": digest.hexdigest(),
         "calibration_cache": None if cache is None else os.fspath(cache),
         "keep_fp": list(keep_fp),
-        "quantized_layers": len(layers) - len(keep_fp),
+        "quantized_layers": len(layer_names(source)) - len(keep_fp),
     }
 
 
@@ -213,7 +220,7 @@ def add_arguments(parser) -> None:
     group.add_argument("--calib-method", choices=METHODS, default="minmax", help="how ranges become scales")
     group.add_argument("--calib-samples", type=positive_int, default=64, help="calibration inputs (default 64)")
     group.add_argument("--keep-fp", type=list_of(str), default=None, metavar="LAYER,...",
-                       help="layers to leave in fp32, by module name (conv1, layer1.0.conv2, fc)")
+                       help="layers to leave in fp32 in int8 or fp16, by module name (conv1, layer1.0.conv2, fc)")
 
 
 @dataclass(frozen=True)
@@ -246,26 +253,28 @@ def check_quantizer(flags: CalibrationFlags, quantizer: str, who: str) -> None:
         raise UsageError(f"--keep-fp: {who} quantizes with {quantizer}, which leaves no layer in fp32")
 
 
-def check_arguments(flags: CalibrationFlags, models: list[str], image_size: int, int8: bool) -> Tensor | None:
-    """Check the calibration flags against the run; returns the inputs of --calib-data (None when
-    calibration is synthetic or there is no int8). Raises UsageError on anything wrong."""
+def check_arguments(flags: CalibrationFlags, models: list[str], image_size: int,
+                    precisions: Collection[str]) -> Tensor | None:
+    """Check the calibration flags against the run's precisions (--keep-fp applies to int8 and
+    fp16, the others to int8); returns the inputs of --calib-data (None when calibration is
+    synthetic or there is no int8). Raises UsageError on anything wrong."""
     import resnet_perf
     from resnet_perf.images import ImageFolderError, load_calibration
     from resnet_perf.util.cli import UsageError
 
-    given = [flag for flag, value in (("--calib-data", flags.data), ("--keep-fp", flags.keep_fp),
-                                      ("--calib-method", flags.method != "minmax")) if value]
-    if not int8:
-        if given:
-            raise UsageError(f"{given[0]} applies to --precision int8")
-        return None
+    if flags.keep_fp and not {"int8", "fp16"} & set(precisions):
+        raise UsageError("--keep-fp applies to --precision int8 or fp16")
+    given = [flag for flag, value in (("--calib-data", flags.data), ("--calib-method", flags.method != "minmax"))
+             if value]
+    if "int8" not in precisions and given:
+        raise UsageError(f"{given[0]} applies to --precision int8")
     for name in models:
         layers = resnet_perf.layer_names(name)
         for layer in flags.keep_fp:
             if layer not in layers:
                 raise UsageError(f"--keep-fp {layer}: {name} has no such layer; its layers are {layers[0]}, "
                                  f"{layers[1]}, ..., {layers[-1]}")
-    if flags.data is None:
+    if flags.data is None or "int8" not in precisions:
         return None
     try:
         return load_calibration(flags.data, image_size, flags.samples)

@@ -8,8 +8,9 @@ Two views, per convolution and the classifier, named as the PyTorch model names 
   exclusion run), with the parity figures of the whole model then, and how much of the int8 model's
   error that removes. The table is ranked by that gain; ``--keep-fp`` takes the top layers.
 
-For a row that fails parity, one more answer, from its lines (``--parity layers``): the fewest
-layers to keep in fp32 for it to pass, found by bisection from the first line outside tolerance.
+For an int8 or fp16 row that fails parity, one more answer, from its lines (``--parity layers``):
+the fewest layers to keep in fp32 for it to pass, found by bisection from the first line outside
+tolerance.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from export.onnx import INPUT_NAME, BatchRange, cpu_session, export_onnx
 from export.quantize import Calibration, layer_names, quantize_onnx
 from resnet_perf import parity
+from resnet_perf.mixed import keep_fp32
 
 
 def _sqnr(source: Path, quantized: Path, inputs: Tensor, batch: int, tmp: Path) -> tuple[dict, dict]:
@@ -54,8 +57,10 @@ FIGURES = ("rel_l2", "cosine", "top1_agreement", "top5_agreement")
 
 class Requantized:
     """One fp32 export of the model (in ``tmp``), quantized again with a given set of layers kept
-    in fp32 and judged on ``inputs`` against ``reference`` (the fp32 logits). The ranking and the
-    bisection below share one."""
+    in fp32 and judged on ``inputs`` against ``reference`` (the fp32 logits) in onnxruntime's CPU
+    session. The ranking and the bisection below share one."""
+
+    precision, judge = "int8", "onnxruntime's CPU session"
 
     def __init__(self, model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor, tmp: Path, *,
                  image_size: int, batch: int, cache_dir: Path | None):
@@ -63,11 +68,12 @@ class Requantized:
         self.cache_dir = cache_dir or tmp / "calibration"
         self.source = export_onnx(model, tmp / "fp32.onnx", batch=BatchRange.static(batch), image_size=image_size)
         self.layers = layer_names(self.source)  # {ONNX node: the PyTorch module it computes}
+        self.modules, self.keep_fp = list(self.layers.values()), calibration.keep_fp
         self.path = tmp / "int8.onnx"
 
     def figures(self, keep_fp: tuple[str, ...]) -> dict:
         """The parity figures with ``keep_fp`` (besides the calibration's own) left in fp32."""
-        keep = tuple(dict.fromkeys((*self.calibration.keep_fp, *keep_fp)))
+        keep = tuple(dict.fromkeys((*self.keep_fp, *keep_fp)))
         quantize_onnx(self.source, self.path, Calibration(self.calibration.inputs, self.calibration.method, keep),
                       cache_dir=self.cache_dir)
         return parity.compare(self.reference, parity.predict(cpu_session(self.path), self.inputs, self.batch), "int8")
@@ -82,12 +88,39 @@ def requantized(model: nn.Module, calibration: Calibration, inputs: Tensor, refe
                           cache_dir=cache_dir)
 
 
+class Halved:
+    """The model in fp16 on ``device`` with a given set of layers (besides ``keep_fp``) kept in fp32
+    (resnet_perf.mixed, as an fp16 export or eager row keeps them), judged on ``inputs`` against
+    ``reference``. PyTorch's fp16 convolutions (cuDNN's on a GPU) store every tensor in fp16, so
+    they overflow and round as an fp16 runtime does; onnxruntime's CPU provider, lacking fp16
+    kernels, runs a chain of fp16 nodes in fp32 between the casts it inserts, and would judge an
+    fp16 model by its weights' rounding alone."""
+
+    precision = "fp16"
+
+    def __init__(self, model: nn.Module, inputs: Tensor, reference: Tensor, *, device: torch.device, batch: int,
+                 keep_fp: tuple[str, ...] = ()):
+        self.model, self.inputs, self.reference, self.device, self.batch = model, inputs, reference, device, batch
+        self.modules = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.keep_fp, self.judge = keep_fp, f"PyTorch's fp16 on {device}"
+
+    def figures(self, keep_fp: tuple[str, ...]) -> dict:
+        """The parity figures with ``keep_fp`` (besides those kept from the start) left in fp32."""
+        module = keep_fp32(self.model, dict.fromkeys((*self.keep_fp, *keep_fp)), torch.float16).to(self.device)
+
+        def run(x: Tensor) -> Tensor:
+            with torch.inference_mode():
+                return module(x.to(self.device, torch.float16)).float().cpu()
+
+        return parity.compare(self.reference, parity.predict(run, self.inputs, self.batch), "fp16")
+
+
 def analyse(quantized: Requantized) -> dict:
     """Per-layer sensitivity of the model to INT8: the int8 model's parity figures, and per layer
     the figures with that layer kept in fp32, ranked by how much that helps."""
     import onnx
 
-    layers, keep_fp = quantized.layers, quantized.calibration.keep_fp
+    layers, keep_fp = quantized.layers, quantized.keep_fp
     graph = onnx.load(str(quantized.source), load_external_data=False).graph
     # A layer's quantized output is its ReLU's, where one follows (onnxruntime fuses the pair).
     relu_of = {node.input[0]: node.output[0] for node in graph.node if node.op_type == "Relu"}
@@ -117,26 +150,27 @@ def analyse(quantized: Requantized) -> dict:
     return {"int8": {k: whole[k] for k in FIGURES}, "layers": table}
 
 
-def keep_fp_from_lines(quantized: Requantized, lines: list[str]) -> dict:
-    """For an int8 model that fails parity: the fewest layers to keep in fp32 for it to pass, taken
-    in model order from ``lines`` (the row's lines from where its error shows on). Keeping
-    the first ``n`` of them is bisected on ``n``, assuming that keeping more never hurts (as
-    Polygraphy's ``debug precision`` bisects TensorRT's layers): about log2 of their number in
-    quantizations. Lines that are no quantized layer (the pools) are passed over."""
-    layers, keep_fp = set(quantized.layers.values()), quantized.calibration.keep_fp
+def keep_fp_from_lines(model: Requantized | Halved, lines: list[str]) -> dict:
+    """For an int8 or fp16 model that fails parity: the fewest layers to keep in fp32 for it to
+    pass, taken in model order from ``lines`` (the row's lines from where its error shows on).
+    Keeping the first ``n`` of them is bisected on ``n``, assuming that keeping more never hurts
+    (as Polygraphy's ``debug precision`` bisects TensorRT's layers): about log2 of their number in
+    builds of the model. Lines that are no layer --keep-fp keeps (the pools) are passed over."""
+    layers, keep_fp = set(model.modules), model.keep_fp
     candidates = [line for line in lines if line in layers and line not in keep_fp]
     tried: list[dict] = []
 
     def passes(n: int) -> bool:
-        figures = quantized.figures(tuple(candidates[:n]))
+        figures = model.figures(tuple(candidates[:n]))
         tried.append({"kept": n, "passed": figures["passed"], **{k: figures[k] for k in FIGURES}})
         return figures["passed"]
 
-    found = {"from_line": lines[0] if lines else None, "candidates": len(candidates), "tried": tried}
+    found = {"precision": model.precision, "judged_on": model.judge, "from_line": lines[0] if lines else None,
+             "candidates": len(candidates), "tried": tried}
     if not candidates or not passes(len(candidates)):
         return {**found, "keep_fp": None,
-                "why": "keeping every quantized layer from that line on in fp32 does not pass: the error enters "
-                       "before it, or outside the layers --keep-fp can keep"}
+                "why": f"keeping every {model.precision} layer from that line on in fp32 does not pass: the error "
+                       "enters before it, or outside the layers --keep-fp can keep"}
     low, high = 0, len(candidates)  # the smallest n that passes lies in [low, high]; ``high`` does
     while low < high:
         middle = (low + high) // 2
@@ -147,5 +181,5 @@ def keep_fp_from_lines(quantized: Requantized, lines: list[str]) -> dict:
     figures = next(t for t in reversed(tried) if t["kept"] == low)
     if low == 0:
         return {**found, "keep_fp": None, "figures": figures,
-                "why": "onnxruntime's CPU session passes with no layer kept: the row's failure is its own runtime's"}
+                "why": f"{model.judge} passes with no layer kept: the row's failure is its own runtime's"}
     return {**found, "keep_fp": [*keep_fp, *candidates[:low]], "figures": figures}

@@ -92,6 +92,7 @@ class BuildSettings:
     workspace_mib: int = 4096
     optimization_level: int = 3  # TensorRT's default; 5 searches longest
     timing_cache: Path | None = None
+    keep_fp: tuple[str, ...] = ()  # fp16: layers kept in fp32, in the source ONNX (strongly typed only)
 
     def profile_shapes(self) -> dict[str, list[int]]:
         return {k: [n, 3, self.image_size, self.image_size]
@@ -225,8 +226,13 @@ def write_source_onnx(model: nn.Module, onnx_path: Path, settings: BuildSettings
     if settings.precision == "int8":
         return export_quantized(model, onnx_path, batch=settings.batch, image_size=settings.image_size, opset=opset,
                                 calibration=calibration, flavour="tensorrt", cache_dir=calibration_cache)
-    export_onnx(model, onnx_path, batch=settings.batch, image_size=settings.image_size,
-                precision=source_precision(version(), settings.precision), opset=opset)
+    precision = source_precision(version(), settings.precision)
+    if settings.keep_fp and precision != "fp16":
+        raise TensorRTError(f"--keep-fp: TensorRT {version()} builds fp16 from the fp32 graph with the FP16 flag, "
+                            "choosing each layer's type itself; keeping layers in fp32 needs a strongly typed "
+                            "network, built from the fp16 graph that holds them")
+    export_onnx(model, onnx_path, batch=settings.batch, image_size=settings.image_size, precision=precision,
+                opset=opset, keep_fp=settings.keep_fp)
     return None
 
 

@@ -74,8 +74,8 @@ def exports(resnet18_32, fp32_cache, monkeypatch):
     made = OnnxRuntimeRunner(resnet18_32, config(fp32_cache)).onnx_path()
     calls = []
 
-    def export_onnx(model, path, *, batch, image_size, precision):
-        assert (batch.opt, image_size, precision) == (2, 32, "fp32")
+    def export_onnx(model, path, *, batch, image_size, precision, keep_fp):
+        assert (batch.opt, image_size, precision, keep_fp) == (2, 32, "fp32", ())
         calls.append(path)
         shutil.copyfile(made, path)
 
@@ -286,3 +286,15 @@ def test_bench_refuses_a_bad_batch_range_in_one_line(tmp_path, capsys, batch, me
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert err.startswith(f"python -m bench: error: --onnx {manifest_path(path)}: {message}"), err
+
+
+def test_an_fp16_export_with_layers_kept_in_fp32_is_cached_apart(resnet18_32, tmp_path):
+    """--keep-fp changes an fp16 file (and its name and manifest), not an fp32 one."""
+    from dataclasses import replace
+
+    plain = config(tmp_path, "fp16")
+    kept = replace(plain, keep_fp=("layer2.0.conv1", "fc"))
+    assert replace(plain, precision="fp32").artifact_stem() == replace(kept, precision="fp32").artifact_stem()
+    path = bench.artifacts.cached_onnx(resnet18_32, kept)
+    assert path != bench.artifacts.export_path(plain, "fp16")
+    assert load_manifest(path)["keep_fp"] == ["layer2.0.conv1", "fc"]

@@ -262,3 +262,24 @@ def test_bench_refuses_an_artifact_that_does_not_fit(capsys, onnx_export, tmp_pa
     assert (f"--onnx {onnx_export} was exported from resnet18 at 32 px with weights synthetic, seed 0 (digest "
             in (err := bench("--onnx", str(onnx_export), "--weights", str(other), "--backend", "onnxruntime")))
     assert f"this run's resnet18 at 32 px, weights from {other}, has digest " in err
+
+
+@pytest.mark.slow
+def test_an_fp16_export_keeps_the_layers_asked_in_fp32(capsys, tmp_path):
+    """The manifest names them, the file holds their fp32 weights, and it passed its parity check."""
+    import onnx
+
+    from export.quantize import layer_names
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, *SMALL, "--format", "onnx", "--precision", "fp16", "--batch-size", "2",
+                           "--keep-fp", "layer2.0.conv1,fc", "--output", str(out))
+    assert code == 0, err
+    path = out / "resnet18-fp16.onnx"
+    manifest = load_manifest(path)
+    assert manifest["keep_fp"] == ["layer2.0.conv1", "fc"] and manifest["parity"]["passed"]
+    graph = onnx.load(str(path)).graph
+    fp32 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    kept = {module for node, module in layer_names(path).items()
+            if next(n for n in graph.node if n.name == node).input[1] in fp32}
+    assert kept == {"layer2.0.conv1", "fc"}

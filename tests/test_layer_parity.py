@@ -173,3 +173,66 @@ def test_a_failing_int8_row_is_bisected_to_the_layers_that_make_it_pass(capsys, 
     assert "--keep-fp layer2.0.conv1,layer2.0.conv2 gives" in " ".join(capsys.readouterr().out.split())
     (kept,) = run(tmp_path, *common, "--keep-fp", ",".join(bisected["keep_fp"]))
     assert kept["parity"]["passed"] and kept["parity"]["layers"]["first_outside"] is None
+
+
+class CpuFp16EagerRunner(EagerRunner):
+    """Eager, with fp16 offered on the CPU too: PyTorch runs it there (the project does not offer it,
+    its CPU fp16 convolutions being slow on most CPUs), storing every tensor in fp16 as a GPU does."""
+
+    name = "eager-fp16"
+
+    @classmethod
+    def precisions(cls, device, options=None):
+        return ("fp32", "fp16")
+
+
+def fp16_outlier(tmp_path) -> str:
+    """ResNet-18 whose layer2.0.bn1 channel 0 reaches 6e4..1e5 (fp16 tops out at 65504), its next
+    conv reading it 3e4x weaker: fp32 is finite; fp16 overflows there."""
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    with torch.no_grad():
+        block = model.layer2[0]
+        block.bn1.weight[0] *= 3e4
+        block.bn1.bias[0] = 6e4
+        block.conv2.weight[:, 0] /= 3e4
+    weights = tmp_path / "fp16-outlier.pt"
+    torch.save(model.state_dict(), weights)
+    return str(weights)
+
+
+@pytest.mark.slow
+def test_a_failing_fp16_row_is_bisected_to_the_layers_that_make_it_pass(monkeypatch, capsys, tmp_path):
+    """The overflow is named at its line; the bisection, judged by PyTorch's fp16, keeps both
+    convolutions either side of the tensor (the kept conv1's output stays fp32 into the kept conv2),
+    and the row passes with that --keep-fp."""
+    monkeypatch.setitem(RUNNERS, CpuFp16EagerRunner.name, CpuFp16EagerRunner)
+    common = ["--backend", "eager-fp16", "--precision", "fp16", "--weights", fp16_outlier(tmp_path)]
+    (row,) = run(tmp_path, *common, "--sensitivity")
+    layers = row["parity"]["layers"]
+    assert not row["parity"]["passed"] and layers["first_outside"] == "layer2.0.conv1"
+    line = next(f for f in layers["lines"] if f["line"] == "layer2.0.conv1")
+    assert line["finite"] is False
+    bisected = row["sensitivity"]["from_lines"]
+    assert bisected["precision"] == "fp16" and bisected["from_line"] == "layer2.0.conv1"
+    assert bisected["judged_on"] == "PyTorch's fp16 on cpu"
+    assert bisected["keep_fp"] == ["layer2.0.conv1", "layer2.0.conv2"]
+    assert [t["passed"] for t in bisected["tried"] if t["kept"] == 1] == [False]
+    assert "--keep-fp layer2.0.conv1,layer2.0.conv2 gives" in " ".join(capsys.readouterr().out.split())
+    (kept,) = run(tmp_path, *common, "--keep-fp", ",".join(bisected["keep_fp"]))
+    assert kept["parity"]["passed"] and kept["parity"]["layers"]["first_outside"] is None
+
+
+def test_keep_fp_and_fp16_sensitivity_are_refused_where_they_cannot_apply(monkeypatch, capsys):
+    class NoKeeping(CpuFp16EagerRunner):
+        name = "eager-fp16-whole"
+        keeps_fp16_layers = False
+
+    monkeypatch.setitem(RUNNERS, NoKeeping.name, NoKeeping)
+    for argv, message in (
+            (["--backend", "eager-fp16-whole", "--precision", "fp16", "--keep-fp", "fc", "--parity", "layers"],
+             "--keep-fp: the eager-fp16-whole backend's fp16 rows keep no layer in fp32 (eager,"),
+            (["--backend", "eager-fp16-whole", "--precision", "fp16", "--sensitivity"],
+             "--sensitivity with fp16: the bisection starts from a failing row's lines; add --parity layers")):
+        assert cli.main([*SMALL[:-2], *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

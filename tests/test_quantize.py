@@ -236,7 +236,7 @@ def test_calibrating_on_the_wrong_data_is_refused(capsys, tmp_path):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--calib-data", "/tmp"], "--calib-data applies to --precision int8"),
-    (["--keep-fp", "fc"], "--keep-fp applies to --precision int8"),
+    (["--keep-fp", "fc"], "--keep-fp applies to --precision int8 or fp16"),
     (["--precision", "int8", "--keep-fp", "layer9.conv1"], "--keep-fp layer9.conv1: resnet18 has no such layer"),
     (["--precision", "int8", "--calib-data", "/nonexistent"], "--calib-data /nonexistent: not a folder"),
     (["--precision", "int8", "--calib-method", "kl"], "argument --calib-method: invalid choice: 'kl'"),
@@ -247,6 +247,18 @@ def test_bad_int8_flags(capsys, tmp_path, tool, argv, message):
         code = bench_cli.main([*SMALL, "--streams", "1", "--backend", "onnxruntime", *argv])
     else:
         code = export_cli.main([*SMALL, "--format", "onnx", "--output", str(tmp_path / "out"), *argv])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--keep-fp", "layer9.conv1"], "--keep-fp layer9.conv1: resnet18 has no such layer"),
+    (["--calib-data", "/tmp"], "--calib-data applies to --precision int8"),
+])
+def test_bad_fp16_flags(capsys, tmp_path, argv, message):
+    """fp16 keeps layers in fp32 too (the ONNX export; on CPU no bench backend runs fp16)."""
+    code = export_cli.main([*SMALL, "--format", "onnx", "--precision", "fp16", "--output", str(tmp_path / "out"), *argv])
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err

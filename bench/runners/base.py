@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import argparse
 import copy
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from bench.streams import CudaStreams, Lane, Streams, ThreadedStreams, threads_each
 from export.quantize import Calibration
+from resnet_perf.mixed import keep_fp32
 from resnet_perf.precision import PRECISIONS
 from resnet_perf.util.cpu import native_bf16
 
@@ -76,6 +78,7 @@ class RunConfig:
     # Exported files to run instead of exporting one, by kind ("onnx": --onnx, "tensorrt": --engine).
     artifacts: Mapping[str, Path] = field(default_factory=dict)
     calibration: Calibration | None = None  # int8: what quantization is calibrated on
+    keep_fp: tuple[str, ...] = ()  # fp16: the layers kept in fp32 (--keep-fp; int8 keeps its own in calibration)
     options: Any = None  # the backend's own, from its resolve_options
     # The row's requests in flight, N or "auto", for a runtime that compiles for them (OpenVINO's
     # streams); what runs them is ``Runner.streams``.
@@ -93,10 +96,14 @@ class RunConfig:
     def artifact_stem(self, precision: str | None = None) -> str:
         """The start of the name of every artifact cached for this configuration (at ``precision``,
         by default its own): the model and its weights, the batch, the image size, the precision,
-        and for int8 the calibration."""
+        for int8 the calibration, and for fp16 the layers kept in fp32, if any."""
         precision = precision or self.precision
         stem = f"{self.model_id}-b{self.batch_size}-s{self.image_size}-{precision}"
-        return f"{stem}-{self.calibration.key()}" if precision == "int8" else stem
+        if precision == "int8":
+            return f"{stem}-{self.calibration.key()}"
+        if precision == "fp16" and self.keep_fp:
+            return f"{stem}-keep{hashlib.sha256(','.join(self.keep_fp).encode()).hexdigest()[:12]}"
+        return stem
 
 
 class Runner(abc.ABC):
@@ -113,6 +120,9 @@ class Runner(abc.ABC):
     # The libraries whose versions the run's env records for this backend: env key -> the
     # distributions that provide it, first found wins ({"onnxruntime": ("onnxruntime-gpu", "onnxruntime")}).
     packages: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # Whether its fp16 rows keep --keep-fp's layers in fp32 (RunConfig.keep_fp): a runner that runs
+    # the PyTorch model (resnet_perf.mixed) or the fp16 ONNX export, which keeps them the same way.
+    keeps_fp16_layers: ClassVar[bool] = False
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -334,8 +344,9 @@ class TorchRunner(Runner):
         return ("fp32", "bf16") if device.type == "cpu" else ("fp32", "fp16", "bf16")
 
     def make_module(self) -> nn.Module:
-        module = copy.deepcopy(self.model).eval()
-        return module.to(self.config.device, self.config.dtype, memory_format=torch.channels_last)
+        c = self.config
+        module = keep_fp32(self.model, c.keep_fp, c.dtype) if c.keep_fp else copy.deepcopy(self.model).to(c.dtype)
+        return module.eval().to(c.device, memory_format=torch.channels_last)
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.config.dtype).contiguous(memory_format=torch.channels_last)

@@ -15,6 +15,7 @@ from bench.runners.base import TorchRunner
 
 class EagerRunner(TorchRunner):
     name = "eager"
+    keeps_fp16_layers = True
 
     def prepare_impl(self) -> None:
         self.module = self.make_module()

@@ -42,6 +42,7 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
     packages = {"onnx": ("onnx",), "onnxruntime": ("onnxruntime-gpu", "onnxruntime")}
     artifacts = ("onnx",)
+    keeps_fp16_layers = True
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:

@@ -45,6 +45,7 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
     packages = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")}
     artifacts = ("tensorrt",)
+    keeps_fp16_layers = True
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -83,7 +84,7 @@ class TensorRTRunner(Runner):
     def _settings(self) -> tensorrt.BuildSettings:
         c = self.config
         return tensorrt.BuildSettings(c.precision, BatchRange.static(c.batch_size), c.image_size,
-                                      timing_cache=c.cache_dir / "tensorrt" / "timing.cache")
+                                      timing_cache=c.cache_dir / "tensorrt" / "timing.cache", keep_fp=c.keep_fp)
 
     def build_impl(self) -> None:
         if "tensorrt" not in self.config.artifacts:  # a given --engine was checked by check_ready already

@@ -1,0 +1,68 @@
+"""A model in a lower precision with chosen layers kept in fp32, as ``--keep-fp`` asks of fp16.
+
+The kept layers are the convolutions and the classifier, by module name, each with the BatchNorm it
+is folded with. Every module with weights, and every pooling, casts its input to its own type, and
+each residual block and the model cast their output to the lower precision: a kept layer's output
+stays fp32 through what joins it (its ReLU; the residual add that ends its block and the ReLU
+after it) and no further, where runtimes fuse a line and ``--parity layers`` reads it. An export
+of the model holds the same casts, which is how an fp16 ONNX file keeps layers in fp32 too.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from resnet_perf.models.resnet import BasicBlock, Bottleneck
+
+# The modules that cast what they read; ReLU and the residual add compute in the type they are given.
+_CASTING = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+
+
+def batchnorm_of(layer: str) -> str | None:
+    """The BatchNorm folded into the convolution ``layer`` ("layer1.0.conv2" -> "layer1.0.bn2",
+    "layer2.0.downsample.0" -> "layer2.0.downsample.1"); None for the classifier."""
+    head, _, leaf = layer.rpartition(".")
+    if leaf.startswith("conv"):
+        leaf = "bn" + leaf[4:]
+    elif leaf == "0" and head.endswith("downsample"):
+        leaf = "1"
+    else:
+        return None
+    return f"{head}.{leaf}" if head else leaf
+
+
+def keep_fp32(model: nn.Module, layers: Iterable[str], dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` computing in ``dtype`` but for ``layers`` (module names: "conv1",
+    "layer2.0.conv2", "fc") and their BatchNorms, which compute in fp32; ValueError naming any
+    layer that is no convolution or classifier of the model."""
+    model = copy.deepcopy(model).to(dtype)
+    modules = dict(model.named_modules())
+    layers = list(layers)
+    wrong = [name for name in layers if not isinstance(modules.get(name), (nn.Conv2d, nn.Linear))]
+    if wrong:
+        raise ValueError(f"--keep-fp {','.join(wrong)}: no such layer (a convolution or the fc, by module name)")
+    for name in layers:
+        modules[name].float()
+        norm = batchnorm_of(name)
+        if norm in modules:
+            modules[norm].float()
+    for module in model.modules():
+        if isinstance(module, _CASTING):
+            own = next(module.parameters(), None)
+            module.register_forward_pre_hook(functools.partial(_cast_input, dtype if own is None else own.dtype))
+        elif isinstance(module, (BasicBlock, Bottleneck)) or module is model:
+            module.register_forward_hook(functools.partial(_cast_output, dtype))
+    return model
+
+
+def _cast_input(dtype: torch.dtype, module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return tuple(a.to(dtype) for a in args)
+
+
+def _cast_output(dtype: torch.dtype, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    return output.to(dtype)
