@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _listed(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
 
 
 def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
@@ -254,6 +254,8 @@ def resolve_artifacts(args: argparse.Namespace) -> tuple[dict[str, dict], dict]:
                     "--precision": [manifest["precision"]]}
         if weights["source"] == "synthetic":
             exported["--seed"] = weights["seed"]
+        if manifest["precision"] == "fp16":  # the layers an fp16 export keeps in fp32 are in the file
+            exported["--keep-fp"] = manifest.get("keep_fp", [])
         for option, value in exported.items():
             given = fixed.get(option, getattr(args, option[2:].replace("-", "_")))
             if given is not None and given != value:
@@ -504,10 +506,11 @@ def load_resume(path: str, env: dict) -> dict[tuple, record.Row]:
     # The machine and libraries, then what the run asked for: every figure depends on each.
     machine = ("cpu", "gpu", "threads", "torch", *packages())
     measured, ours = {**document["env"], **recorded}, {**{key: env[key] for key in machine}, **env["settings"]}
-    for key, value in ours.items():
-        if measured.get(key) != value:
-            raise UsageError(f"--resume {path} was measured with {key} {measured.get(key)}, this run has {value}: "
-                             "its rows would not compare")
+    # Both runs' settings: one that only one of them records (--keep-fp) differs too.
+    for key in dict.fromkeys([*ours, *recorded]):
+        if measured.get(key) != ours.get(key):
+            raise UsageError(f"--resume {path} was measured with {key} {measured.get(key)}, this run has "
+                             f"{ours.get(key)}: its rows would not compare")
     return {record.row_key(r): r for r in record.rows_from_json(document)}
 
 
@@ -550,21 +553,20 @@ def resolve(args: argparse.Namespace) -> Plan:
     options = resolve_options(args, context)
     backends, not_run = resolve_backends(args, device, precisions, options)
     check_backend_flags(args, backends, not_run, options)
-    if args.sensitivity and ("int8" not in precisions or "onnxruntime" not in backends) and "fp16" not in precisions:
-        raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime (use it with --precision int8 and the "
-                         "onnxruntime backend) or bisects failing fp16 rows (with --precision fp16)")
-    if args.sensitivity and "fp16" in precisions and "int8" not in precisions and args.parity != "layers":
-        raise UsageError("--sensitivity with fp16: the bisection starts from a failing row's lines; "
-                         "add --parity layers")
+    ranks = "int8" in precisions and "onnxruntime" in backends
+    bisects = "fp16" in precisions and args.parity == "layers"
+    if args.sensitivity and not (ranks or bisects):
+        raise UsageError("--sensitivity ranks layers for INT8 on onnxruntime (--precision int8 and the onnxruntime "
+                         "backend) or bisects failing fp16 rows (--precision fp16 with --parity layers)")
     outputs = resolve_outputs(args)
     check_directory("--cache-dir", args.cache_dir)
     calibration = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
-                                            tuple(args.keep_fp or ()))
+                                            tuple(dict.fromkeys(args.keep_fp or fixed.get("--keep-fp", []))))
     calibration_inputs = quantize.check_arguments(calibration, models, image_size, precisions)
     if calibration.keep_fp and "fp16" in precisions:
         for name in backends:
-            if "fp16" in RUNNERS[name].precisions(device, options[name]) and not RUNNERS[name].keeps_fp16_layers:
-                keeping = ", ".join(n for n in RUNNERS if RUNNERS[n].keeps_fp16_layers)
+            if "fp16" in RUNNERS[name].precisions(device, options[name]) and not RUNNERS[name].keeps_fp16_layers():
+                keeping = ", ".join(n for n in RUNNERS if RUNNERS[n].keeps_fp16_layers())
                 raise UsageError(f"--keep-fp: the {name} backend's fp16 rows keep no layer in fp32 ({keeping} do)")
     # int8 rows, a row per quantizer of each backend that runs int8 (None for the others' skipped rows)
     quantizers = {name: RUNNERS[name].quantizers(options[name]) if "int8" in RUNNERS[name].precisions(
@@ -594,6 +596,8 @@ def resolve(args: argparse.Namespace) -> Plan:
     # What the rows' figures also depend on, so that --resume can refuse a file measured otherwise.
     settings = {"seed": seed, "weights": "synthetic" if args.weights is None else resnet_perf.weights_digest(model),
                 "warmup": args.warmup, "iters": args.iters, "min_time": args.min_time, "repeat": args.repeat}
+    if calibration.keep_fp:  # recorded only where given, so that files written before it still resume
+        settings["keep_fp"] = list(calibration.keep_fp)
     env = {**bench_env.collect(device, threads, packages()), "settings": settings}
     return Plan(
         tuple(models), tuple(backends), tuple(precisions), tuple(batch_sizes), device, image_size, seed, threads,

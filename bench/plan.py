@@ -87,7 +87,9 @@ class Plan:
     calibration_inputs: Tensor | None = None  # --calib-data's inputs (None: synthetic)
     keep_fp: tuple[str, ...] = ()  # fp16 rows: the layers kept in fp32 (--keep-fp)
     evaluation: tuple[Tensor, Tensor] | None = None  # --eval-data: images and their labels
-    sensitivity: bool = False  # rank the layers by their INT8 cost (onnxruntime int8 rows)
+    # rank the layers by their INT8 cost (onnxruntime int8 rows); with parity_layers, bisect failing
+    # int8 and fp16 rows to the layers to keep in fp32
+    sensitivity: bool = False
     parity_layers: bool = False  # --parity layers: every line's output compared with the fp32 model's
     outputs: Outputs = Outputs()
     resumed: Mapping[tuple, Row] = field(default_factory=dict)  # --resume: rows already measured, by key

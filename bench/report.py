@@ -365,15 +365,17 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
     for note in serving_notes(rows):
         out.print(f"[dim]{escape(note)}[/dim]", highlight=False)
     for row in rows:
-        if row.sensitivity and row.batch_size == plan.batch_sizes[0]:
+        if not row.sensitivity:
+            continue
+        if "int8" not in row.sensitivity and "error" not in row.sensitivity:  # a failing fp16 row: its bisection
+            out.print(f"{row.model} {row.backend} {precision_cell(row)} b{row.batch_size}: "
+                      f"{escape(keep_fp_advice(row.sensitivity['from_lines']))}", highlight=False)
+        elif row.batch_size == plan.batch_sizes[0]:  # one ranking per model, shared by its int8 rows
             if "error" in row.sensitivity:
                 out.print(f"[yellow]{row.model} int8 sensitivity failed[/yellow]: {escape(row.sensitivity['error'])}",
                           highlight=False)
-            elif "layers" in row.sensitivity:
+            else:
                 out.print(sensitivity_table(row))
-            else:  # a failing fp16 row: its bisection alone
-                out.print(f"{row.model} {row.backend} {precision_cell(row)} b{row.batch_size}: "
-                          f"{escape(keep_fp_advice(row.sensitivity['from_lines']))}", highlight=False)
     for backend, reason in plan.not_run.items():
         out.print(f"[dim]not run: {backend}: {escape(reason)}[/dim]", highlight=False)
 

@@ -208,7 +208,8 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--precision int8: {torch.cuda.get_device_name(device)} (compute capability "
                              f"{capability}) has no int8 instructions; build fp32")
         output_file("--timing-cache", build["timing_cache"])
-    flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
+    flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
+                                      tuple(dict.fromkeys(args.keep_fp or ())))
     calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, [args.precision])
     if flags.keep_fp and args.precision == "fp16":
         if args.format == "aoti":

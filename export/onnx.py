@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -90,7 +89,7 @@ def export_onnx(
         raise ValueError(f"keep_fp: a {precision} export has no lower-precision layer to keep in fp32 "
                          "(int8 keeps its layers through its calibration)")
     dtype = PRECISIONS[precision].dtype
-    module = keep_fp32(model, keep_fp, dtype).eval() if keep_fp else copy.deepcopy(model).eval().to(dtype)
+    module = keep_fp32(model, keep_fp, dtype).eval()
     example = torch.zeros(batch.opt, 3, image_size, image_size, dtype=dtype)
     # One entry per positional argument of forward(): the batch axis of the image, when dynamic.
     dynamic_shapes = ({0: torch.export.Dim(BATCH_AXIS, min=batch.min, max=batch.max)},) if batch.dynamic else None

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from export.onnx import INPUT_NAME, BatchRange, export_onnx, graph_io
-from export.quantize import Calibration, layer_nodes
+from export.quantize import Calibration, layer_names, layer_nodes
 from resnet_perf.parity import cycled
 from resnet_perf.util.versions import installed_version
 
@@ -69,7 +69,7 @@ def nncf_quantize(onnx_path: Path, calibration: Calibration, batch: BatchRange):
     model = ov.Core().read_model(str(onnx_path))
     # OpenVINO names each layer after its ONNX node, the conv's weights part with a suffix
     # ("node_Conv_12/WithoutBiases"); NNCF's ignored scope takes the layers whose inputs it would quantize.
-    kept = set(layer_nodes(onnx_path, calibration.keep_fp))
+    kept = set(layer_nodes(layer_names(onnx_path), calibration.keep_fp))
     ignored = [op.get_friendly_name() for op in model.get_ordered_ops()
                if op.get_type_name() in ("Convolution", "MatMul") and op.get_friendly_name().split("/")[0] in kept]
     size = batch.max if not batch.dynamic else 1

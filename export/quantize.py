@@ -100,10 +100,10 @@ def layer_names(model_path: str | os.PathLike) -> dict[str, str]:
     return names
 
 
-def layer_nodes(model_path: str | os.PathLike, layers: tuple[str, ...]) -> list[str]:
-    """The ONNX nodes computing ``layers`` (module names), in their order; QuantizationError naming
-    any layer the graph does not have."""
-    by_module = {module: node for node, module in layer_names(model_path).items()}
+def layer_nodes(names: dict[str, str], layers: tuple[str, ...]) -> list[str]:
+    """The ONNX nodes computing ``layers`` (module names), in their order, from the graph's
+    ``layer_names``; QuantizationError naming any layer the graph does not have."""
+    by_module = {module: node for node, module in names.items()}
     unknown = [name for name in layers if name not in by_module]
     if unknown:
         raise QuantizationError(f"--keep-fp {','.join(unknown)}: no such layer; layers are e.g. "
@@ -121,7 +121,8 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
     inputs, method, keep_fp = calibration.inputs, calibration.method, calibration.keep_fp
     if method not in METHODS:
         raise QuantizationError(f"calibration method {method!r}: choose from {', '.join(METHODS)}")
-    kept = layer_nodes(source, keep_fp)
+    names = layer_names(source)
+    kept = layer_nodes(names, keep_fp)
     # The ranges depend on the model, the inputs and the method, not on which layers stay fp32 (every
     # tensor is calibrated) nor on the flavour: one cached calibration serves all of those.
     digest = hashlib.sha256(f"{sha256_file(source)}|{method}".encode())
@@ -168,7 +169,7 @@ def quantize_onnx(source: Path, target: Path, calibration: Calibration, *, flavo
         "calibration_digest": digest.hexdigest(),
         "calibration_cache": None if cache is None else os.fspath(cache),
         "keep_fp": list(keep_fp),
-        "quantized_layers": len(layer_names(source)) - len(keep_fp),
+        "quantized_layers": len(names) - len(keep_fp),
     }
 
 

@@ -60,7 +60,7 @@ class Requantized:
     in fp32 and judged on ``inputs`` against ``reference`` (the fp32 logits) in onnxruntime's CPU
     session. The ranking and the bisection below share one."""
 
-    precision, judge = "int8", "onnxruntime's CPU session"
+    precision, judged_on = "int8", "onnxruntime's CPU session"
 
     def __init__(self, model: nn.Module, calibration: Calibration, inputs: Tensor, reference: Tensor, tmp: Path, *,
                  image_size: int, batch: int, cache_dir: Path | None):
@@ -102,7 +102,7 @@ class Halved:
                  keep_fp: tuple[str, ...] = ()):
         self.model, self.inputs, self.reference, self.device, self.batch = model, inputs, reference, device, batch
         self.modules = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        self.keep_fp, self.judge = keep_fp, f"PyTorch's fp16 on {device}"
+        self.keep_fp, self.judged_on = keep_fp, f"PyTorch's fp16 on {device}"
 
     def figures(self, keep_fp: tuple[str, ...]) -> dict:
         """The parity figures with ``keep_fp`` (besides those kept from the start) left in fp32."""
@@ -150,26 +150,26 @@ def analyse(quantized: Requantized) -> dict:
     return {"int8": {k: whole[k] for k in FIGURES}, "layers": table}
 
 
-def keep_fp_from_lines(model: Requantized | Halved, lines: list[str]) -> dict:
+def keep_fp_from_lines(judge: Requantized | Halved, lines: list[str]) -> dict:
     """For an int8 or fp16 model that fails parity: the fewest layers to keep in fp32 for it to
     pass, taken in model order from ``lines`` (the row's lines from where its error shows on).
     Keeping the first ``n`` of them is bisected on ``n``, assuming that keeping more never hurts
     (as Polygraphy's ``debug precision`` bisects TensorRT's layers): about log2 of their number in
     builds of the model. Lines that are no layer --keep-fp keeps (the pools) are passed over."""
-    layers, keep_fp = set(model.modules), model.keep_fp
+    layers, keep_fp = set(judge.modules), judge.keep_fp
     candidates = [line for line in lines if line in layers and line not in keep_fp]
     tried: list[dict] = []
 
     def passes(n: int) -> bool:
-        figures = model.figures(tuple(candidates[:n]))
+        figures = judge.figures(tuple(candidates[:n]))
         tried.append({"kept": n, "passed": figures["passed"], **{k: figures[k] for k in FIGURES}})
         return figures["passed"]
 
-    found = {"precision": model.precision, "judged_on": model.judge, "from_line": lines[0] if lines else None,
+    found = {"precision": judge.precision, "judged_on": judge.judged_on, "from_line": lines[0] if lines else None,
              "candidates": len(candidates), "tried": tried}
     if not candidates or not passes(len(candidates)):
         return {**found, "keep_fp": None,
-                "why": f"keeping every {model.precision} layer from that line on in fp32 does not pass: the error "
+                "why": f"keeping every {judge.precision} layer from that line on in fp32 does not pass: the error "
                        "enters before it, or outside the layers --keep-fp can keep"}
     low, high = 0, len(candidates)  # the smallest n that passes lies in [low, high]; ``high`` does
     while low < high:
@@ -181,5 +181,5 @@ def keep_fp_from_lines(model: Requantized | Halved, lines: list[str]) -> dict:
     figures = next(t for t in reversed(tried) if t["kept"] == low)
     if low == 0:
         return {**found, "keep_fp": None, "figures": figures,
-                "why": f"{model.judge} passes with no layer kept: the row's failure is its own runtime's"}
+                "why": f"{judge.judged_on} passes with no layer kept: the row's failure is its own runtime's"}
     return {**found, "keep_fp": [*keep_fp, *candidates[:low]], "figures": figures}

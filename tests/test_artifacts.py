@@ -288,6 +288,7 @@ def test_bench_refuses_a_bad_batch_range_in_one_line(tmp_path, capsys, batch, me
     assert err.startswith(f"python -m bench: error: --onnx {manifest_path(path)}: {message}"), err
 
 
+@pytest.mark.slow
 def test_an_fp16_export_with_layers_kept_in_fp32_is_cached_apart(resnet18_32, tmp_path):
     """--keep-fp changes an fp16 file (and its name and manifest), not an fp32 one."""
     from dataclasses import replace

@@ -269,6 +269,7 @@ def test_an_fp16_export_keeps_the_layers_asked_in_fp32(capsys, tmp_path):
     """The manifest names them, the file holds their fp32 weights, and it passed its parity check."""
     import onnx
 
+    import bench.__main__ as bench_cli
     from export.quantize import layer_names
 
     out = tmp_path / "out"
@@ -283,3 +284,7 @@ def test_an_fp16_export_keeps_the_layers_asked_in_fp32(capsys, tmp_path):
     kept = {module for node, module in layer_names(path).items()
             if next(n for n in graph.node if n.name == node).input[1] in fp32}
     assert kept == {"layer2.0.conv1", "fc"}
+    # bench takes the layers from the file, and refuses others.
+    assert bench_cli.main(["--onnx", str(path), "--keep-fp", "fc", "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was exported with --keep-fp layer2.0.conv1,fc; this run asks for fc" in err

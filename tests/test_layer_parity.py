@@ -187,8 +187,8 @@ class CpuFp16EagerRunner(EagerRunner):
 
 
 def fp16_outlier(tmp_path) -> str:
-    """ResNet-18 whose layer2.0.bn1 channel 0 reaches 6e4..1e5 (fp16 tops out at 65504), its next
-    conv reading it 3e4x weaker: fp32 is finite; fp16 overflows there."""
+    """ResNet-18 whose layer2.0.bn1 channel 0 reaches 1.4e5 on the parity inputs (fp16 ends at
+    65504), its next conv reading it 3e4x weaker: fp32 is finite; fp16 overflows there."""
     model = resnet_perf.build_model("resnet18", image_size=32)
     with torch.no_grad():
         block = model.layer2[0]
@@ -225,14 +225,17 @@ def test_a_failing_fp16_row_is_bisected_to_the_layers_that_make_it_pass(monkeypa
 def test_keep_fp_and_fp16_sensitivity_are_refused_where_they_cannot_apply(monkeypatch, capsys):
     class NoKeeping(CpuFp16EagerRunner):
         name = "eager-fp16-whole"
-        keeps_fp16_layers = False
+
+        @classmethod
+        def keeps_fp16_layers(cls):
+            return False
 
     monkeypatch.setitem(RUNNERS, NoKeeping.name, NoKeeping)
     for argv, message in (
             (["--backend", "eager-fp16-whole", "--precision", "fp16", "--keep-fp", "fc", "--parity", "layers"],
              "--keep-fp: the eager-fp16-whole backend's fp16 rows keep no layer in fp32 (eager,"),
             (["--backend", "eager-fp16-whole", "--precision", "fp16", "--sensitivity"],
-             "--sensitivity with fp16: the bisection starts from a failing row's lines; add --parity layers")):
+             "or bisects failing fp16 rows (--precision fp16 with --parity layers)")):
         assert cli.main([*SMALL[:-2], *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err

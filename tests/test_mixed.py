@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+import resnet_perf
 from export.onnx import BatchRange, cpu_session, export_onnx
 from export.quantize import layer_names
 from resnet_perf import parity, parity_inputs
@@ -20,8 +21,8 @@ PAIR = ("layer2.0.conv1", "layer2.0.conv2")
 
 @pytest.fixture(scope="module")
 def outlier(resnet18_32):
-    """ResNet-18 whose layer2.0.bn1 channel 0 reaches 6e4..1e5, past fp16's 65504, its next conv
-    reading it 3e4x weaker: fp32 stays finite, fp16 overflows at layer2.0.conv1."""
+    """ResNet-18 whose layer2.0.bn1 channel 0 reaches 1.4e5 on the parity inputs, past fp16's
+    65504, its next conv reading it 3e4x weaker: fp32 stays finite, fp16 overflows at layer2.0.conv1."""
     model = copy.deepcopy(resnet18_32)
     with torch.no_grad():
         block = model.layer2[0]
@@ -62,17 +63,35 @@ def test_nothing_kept_is_the_plain_fp16_model(resnet18_32):
         torch.testing.assert_close(keep_fp32(resnet18_32, (), torch.float16)(x), plain(x), rtol=0, atol=0)
 
 
-def test_a_kept_layers_output_stays_fp32_to_the_end_of_its_block(resnet18_32):
-    """conv2 kept: its add and ReLU compute in fp32, the block hands fp16 on; the model returns fp16."""
-    model = keep_fp32(resnet18_32, ["layer2.0.conv2"], torch.float16)
-    seen = {}
-    model.layer2[0].bn2.register_forward_hook(lambda m, args, out: seen.update(bn2=out.dtype))
-    model.layer2[0].register_forward_hook(lambda m, args, out: seen.update(block=out.dtype))
-    model.layer2[1].conv1.register_forward_pre_hook(lambda m, args: seen.update(next=args[0].dtype))
+def dtypes_in_block(model, block, x) -> dict:
+    """The types the block's main path ends in, its ReLU computes in (each call), and it hands on."""
+    seen = {"relu": []}
+    last = block.bn3 if hasattr(block, "bn3") else block.bn2
+    last.register_forward_hook(lambda m, args, out: seen.update(last_norm=out.dtype))
+    block.relu.register_forward_hook(lambda m, args, out: seen["relu"].append(out.dtype))
+    block.register_forward_hook(lambda m, args, out: seen.update(block=out.dtype))
     with torch.inference_mode():
-        out = model(parity_inputs(2, 32).half())
-    assert seen == {"bn2": torch.float32, "block": torch.float16, "next": torch.float16}
-    assert out.dtype == torch.float16
+        seen["model"] = model(x).dtype
+    return seen
+
+
+def test_a_kept_layers_output_stays_fp32_to_the_end_of_its_block(resnet18_32):
+    """conv2 kept: its add and the ReLU after it compute in fp32, the block hands fp16 on; conv1's
+    ReLU, before it, stays fp16; the model returns fp16."""
+    model = keep_fp32(resnet18_32, ["layer2.0.conv2"], torch.float16)
+    seen = dtypes_in_block(model, model.layer2[0], parity_inputs(2, 32).half())
+    half, full = torch.float16, torch.float32
+    assert seen == {"last_norm": full, "relu": [half, full], "block": half, "model": half}
+
+
+def test_a_kept_shortcut_keeps_its_blocks_add_in_fp32():
+    """The add is in place, in the main path's type: keeping the shortcut alone must widen that too
+    (a Bottleneck, resnet50's block, whose ReLU is called three times)."""
+    model = resnet_perf.build_model("resnet50", image_size=32)
+    kept = keep_fp32(model, ["layer3.0.downsample.0"], torch.float16)
+    seen = dtypes_in_block(kept, kept.layer3[0], parity_inputs(1, 32).half())
+    half, full = torch.float16, torch.float32
+    assert seen == {"last_norm": full, "relu": [half, half, full], "block": half, "model": half}
 
 
 def test_an_overflowing_layer_is_mended_by_keeping_it_and_its_reader_not_either_alone(outlier):

@@ -103,6 +103,18 @@ def test_resume_refuses_rows_measured_with_other_settings(capsys, tmp_path, flag
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_resume_refuses_rows_measured_with_other_layers_kept_in_fp32(capsys, tmp_path):
+    """--keep-fp is recorded only where given; a run without it must not take such rows as its own."""
+    path = tmp_path / "run.json"
+    int8 = ["--backend", "onnxruntime", "--precision", "int8", "--batch-size", "1", "--cache-dir", str(tmp_path / "c")]
+    assert cli.main([*SMALL, *int8, "--keep-fp", "fc", "--json", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main([*SMALL, *int8, "--resume", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--resume {path} was measured with keep_fp ['fc'], this run has None" in err
+
+
 def test_resume_refuses_a_run_from_another_machine(capsys, tmp_path):
     path = tmp_path / "run.json"
     assert cli.main([*SMALL, "--backend", "eager", "--batch-size", "1", "--json", str(path)]) == 0

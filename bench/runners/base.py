@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import abc
 import argparse
-import copy
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -120,9 +119,12 @@ class Runner(abc.ABC):
     # The libraries whose versions the run's env records for this backend: env key -> the
     # distributions that provide it, first found wins ({"onnxruntime": ("onnxruntime-gpu", "onnxruntime")}).
     packages: ClassVar[Mapping[str, tuple[str, ...]]] = {}
-    # Whether its fp16 rows keep --keep-fp's layers in fp32 (RunConfig.keep_fp): a runner that runs
-    # the PyTorch model (resnet_perf.mixed) or the fp16 ONNX export, which keeps them the same way.
-    keeps_fp16_layers: ClassVar[bool] = False
+
+    @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        """Whether its fp16 rows keep --keep-fp's layers in fp32 (RunConfig.keep_fp): a runner of the
+        PyTorch model (resnet_perf.mixed) or of the fp16 ONNX export, which keeps them the same way."""
+        return False
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -345,8 +347,7 @@ class TorchRunner(Runner):
 
     def make_module(self) -> nn.Module:
         c = self.config
-        module = keep_fp32(self.model, c.keep_fp, c.dtype) if c.keep_fp else copy.deepcopy(self.model).to(c.dtype)
-        return module.eval().to(c.device, memory_format=torch.channels_last)
+        return keep_fp32(self.model, c.keep_fp, c.dtype).eval().to(c.device, memory_format=torch.channels_last)
 
     def to_input_impl(self, batch: Tensor) -> Tensor:
         return batch.to(self.config.device, self.config.dtype).contiguous(memory_format=torch.channels_last)

@@ -15,7 +15,10 @@ from bench.runners.base import TorchRunner
 
 class EagerRunner(TorchRunner):
     name = "eager"
-    keeps_fp16_layers = True
+
+    @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        return True
 
     def prepare_impl(self) -> None:
         self.module = self.make_module()

@@ -42,7 +42,10 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
     packages = {"onnx": ("onnx",), "onnxruntime": ("onnxruntime-gpu", "onnxruntime")}
     artifacts = ("onnx",)
-    keeps_fp16_layers = True
+
+    @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        return True
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:

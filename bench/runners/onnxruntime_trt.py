@@ -14,7 +14,10 @@ from export import tensorrt
 
 class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
     name = "onnxruntime-trt"
-    keeps_fp16_layers = False  # TensorRT's provider builds fp16 from the fp32 graph, choosing each layer's type
+
+    @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        return False  # TensorRT's provider builds fp16 from the fp32 graph, choosing each layer's type
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:

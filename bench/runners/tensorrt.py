@@ -45,7 +45,11 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
     packages = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12")}
     artifacts = ("tensorrt",)
-    keeps_fp16_layers = True
+
+    @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        # TensorRT 10 builds fp16 from the fp32 graph with its FP16 flag, choosing each layer's type.
+        return tensorrt.missing_reason() is None and tensorrt.strongly_typed(tensorrt.version())
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
