@@ -239,3 +239,24 @@ def test_keep_fp_and_fp16_sensitivity_are_refused_where_they_cannot_apply(monkey
         assert cli.main([*SMALL[:-2], *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.slow
+def test_compile_keeps_the_layers_in_fp32_too(tmp_path):
+    """torch.compile of the mixed model (its fp16 row run directly: the CPU's rows offer no fp16):
+    dynamo traces the casting hooks, so the overflow is mended as in eager."""
+    from bench.runners.base import RunConfig
+    from resnet_perf import parity
+
+    model = resnet_perf.build_model("resnet18", image_size=32)
+    model.load_state_dict(torch.load(fp16_outlier(tmp_path)))
+    x = resnet_perf.parity_inputs(8, 32)
+    with torch.inference_mode():
+        reference = model(x)
+    passed = []
+    for keep in ((), ("layer2.0.conv1", "layer2.0.conv2")):
+        config = RunConfig("outlier", torch.device("cpu"), "fp16", 8, 32, 2, tmp_path / "cache", keep_fp=keep)
+        with RUNNERS["compile"](model, config) as runner:
+            logits = runner.run(runner.to_input(x)).float()
+        passed.append(parity.compare(reference, logits, "fp16")["passed"])
+    assert passed == [False, True]

@@ -59,6 +59,10 @@ class CompileRunner(TorchRunner):
         return CompileOptions(flags["compile_mode"])
 
     @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        return True  # dynamo traces resnet_perf.mixed's casting hooks into the graph it compiles
+
+    @classmethod
     def precisions(cls, device: torch.device, options: Any = None) -> tuple[str, ...]:
         native = super().precisions(device, options)
         return (*native, "int8") if device.type == "cpu" and pt2e.missing_reason() is None else native
