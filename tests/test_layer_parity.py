@@ -5,15 +5,21 @@ line and no line before; fp32 lines agree to fp32 tolerances."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 import bench.__main__ as cli
 import resnet_perf
 from bench.layers import numerics
 from bench.runners import RUNNERS
 from bench.runners.eager import EagerRunner
+from bench.runners.onnxruntime import OnnxRuntimeRunner
+from export.quantize import layer_names
 from resnet_perf.fused import fuse
 
 SMALL = ["--model", "resnet18", "--image-size", "32", "--streams", "1", "--batch-size", "2", "--warmup", "0",
@@ -77,6 +83,38 @@ def test_a_corrupted_layer_is_named_at_its_line_and_not_before(monkeypatch, tmp_
     assert cli.main(["report", str(tmp_path / "run.json"), "--output", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "run-parity.png").stat().st_size > 0
     assert "(run-parity.png)" in (tmp_path / "report" / "report.md").read_text()
+
+
+class CorruptedFileRunner(OnnxRuntimeRunner):
+    """onnxruntime on a copy of the row's export with one convolution's weight perturbed in the file."""
+
+    name = "onnx-corrupted"
+
+    def onnx_path(self) -> Path:
+        return self.config.cache_dir / "corrupted.onnx"
+
+    def build_impl(self) -> None:
+        super().build_impl()
+        graph = onnx.load(str(super().onnx_path()))
+        node = next(n for n, module in layer_names(super().onnx_path()).items() if module == CORRUPTED)
+        weight = next(n for n in graph.graph.node if n.name == node).input[1]
+        tensor = next(t for t in graph.graph.initializer if t.name == weight)
+        values = numpy_helper.to_array(tensor)
+        noise = np.random.default_rng(0).standard_normal(values.shape).astype(values.dtype) * values.std() * 0.5
+        tensor.CopyFrom(numpy_helper.from_array(values + noise, weight))
+        onnx.save(graph, str(self.onnx_path()))
+
+
+@pytest.mark.slow
+def test_a_layer_corrupted_in_the_exported_file_is_named_at_its_line_and_not_before(monkeypatch, tmp_path):
+    monkeypatch.setitem(RUNNERS, CorruptedFileRunner.name, CorruptedFileRunner)
+    clean, corrupted = run(tmp_path, "--backend", "onnxruntime,onnx-corrupted", "--cache-dir", str(tmp_path / "c"))
+    assert clean["parity"]["layers"]["first_outside"] is None
+    layers = corrupted["parity"]["layers"]
+    assert [f["line"] for f in layers["lines"]] == RESNET18_LINES and layers["first_outside"] == CORRUPTED
+    before = RESNET18_LINES[:RESNET18_LINES.index(CORRUPTED)]
+    assert all(f["rel_l2"] < 1e-4 for f in layers["lines"] if f["line"] in before)
+    assert next(f for f in layers["lines"] if f["line"] == CORRUPTED)["rel_l2"] > 0.1
 
 
 @pytest.mark.slow
