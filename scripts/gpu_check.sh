@@ -130,8 +130,10 @@ else
 fi
 # 5. Per layer: our kernel against cuDNN conv + BN + add + ReLU, eager and under torch.compile.
 step layers 90 "$PY" scripts/conv_layers.py "${layers[@]}" --json "$out/layers.json"
-# 6. Each backend's time per layer from its own profiler (the CUDA paths of --profile layers).
-step bench-layers 120 "$PY" -m bench "${bench_size[@]}" "${profile[@]}" --profile layers --json "$out/bench-layers.json"
+# 6. Each backend's time per layer from its own profiler, and each line's output against the fp32
+#    model's (the CUDA paths of --profile layers and --parity layers: triton's fused launches on a GPU).
+step bench-layers 120 "$PY" -m bench "${bench_size[@]}" "${profile[@]}" --profile layers --parity layers \
+    --json "$out/bench-layers.json"
 # 7. Requests in flight: streams 1 and auto (streams.json's rows say what auto tried and kept).
 step bench-streams 210 "$PY" -m bench "${bench_size[@]}" "${bench_streams[@]}" --streams 1,auto \
     --json "$out/bench-streams.json"

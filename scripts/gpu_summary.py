@@ -144,6 +144,28 @@ def profile_lines(rows: list[dict] | None) -> list[str]:
     return lines
 
 
+def parity_lines(rows: list[dict] | None) -> list[str]:
+    """Each row's --parity layers: how many lines, the first outside its tolerance, and its worst
+    and last lines' relative L2 (the error's growth from the stem to the logits)."""
+    if not rows:
+        return ["bench-layers.json missing: the line parity did not run"]
+    lines = ["| backend | precision | batch | lines | first outside | worst rel_l2 (line) | last rel_l2 | how |",
+             "|---|---|---:|---:|---|---|---:|---|"]
+    for r in rows:
+        p = (r.get("parity") or {}).get("layers")
+        if not p or not p.get("lines"):
+            reason = (p or {}).get("reason") or r.get("error") or r.get("status")
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | | | | | {reason} |")
+            continue
+        figures = p["lines"]
+        worst = max(figures, key=lambda f: float("inf") if f["rel_l2"] is None else f["rel_l2"])
+        rel = "not finite" if worst["rel_l2"] is None else f"{worst['rel_l2']:.2e}"
+        last = "not finite" if figures[-1]["rel_l2"] is None else f"{figures[-1]['rel_l2']:.2e}"
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['batch_size']} | {len(figures)} | "
+                     f"{p.get('first_outside') or 'none'} | {rel} ({worst['line']}) | {last} | {p.get('how', '')} |")
+    return lines
+
+
 def main(out: Path) -> int:
     steps = [line.split("\t") for line in (out / "steps.tsv").read_text().splitlines() if line]
     log = (out / "log.txt").read_text(errors="replace") if (out / "log.txt").exists() else ""
@@ -160,6 +182,7 @@ def main(out: Path) -> int:
     layers = out / "layers.json"
     md += ["", "## Per layer (layers.json)", ""] + layer_lines(json.loads(layers.read_text()) if layers.exists() else None)
     md += ["", "## Layer profiles (bench-layers.json)", ""] + profile_lines(load(out / "bench-layers.json"))
+    md += ["", "## Line parity (bench-layers.json)", ""] + parity_lines(load(out / "bench-layers.json"))
     md += ["", "## Requests in flight (bench-streams.json)", ""] + streams_lines(load(out / "bench-streams.json"))
     md += ["", "## Sweep (bench.json)", ""] + (bench_table(load(out / "bench.json")) if load(out / "bench.json") else
                                               ["bench.json missing: the sweep did not run"])

@@ -54,6 +54,7 @@ def test_the_dry_run_leaves_few_files_that_parse(dry_run):
     assert layers["dry_run"] and layers["records"][0]["fused_max_err"] < 1e-4
     [profiled] = json.loads((out / "bench-layers.json").read_text())["results"]
     assert len(profiled["profile"]["layers"]["lines"]) == 23  # resnet18's 20 convs, its pools and fc
+    assert len(profiled["parity"]["layers"]["lines"]) == 23 and profiled["parity"]["layers"]["first_outside"] is None
 
 
 def row(backend: str, ips: float, passed: bool = True, batch: int = 256) -> dict:
@@ -77,6 +78,7 @@ def test_the_summary_checks_the_headline_bars(tmp_path):
     assert "| max-autotune | fp16 | 256 | 30,000 | 27,000 | 0.900 | NO |" in summary
     assert "layers.json missing" in summary and "bench.json missing" in summary
     assert "bench-layers.json missing" in summary
+    assert "bench-layers.json missing: the line parity did not run" in summary
 
 
 def test_the_summary_shows_each_layer_profile_or_why_there_is_none(tmp_path):
@@ -85,10 +87,18 @@ def test_the_summary_shows_each_layer_profile_or_why_there_is_none(tmp_path):
              "fc": {"label": "fc", "ms": 0.1, "members": []}}
     profiled = {**row("eager", 20_000, batch=64), "profile": {"layers": {
         "wall_ms": 4.0, "attributed_ms": 3.6, "unattributed_ms": 0.2, "outside_layers_ms": 0.2, "lines": lines}}}
+    profiled["parity"]["layers"] = {"how": "forward hooks on every module", "first_outside": "layer2.0.conv1", "lines": [
+        {"line": "conv1", "cosine": 1.0, "rel_l2": 4e-4, "finite": True},
+        {"line": "layer2.0.conv1", "cosine": None, "rel_l2": None, "finite": False},
+        {"line": "fc", "cosine": 0.99, "rel_l2": 0.2, "finite": True}]}
     failed = {**row("compile", 25_000, batch=64), "profile": {"layers": None, "reason": "no CompiledFxGraph scope"}}
+    failed["parity"]["layers"] = {"lines": [], "reason": "compile: int8 (PT2E) gives none"}
     (tmp_path / "bench-layers.json").write_text(json.dumps({"results": [profiled, failed]}))
     gpu_summary.main(tmp_path)
     summary = (tmp_path / "summary.md").read_text()
+    assert ("| eager | fp16 | 64 | 3 | layer2.0.conv1 | not finite (layer2.0.conv1) | 2.00e-01 | "
+            "forward hooks on every module |") in summary
+    assert "| compile | fp16 | 64 | | | | | compile: int8 (PT2E) gives none |" in summary
     assert "| eager | fp16 | 64 | 4.000 | 90.0% | 0.200 | 0.200 | 2 | layer1.0.conv1+bn1+relu 0.500; fc 0.100 |" in summary
     assert "| compile | fp16 | 64 | | | | | | no CompiledFxGraph scope |" in summary
 
