@@ -561,13 +561,15 @@ def resolve(args: argparse.Namespace) -> Plan:
     outputs = resolve_outputs(args)
     check_directory("--cache-dir", args.cache_dir)
     calibration = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
-                                            tuple(dict.fromkeys(args.keep_fp or fixed.get("--keep-fp", []))))
+                                            tuple(args.keep_fp or fixed.get("--keep-fp", [])))
     calibration_inputs = quantize.check_arguments(calibration, models, image_size, precisions)
-    if calibration.keep_fp and "fp16" in precisions:
+    # A backend named for fp16 rows it cannot keep the layers in is refused; --backend all skips those rows.
+    if calibration.keep_fp and "fp16" in precisions and args.backend != ["all"]:
         for name in backends:
             if "fp16" in RUNNERS[name].precisions(device, options[name]) and not RUNNERS[name].keeps_fp16_layers():
                 keeping = ", ".join(n for n in RUNNERS if RUNNERS[n].keeps_fp16_layers())
-                raise UsageError(f"--keep-fp: the {name} backend's fp16 rows keep no layer in fp32 ({keeping} do)")
+                given = "--keep-fp" if args.keep_fp else "the exported file's --keep-fp"
+                raise UsageError(f"{given}: the {name} backend's fp16 rows keep no layer in fp32 ({keeping} do)")
     # int8 rows, a row per quantizer of each backend that runs int8 (None for the others' skipped rows)
     quantizers = {name: RUNNERS[name].quantizers(options[name]) if "int8" in RUNNERS[name].precisions(
         device, options[name]) else (None,) for name in backends}
@@ -596,7 +598,7 @@ def resolve(args: argparse.Namespace) -> Plan:
     # What the rows' figures also depend on, so that --resume can refuse a file measured otherwise.
     settings = {"seed": seed, "weights": "synthetic" if args.weights is None else resnet_perf.weights_digest(model),
                 "warmup": args.warmup, "iters": args.iters, "min_time": args.min_time, "repeat": args.repeat}
-    if calibration.keep_fp:  # recorded only where given, so that files written before it still resume
+    if calibration.keep_fp:  # recorded only where given, so that files written without it still resume
         settings["keep_fp"] = list(calibration.keep_fp)
     env = {**bench_env.collect(device, threads, packages()), "settings": settings}
     return Plan(

@@ -368,8 +368,10 @@ def print_run(rows: list[Row], plan: Plan, out: Console) -> None:
         if not row.sensitivity:
             continue
         if "int8" not in row.sensitivity and "error" not in row.sensitivity:  # a failing fp16 row: its bisection
+            elsewhere = row.sensitivity.get("keep_fp_backends")
+            where = f" (on {', '.join(elsewhere)}: {row.backend}'s rows keep no layer)" if elsewhere else ""
             out.print(f"{row.model} {row.backend} {precision_cell(row)} b{row.batch_size}: "
-                      f"{escape(keep_fp_advice(row.sensitivity['from_lines']))}", highlight=False)
+                      f"{escape(keep_fp_advice(row.sensitivity['from_lines']))}{escape(where)}", highlight=False)
         elif row.batch_size == plan.batch_sizes[0]:  # one ranking per model, shared by its int8 rows
             if "error" in row.sensitivity:
                 out.print(f"[yellow]{row.model} int8 sensitivity failed[/yellow]: {escape(row.sensitivity['error'])}",

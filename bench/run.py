@@ -117,6 +117,8 @@ def skip_reason(spec: RowSpec, plan: Plan, runners: Mapping[str, type[Runner]],
     if spec.precision not in runner.precisions(plan.device, options):
         why = runner.why_unsupported(spec.precision, plan.device, options)
         return f"{spec.precision} is not supported by {spec.backend} on {plan.device.type}" + (f": {why}" if why else "")
+    if spec.precision == "fp16" and plan.keep_fp and not runner.keeps_fp16_layers():
+        return f"{spec.backend}'s fp16 rows keep no layer in fp32 (--keep-fp {','.join(plan.keep_fp)})"
     failed_at = out_of_memory_at.get((spec.model, spec.precision, spec.backend))
     if failed_at is not None and spec.batch_size > failed_at:
         return f"out of memory at batch {failed_at}"
@@ -164,10 +166,9 @@ def run_rows(plan: Plan, runners: Mapping[str, type[Runner]],
                 on_row(rows)
                 progress.advance(task)
             if plan.sensitivity:
-                progress.update(task, description="int8 sensitivity, one layer in fp32 at a time")
+                progress.update(task, description="int8 sensitivity, then the failing fp16 rows' bisection")
                 rank_int8_layers(plan, rows, references)
-                progress.update(task, description="fp16 rows that failed: which layers to keep in fp32")
-                bisect_fp16_rows(plan, rows, references)
+                bisect_fp16_rows(plan, rows, references, runners)
                 on_row(rows)
         except KeyboardInterrupt as exc:
             return rows, Stopped.of(exc)
@@ -513,11 +514,14 @@ def rank_int8_layers(plan: Plan, rows: list[Row], references: References) -> Non
                 row.sensitivity = {**analysis, "from_lines": bisected[lines]}
 
 
-def bisect_fp16_rows(plan: Plan, rows: list[Row], references: References) -> None:
+def bisect_fp16_rows(plan: Plan, rows: list[Row], references: References,
+                     runners: Mapping[str, type[Runner]]) -> None:
     """--sensitivity with --parity layers: each fp16 row that failed parity gets the fewest layers
     to keep in fp32 for it to pass, bisected from its first line outside tolerance and judged by
-    PyTorch's fp16 on the run's device (export.sensitivity.Halved). A bisection that fails is
-    recorded as its one-line error."""
+    PyTorch's fp16 on the run's device (export.sensitivity.Halved); a row of a backend that keeps
+    no layer also gets the backends that do. A bisection that fails is recorded as its one-line
+    error."""
+    keeping = [name for name, runner in runners.items() if runner.keeps_fp16_layers()]
     bisected: dict[tuple, dict] = {}
     for row in rows:
         lines = failing_lines(row)
@@ -531,7 +535,8 @@ def bisect_fp16_rows(plan: Plan, rows: list[Row], references: References) -> Non
                 bisected[row.model, lines] = sensitivity.keep_fp_from_lines(halved, list(lines))
             except Exception as exc:  # noqa: BLE001 - the row keeps its figures without the bisection
                 bisected[row.model, lines] = {"error": one_line(exc)}
-        row.sensitivity = {"from_lines": bisected[row.model, lines]}
+        row.sensitivity = {"from_lines": bisected[row.model, lines],
+                           **({} if row.backend in keeping else {"keep_fp_backends": keeping})}
 
 
 def failing_lines(row: Row) -> tuple[str, ...]:

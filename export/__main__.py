@@ -208,13 +208,12 @@ def resolve(args: argparse.Namespace) -> Plan:
             raise UsageError(f"--precision int8: {torch.cuda.get_device_name(device)} (compute capability "
                              f"{capability}) has no int8 instructions; build fp32")
         output_file("--timing-cache", build["timing_cache"])
-    flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples,
-                                      tuple(dict.fromkeys(args.keep_fp or ())))
+    flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
     calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, [args.precision])
     if flags.keep_fp and args.precision == "fp16":
         if args.format == "aoti":
-            raise UsageError("--keep-fp: an AOTInductor package is compiled whole in one precision; fp16 layers are "
-                             "kept in fp32 in the ONNX export (--format onnx, tensorrt, triton-repo)")
+            raise UsageError("--keep-fp: the AOTInductor export keeps no fp16 layer in fp32 (yet); the ONNX export "
+                             "does (--format onnx, tensorrt, triton-repo)")
         if engine and not tensorrt.strongly_typed(trt_version):
             raise UsageError(f"--keep-fp: TensorRT {trt_version} builds fp16 from the fp32 graph with the FP16 flag, "
                              "choosing each layer's type itself; keeping layers in fp32 needs TensorRT 11")

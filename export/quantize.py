@@ -18,7 +18,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,15 +213,31 @@ def _static_batch(path: Path) -> int | None:
 
 def add_arguments(parser) -> None:
     """The INT8 calibration flags, the same for python -m bench and python -m export."""
-    from resnet_perf.util.cli import list_of, positive_int
+    from resnet_perf.util.cli import positive_int
 
-    group = parser.add_argument_group("INT8 calibration (with --precision int8)")
+    group = parser.add_argument_group("INT8 calibration (with --precision int8; --keep-fp with fp16 too)")
     group.add_argument("--calib-data", default=None, metavar="DIR",
                        help="calibrate on these images (or .npy arrays); default: the synthetic parity distribution")
     group.add_argument("--calib-method", choices=METHODS, default="minmax", help="how ranges become scales")
     group.add_argument("--calib-samples", type=positive_int, default=64, help="calibration inputs (default 64)")
-    group.add_argument("--keep-fp", type=list_of(str), default=None, metavar="LAYER,...",
+    group.add_argument("--keep-fp", type=_layer_list, default=None, metavar="LAYER,...",
                        help="layers to leave in fp32 in int8 or fp16, by module name (conv1, layer1.0.conv2, fc)")
+
+
+def in_model_order(layers: Iterable[str]) -> list[str]:
+    """``layers`` (module names) in the order the model computes them, unknown names last: one set
+    of layers then names one artifact, one cached file and one run setting, however it was typed."""
+    import resnet_perf
+
+    # The deepest ResNet's layers name every ResNet's, in model order.
+    order = {name: i for i, name in enumerate(resnet_perf.layer_names("resnet152"))}
+    return sorted(layers, key=lambda name: order.get(name, len(order)))
+
+
+def _layer_list(text: str) -> list[str]:
+    from resnet_perf.util.cli import list_of
+
+    return in_model_order(list_of(str)(text))
 
 
 @dataclass(frozen=True)

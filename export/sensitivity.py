@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from export.onnx import INPUT_NAME, BatchRange, cpu_session, export_onnx
-from export.quantize import Calibration, layer_names, quantize_onnx
+from export.quantize import Calibration, in_model_order, layer_names, quantize_onnx
 from resnet_perf import parity
 from resnet_perf.mixed import keep_fp32
 
@@ -106,7 +106,7 @@ class Halved:
 
     def figures(self, keep_fp: tuple[str, ...]) -> dict:
         """The parity figures with ``keep_fp`` (besides those kept from the start) left in fp32."""
-        module = keep_fp32(self.model, dict.fromkeys((*self.keep_fp, *keep_fp)), torch.float16).to(self.device)
+        module = keep_fp32(self.model, (*self.keep_fp, *keep_fp), torch.float16).eval().to(self.device)
 
         def run(x: Tensor) -> Tensor:
             with torch.inference_mode():
@@ -182,4 +182,4 @@ def keep_fp_from_lines(judge: Requantized | Halved, lines: list[str]) -> dict:
     if low == 0:
         return {**found, "keep_fp": None, "figures": figures,
                 "why": f"{judge.judged_on} passes with no layer kept: the row's failure is its own runtime's"}
-    return {**found, "keep_fp": [*keep_fp, *candidates[:low]], "figures": figures}
+    return {**found, "keep_fp": in_model_order([*keep_fp, *candidates[:low]]), "figures": figures}

@@ -3,9 +3,10 @@
 The kept layers are the convolutions and the classifier, by module name, each with the BatchNorm it
 is folded with. Where a layer is kept, every convolution and pooling casts its input to its own
 type, and the residual block (or the model) casts its output to the lower precision: a kept
-layer's output stays fp32 through what joins it (its ReLU; the residual add that ends its block
-and the ReLU after it) and no further, where runtimes fuse a line and ``--parity layers`` reads it. An export
-of the model holds the same casts, which is how an fp16 ONNX file keeps layers in fp32 too.
+layer's output stays fp32 through what joins it (its ReLU; for a block's last convolution or its
+shortcut, the residual add and the ReLU after it) until the next layer or the block's end casts
+it, where runtimes fuse a line and ``--parity layers`` reads it. An export of the model holds the
+same casts, which is how an fp16 ONNX file keeps layers in fp32 too.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def keep_fp32(model: nn.Module, layers: Iterable[str], dtype: torch.dtype) -> nn
         if isinstance(module, _CASTING) and scope(name) in scopes:
             own = next(module.parameters(), None)
             module.register_forward_pre_hook(functools.partial(_cast_input, dtype if own is None else own.dtype))
-        elif name in scopes:  # a block holding a kept layer, or the model ("") when it holds one itself
-            module.register_forward_hook(functools.partial(_cast_output, dtype))
+    for name in scopes:  # a block holding a kept layer, or the model ("") where it holds one itself
+        modules[name].register_forward_hook(functools.partial(_cast_output, dtype))
     return model
 
 

@@ -266,7 +266,8 @@ def test_bench_refuses_an_artifact_that_does_not_fit(capsys, onnx_export, tmp_pa
 
 @pytest.mark.slow
 def test_an_fp16_export_keeps_the_layers_asked_in_fp32(capsys, tmp_path):
-    """The manifest names them, the file holds their fp32 weights, and it passed its parity check."""
+    """The manifest names them (in model order, however typed), the file holds their fp32 weights,
+    and it passed its parity check."""
     import onnx
 
     import bench.__main__ as bench_cli
@@ -274,7 +275,7 @@ def test_an_fp16_export_keeps_the_layers_asked_in_fp32(capsys, tmp_path):
 
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, *SMALL, "--format", "onnx", "--precision", "fp16", "--batch-size", "2",
-                           "--keep-fp", "layer2.0.conv1,fc", "--output", str(out))
+                           "--keep-fp", "fc,layer2.0.conv1", "--output", str(out))
     assert code == 0, err
     path = out / "resnet18-fp16.onnx"
     manifest = load_manifest(path)

@@ -224,6 +224,16 @@ class CpuFp16EagerRunner(EagerRunner):
         return ("fp32", "fp16")
 
 
+class CpuFp16WholeRunner(CpuFp16EagerRunner):
+    """The same, keeping no layer in fp32 on request: a backend whose fp16 runs in one type."""
+
+    name = "eager-fp16-whole"
+
+    @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        return False
+
+
 def fp16_outlier(tmp_path) -> str:
     """ResNet-18 whose layer2.0.bn1 channel 0 reaches 1.4e5 on the parity inputs (fp16 ends at
     65504), its next conv reading it 3e4x weaker: fp32 is finite; fp16 overflows there."""
@@ -243,9 +253,13 @@ def test_a_failing_fp16_row_is_bisected_to_the_layers_that_make_it_pass(monkeypa
     """The overflow is named at its line; the bisection, judged by PyTorch's fp16, keeps both
     convolutions either side of the tensor (the kept conv1's output stays fp32 into the kept conv2),
     and the row passes with that --keep-fp."""
-    monkeypatch.setitem(RUNNERS, CpuFp16EagerRunner.name, CpuFp16EagerRunner)
-    common = ["--backend", "eager-fp16", "--precision", "fp16", "--weights", fp16_outlier(tmp_path)]
-    (row,) = run(tmp_path, *common, "--sensitivity")
+    for runner in (CpuFp16EagerRunner, CpuFp16WholeRunner):
+        monkeypatch.setitem(RUNNERS, runner.name, runner)
+    common = ["--precision", "fp16", "--weights", fp16_outlier(tmp_path)]
+    row, whole = run(tmp_path, *common, "--backend", "eager-fp16,eager-fp16-whole", "--sensitivity")
+    # One bisection serves both rows; the one whose backend keeps no layer is told which do.
+    assert whole["sensitivity"]["from_lines"] == row["sensitivity"]["from_lines"]
+    assert "eager-fp16" in whole["sensitivity"]["keep_fp_backends"] and "keep_fp_backends" not in row["sensitivity"]
     layers = row["parity"]["layers"]
     assert not row["parity"]["passed"] and layers["first_outside"] == "layer2.0.conv1"
     line = next(f for f in layers["lines"] if f["line"] == "layer2.0.conv1")
@@ -255,20 +269,14 @@ def test_a_failing_fp16_row_is_bisected_to_the_layers_that_make_it_pass(monkeypa
     assert bisected["judged_on"] == "PyTorch's fp16 on cpu"
     assert bisected["keep_fp"] == ["layer2.0.conv1", "layer2.0.conv2"]
     assert [t["passed"] for t in bisected["tried"] if t["kept"] == 1] == [False]
-    assert "--keep-fp layer2.0.conv1,layer2.0.conv2 gives" in " ".join(capsys.readouterr().out.split())
-    (kept,) = run(tmp_path, *common, "--keep-fp", ",".join(bisected["keep_fp"]))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--keep-fp layer2.0.conv1,layer2.0.conv2 gives" in out and "eager-fp16-whole's rows keep no layer" in out
+    (kept,) = run(tmp_path, *common, "--backend", "eager-fp16", "--keep-fp", ",".join(bisected["keep_fp"]))
     assert kept["parity"]["passed"] and kept["parity"]["layers"]["first_outside"] is None
 
 
 def test_keep_fp_and_fp16_sensitivity_are_refused_where_they_cannot_apply(monkeypatch, capsys):
-    class NoKeeping(CpuFp16EagerRunner):
-        name = "eager-fp16-whole"
-
-        @classmethod
-        def keeps_fp16_layers(cls):
-            return False
-
-    monkeypatch.setitem(RUNNERS, NoKeeping.name, NoKeeping)
+    monkeypatch.setitem(RUNNERS, CpuFp16WholeRunner.name, CpuFp16WholeRunner)
     for argv, message in (
             (["--backend", "eager-fp16-whole", "--precision", "fp16", "--keep-fp", "fc", "--parity", "layers"],
              "--keep-fp: the eager-fp16-whole backend's fp16 rows keep no layer in fp32 (eager,"),

@@ -17,7 +17,9 @@ class OnnxRuntimeTrtRunner(OnnxRuntimeRunner):
 
     @classmethod
     def keeps_fp16_layers(cls) -> bool:
-        return False  # TensorRT's provider builds fp16 from the fp32 graph, choosing each layer's type
+        # TensorRT's provider builds a weakly typed network with fp16 enabled: TensorRT picks each
+        # layer's type itself, and the fp16 graph's casts do not hold a layer in fp32.
+        return False
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, options: Any = None) -> str | None:
