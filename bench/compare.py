@@ -1,7 +1,8 @@
 """``python -m bench compare BASE.json NEW.json``: did anything get slower, beyond the noise?
 
 Rows are matched by model, backend, device, precision (and for int8 the quantizer), batch size,
-image size, scenario and the streams asked for (files from before streams read as one). For each
+image size, scenario and the streams asked for (files from before streams read as one); where the
+two runs were asked for other settings (seed, weights, timing, --keep-fp), it says which. For each
 pair the change is the ratio of the mean time per batch delivered (new / base): a call's latency
 with one stream; with N requests in flight, a request's latency over N (Little's law: N in flight, each taking L, deliver N per L), so an
 auto row that chose another N is still judged on its throughput. For the fixed-batch loop this is
@@ -127,14 +128,23 @@ def cost_change(base: Row, new: Row, figures: tuple[str, ...], threshold: float,
     return (f"[red]{cell}[/red]" if regressed else cell), regressed
 
 
-def load_run(path: str) -> dict[tuple, Row]:
-    """The rows of a ``python -m bench --json`` file by their key, each that ran with samples to compare."""
+def load_run(path: str) -> tuple[dict[tuple, Row], dict]:
+    """The rows of a ``python -m bench --json`` file by their key, each that ran with samples to
+    compare, and the run's settings (seed, weights, timing, --keep-fp: env.settings)."""
+    document = record.load(path)
     rows = {}
-    for row in record.rows_from_json(record.load(path)):
+    for row in record.rows_from_json(document):
         if row.status == "ok" and len(row.samples_ms) < 2:
             raise UsageError(f"{path}: row {row.backend} batch {row.batch_size} has fewer than 2 samples")
         rows[record.row_key(row)] = row
-    return rows
+    return rows, document["env"].get("settings") or {}
+
+
+def settings_changed(base: dict, new: dict) -> list[str]:
+    """What the two runs were asked to do differently (a key only one records counts), as
+    ``name base -> new``: rows that match by key may still not measure the same thing."""
+    return [f"{key} {base.get(key)} -> {new.get(key)}" for key in dict.fromkeys([*base, *new])
+            if base.get(key) != new.get(key)]
 
 
 def reference(run: dict[tuple, Row], key: tuple, backend: str) -> Row | None:
@@ -168,7 +178,7 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
     if resamples > MAX_RESAMPLES:
         raise UsageError(f"--resamples {resamples}: at most {MAX_RESAMPLES:,} (the 95% interval's ends settle "
                          "within a few thousand)")
-    base, new = load_run(base_path), load_run(new_path)
+    (base, base_settings), (new, new_settings) = load_run(base_path), load_run(new_path)
     common = [key for key in base if key in new and base[key].status == "ok" and new[key].status != "skipped"]
     # A row that ran in BASE and did not in NEW (left out of the run, or skipped) stopped running.
     stopped = [key for key in base if base[key].status == "ok" and key not in common]
@@ -223,5 +233,9 @@ def compare(base_path: str, new_path: str, *, threshold: float = 0.05, resamples
                               ("new in", new_path, [k for k in new if k not in base])):
         for key in only:
             out.print(f"[dim]{label} {path}: {' '.join(map(str, key))}[/dim]")
+    changed = settings_changed(base_settings, new_settings)
+    if changed:
+        out.print(f"[yellow]the runs were asked for other settings[/yellow]: {escape('; '.join(changed))}",
+                  highlight=False)
     out.print(f"{regressions} regression(s) among {len(common) + len(stopped)} compared row(s)", highlight=False)
     return 1 if regressions else 0

@@ -66,8 +66,9 @@ def test_a_speedup_is_an_improvement_and_a_broken_backend_a_failure():
     assert judge(base, measured("eager", samples(10.0, 0.03), passed=False), 0.05).verdict == "failed"
 
 
-def write_run(path, rows):
-    path.write_text(json.dumps({"schema": SCHEMA, "env": {}, "results": rows}))
+def write_run(path, rows, settings=None):
+    env = {} if settings is None else {"settings": settings}
+    path.write_text(json.dumps({"schema": SCHEMA, "env": env, "results": rows}))
     return str(path)
 
 
@@ -84,6 +85,20 @@ def test_exit_status_is_a_ci_gate(capsys, tmp_path):
     assert "1 regression(s) among 2 compared row(s)" in out and "regression" in out
     # A looser threshold lets the 10% through.
     assert cli.main(["compare", base, slower, "--threshold", "0.2"]) == 0
+
+
+def test_runs_asked_for_other_settings_say_so(capsys, tmp_path):
+    """Rows match by key, but a run with layers kept in fp32 (or other timing) measured another thing."""
+    settings = {"seed": 0, "iters": 50}
+    base = write_run(tmp_path / "base.json", [row("eager", samples(10.0, 0.03))], settings)
+    same = write_run(tmp_path / "same.json", [row("eager", samples(10.0, 0.03, seed=7))], settings)
+    kept = write_run(tmp_path / "kept.json", [row("eager", samples(10.0, 0.03, seed=7))],
+                     {**settings, "iters": 20, "keep_fp": ["fc"]})
+    assert cli.main(["compare", base, same]) == 0
+    assert "other settings" not in capsys.readouterr().out
+    assert cli.main(["compare", base, kept]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the runs were asked for other settings: iters 50 -> 20; keep_fp None -> ['fc']" in out
 
 
 def test_drift_common_to_a_run_cancels_relative_to_a_backend(capsys, tmp_path):
