@@ -5,6 +5,7 @@ attribution of fused layers checked on their own, then the whole run on resnet18
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,11 @@ def test_int8_layers_map_through_the_quantized_graph(tmp_path):
     for r in json.loads(path.read_text())["results"]:
         p = r["profile"]["layers"]
         assert len(p["lines"]) == 23  # QLinearConv / OpenVINO's int8 convolutions, back on their modules
-        assert p["unattributed_ms"] < 0.2 * p["layer_ms"]
+        # On no line: the input's and the pooled features' layout and quantization, a few small ops;
+        # counted, not timed (in one CI run a preempted call made a 0.01 ms Transpose take 2 ms).
+        unattributed = [layer for layer in p["layers"] if layer["line"] is None]
+        assert len(unattributed) <= 4, unattributed
+        assert not any(re.search("conv|gemm", layer["kind"], re.IGNORECASE) for layer in unattributed)
         kinds = {layer["kind"] for layer in p["layers"]}
         assert ("QLinearConv" in kinds) if r["backend"] == "onnxruntime" else any("I8" in k for k in kinds)
 
