@@ -107,14 +107,23 @@ def test_default_streams_follow_the_scenario():
 
 @pytest.mark.slow
 def test_find_max_qps_confirms_its_rate(tmp_path):
+    """Six bisection rounds, then confirming runs from the highest rate that met the bound, each 10%
+    below the last, until one meets it (three at most); the row is the last and says whether it met.
+    Whether this machine's noise lets a confirmation pass is not the test's to judge: once, in a CI
+    run of three test processes on two cores, all three missed."""
     code, (row,) = run_rows(tmp_path, "--scenario", "server", "--find-max-qps", "--p99-ms", "200", "--batch-size", "8")
     assert row["status"] == "ok"
     search = row["loadgen"]["search"]
-    assert [s["run"] for s in search][:6] == [f"search{i}" for i in range(6)]
-    confirm = search[-1]
-    assert confirm["run"].startswith("confirm") and confirm["target_qps"] == row["loadgen"]["target_qps"] > 0
-    assert confirm["met"] and "latency bound missed" not in row["loadgen"]["reasons"]
-    assert row["latency_ms"]["p99"] <= 200
+    rounds, confirms = search[:6], search[6:]
+    assert [s["run"] for s in rounds] == [f"search{i}" for i in range(6)]
+    assert 1 <= len(confirms) <= 3 and [s["run"] for s in confirms] == [f"confirm{i}" for i in range(len(confirms))]
+    assert confirms[0]["target_qps"] == max(s["target_qps"] for s in rounds if s["met"])
+    assert all(b["target_qps"] == pytest.approx(0.9 * a["target_qps"]) for a, b in zip(confirms, confirms[1:]))
+    assert not any(c["met"] for c in confirms[:-1])  # it stops at the first that meets the bound
+    last = confirms[-1]
+    assert last["target_qps"] == row["loadgen"]["target_qps"] > 0
+    assert last["met"] == ("latency bound missed" not in row["loadgen"]["reasons"])
+    assert not last["met"] or row["latency_ms"]["p99"] <= 200
 
 
 class _FakeLoadGen:
