@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from export.onnx import INPUT_NAME, BatchRange, cpu_session, export_onnx
 from export.quantize import Calibration, in_model_order, layer_names, quantize_onnx
 from resnet_perf import parity
+from resnet_perf.build import layers_of
 from resnet_perf.mixed import keep_fp32
 
 
@@ -101,7 +102,7 @@ class Halved:
     def __init__(self, model: nn.Module, inputs: Tensor, reference: Tensor, *, device: torch.device, batch: int,
                  keep_fp: tuple[str, ...] = ()):
         self.model, self.inputs, self.reference, self.device, self.batch = model, inputs, reference, device, batch
-        self.modules = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.modules = layers_of(model)
         self.keep_fp, self.judged_on = keep_fp, f"PyTorch's fp16 on {device}"
 
     def figures(self, keep_fp: tuple[str, ...]) -> dict:

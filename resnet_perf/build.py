@@ -113,7 +113,11 @@ def layer_names(name: str) -> list[str]:
     """The module names of ``name``'s convolutions and classifier ("conv1", ..., "fc"): the layers
     a user can name, e.g. to keep them out of INT8 quantization."""
     with torch.device("meta"):  # the structure only: no memory, no initialisation
-        model = _resnet(name, IMAGENET_CLASSES)
+        return layers_of(_resnet(name, IMAGENET_CLASSES))
+
+
+def layers_of(model: nn.Module) -> list[str]:
+    """``layer_names`` of a model at hand, in model order."""
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 

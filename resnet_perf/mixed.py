@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from resnet_perf.build import layers_of
 from resnet_perf.models.resnet import BasicBlock, Bottleneck
 
 # The modules that cast what they read to their own type. A BatchNorm reads its own convolution's
@@ -45,7 +46,8 @@ def keep_fp32(model: nn.Module, layers: Iterable[str], dtype: torch.dtype) -> nn
     model = copy.deepcopy(model).to(dtype)
     layers = list(dict.fromkeys(layers))
     modules = dict(model.named_modules())
-    wrong = [name for name in layers if not isinstance(modules.get(name), (nn.Conv2d, nn.Linear))]
+    known = set(layers_of(model))
+    wrong = [name for name in layers if name not in known]
     if wrong:
         raise ValueError(f"--keep-fp {','.join(wrong)}: no such layer (a convolution or the fc, by module name)")
     blocks = [name for name, module in modules.items() if isinstance(module, (BasicBlock, Bottleneck))]
