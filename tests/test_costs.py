@@ -58,9 +58,13 @@ def test_a_row_reports_the_memory_its_backend_holds(capsys, tmp_path, monkeypatc
     assert eager["mem_source"].startswith("host RSS peak (VmHWM" if exact else "host RSS sampled")
     # eager's own peak (its private copy of the model: 11.7M fp32 weights, 45 MB) is in both rows
     assert eager["peak_mem_mb"] > 30
-    # held from setup on: in the row's whole peak and in its running one
+    # held from setup on: in the row's whole peak and in its running one, beside no more than an eager
+    # row's own. Not their difference to 10%: the first row also pays for what the process sets up
+    # once (thread pools, oneDNN's caches), and how much of that the next row reuses from freed heap
+    # varies (CI once saw 459 MB more, not 512)
     for figure in ("peak_mem_mb", "run_peak_mem_mb"):
-        assert allocating[figure] - eager[figure] == pytest.approx(HELD_MB, rel=0.10)
+        assert eager[figure] < HELD_MB / 2
+        assert 0.95 * HELD_MB <= allocating[figure] <= HELD_MB + 1.25 * eager[figure]
     assert eager["peak_mem_mb"] == max(eager["setup_peak_mem_mb"], eager["run_peak_mem_mb"])
 
 
@@ -94,7 +98,9 @@ def test_a_build_and_a_runtime_load_are_not_the_rows_memory(capsys, tmp_path, mo
     rows = {(r["backend"], r["batch_size"]): r["costs"] for r in json.loads(path.read_text())["results"]}
     for batch in (2, 1):
         eager, loading = rows["eager", batch], rows["loading", batch]
-        assert abs(loading["peak_mem_mb"] - eager["peak_mem_mb"]) < 0.1 * HELD_MB
+        # neither the build's HELD_MB nor the runtime's: an eager row's own, which is far below it
+        # (how far the first row's one-off set-up costs differ is the allocator's business)
+        assert max(loading["peak_mem_mb"], eager["peak_mem_mb"]) < HELD_MB / 2
         # loaded once, before the backend's first row; every row of it says what that cost
         assert loading["runtime_load_mb"] == pytest.approx(HELD_MB, rel=0.10)
         assert eager["runtime_load_mb"] < 0.1 * HELD_MB
