@@ -80,8 +80,8 @@ def plan(conv: Conv, dtype: torch.dtype, arch: int = 90, device: str = "cpu") ->
     out as the fused model lays them out: on the CPU, stand-ins for CUDA ones (torch.empty touches
     no memory, so batch-256 activations cost nothing), or on ``device`` "cuda" real ones."""
     def activation(channels: int, size: tuple[int, int]) -> torch.Tensor:
-        return torch.empty(conv.batch, channels, *size, dtype=dtype, device=device).contiguous(
-            memory_format=torch.channels_last)
+        # Made channels_last, not converted to it: a conversion would copy (and touch) every byte.
+        return torch.empty(conv.batch, channels, *size, dtype=dtype, device=device, memory_format=torch.channels_last)
 
     # The fused model pads a few-channel input once per forward, and its weights once, as plan
     # would pad them per call.
