@@ -106,12 +106,14 @@ def cached_package(model: torch.nn.Module, config: RunConfig) -> float | None:
     fields = {"format": "aoti", "model": config.model_id, "precision": config.precision,
               "image_size": config.image_size, "batch": asdict(batch), "target": aoti.target(config.device),
               "inductor_configs": aoti.INDUCTOR_CONFIGS}
+    if config.keep_fp:
+        fields["keep_fp"] = list(config.keep_fp)
     took = []
 
     def build(path: Path) -> dict:
         start = time.perf_counter()
         built = aoti.build_package(model, path, batch=batch, image_size=config.image_size,
-                                   precision=config.precision, device=config.device)
+                                   precision=config.precision, device=config.device, keep_fp=config.keep_fp)
         took.append(time.perf_counter() - start)
         return built
 

@@ -211,9 +211,6 @@ def resolve(args: argparse.Namespace) -> Plan:
     flags = quantize.CalibrationFlags(args.calib_data, args.calib_method, args.calib_samples, tuple(args.keep_fp or ()))
     calibration_inputs = quantize.check_arguments(flags, [args.model], args.image_size, [args.precision])
     if flags.keep_fp and args.precision == "fp16":
-        if args.format == "aoti":
-            raise UsageError("--keep-fp: the AOTInductor export keeps no fp16 layer in fp32 (yet); the ONNX export "
-                             "does (--format onnx, tensorrt, triton-repo)")
         if engine and not tensorrt.strongly_typed(trt_version):
             raise UsageError(f"--keep-fp: TensorRT {trt_version} builds fp16 from the fp32 graph with the FP16 flag, "
                              "choosing each layer's type itself; keeping layers in fp32 needs TensorRT 11")
@@ -310,7 +307,8 @@ def build_artifact(plan: Plan, model: torch.nn.Module, path: Path, describe: dic
         run = openvino_ir.cpu_run(path)
     elif plan.format == "aoti":
         built = aoti.build_package(model, path, batch=plan.batch, image_size=plan.image_size,
-                                   precision=plan.precision, device=plan.device)
+                                   precision=plan.precision, device=plan.device,
+                                   keep_fp=plan.calibration_flags.keep_fp if plan.precision == "fp16" else ())
         fields = {"format": "aoti", **describe, **built, "gpu": (built["target"].get("gpu")), "tensorrt": None}
         run = aoti.runner_for_parity(path, plan.device, plan.precision)
     else:

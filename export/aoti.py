@@ -27,7 +27,6 @@ CUDA package is loaded on the row's GPU (device_index), not the first.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 
 from export.manifest import ManifestError
 from export.onnx import BatchRange
+from resnet_perf.mixed import keep_fp32
 from resnet_perf.precision import PRECISIONS
 from resnet_perf.util.cpu import cpu_flags
 
@@ -102,12 +102,15 @@ def check_target(manifest: dict, device: torch.device) -> None:
 
 
 def build_package(model: nn.Module, path: Path, *, batch: BatchRange, image_size: int, precision: str,
-                  device: torch.device) -> dict:
+                  device: torch.device, keep_fp: tuple[str, ...] = ()) -> dict:
     """Write ``model`` at ``precision`` as an AOTInductor package at ``path`` for channels_last
-    inputs on ``device`` (a dynamic batch axis where ``batch`` is a range). Returns the manifest's
-    fields describing it."""
+    inputs on ``device`` (a dynamic batch axis where ``batch`` is a range). In fp16 the layers named
+    in ``keep_fp`` compute in fp32 (``resnet_perf.mixed.keep_fp32``: torch.export traces its casts
+    into the graph Inductor compiles). Returns the manifest's fields describing it."""
+    if keep_fp and precision != "fp16":
+        raise ValueError(f"keep_fp: a {precision} package has no lower-precision layer to keep in fp32")
     dtype = PRECISIONS[precision].dtype
-    model = copy.deepcopy(model).eval().to(device, dtype, memory_format=torch.channels_last)
+    model = keep_fp32(model, keep_fp, dtype).eval().to(device, memory_format=torch.channels_last)
     example = torch.zeros(batch.opt, 3, image_size, image_size, device=device, dtype=dtype)
     example = example.contiguous(memory_format=torch.channels_last)
     dynamic = ({0: torch.export.Dim("batch", min=batch.min, max=batch.max)},) if batch.dynamic else None

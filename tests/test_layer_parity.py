@@ -17,8 +17,10 @@ import bench.__main__ as cli
 import resnet_perf
 from bench.layers import numerics
 from bench.runners import RUNNERS
+from bench.runners.aoti import AotiRunner
 from bench.runners.eager import EagerRunner
 from bench.runners.onnxruntime import OnnxRuntimeRunner
+from export.manifest import load_manifest
 from export.quantize import layer_names
 from resnet_perf.fused import fuse
 
@@ -285,6 +287,32 @@ def test_keep_fp_and_fp16_sensitivity_are_refused_where_they_cannot_apply(monkey
         assert cli.main([*SMALL[:-2], *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+
+
+class CpuFp16AotiRunner(AotiRunner):
+    """aoti, with fp16 offered on the CPU too (Inductor compiles it there; the project does not offer
+    it, for the reason it does not offer eager's)."""
+
+    name = "aoti-fp16"
+
+    @classmethod
+    def precisions(cls, device, options=None):
+        return ("fp32", "fp16")
+
+
+@pytest.mark.slow
+def test_an_aoti_package_keeps_the_layers_in_fp32_too(monkeypatch, tmp_path):
+    """The package is compiled from the mixed model's export, its casts included: the overflow is
+    mended as in eager, and the cached package is one of its own, named for what it keeps."""
+    monkeypatch.setitem(RUNNERS, CpuFp16AotiRunner.name, CpuFp16AotiRunner)
+    path, keep = tmp_path / "run.json", "layer2.0.conv1,layer2.0.conv2"
+    assert cli.main([*SMALL[:-2], "--backend", "aoti-fp16", "--precision", "fp16", "--weights", fp16_outlier(tmp_path),
+                     "--keep-fp", keep, "--json", str(path), "--cache-dir", str(tmp_path / "cache")]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    assert row["status"] == "ok" and row["parity"]["passed"], row
+    (package,) = (tmp_path / "cache" / "aoti").glob("*.pt2")
+    assert "-fp16-keep" in package.name
+    assert load_manifest(package)["keep_fp"] == keep.split(",")
 
 
 @pytest.mark.slow

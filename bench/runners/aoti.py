@@ -36,6 +36,10 @@ class AotiRunner(TorchRunner):
         return aoti.missing_reason()
 
     @classmethod
+    def keeps_fp16_layers(cls) -> bool:
+        return True  # the package is compiled from the mixed model's export, its casts included
+
+    @classmethod
     def streams_limit(cls, device: torch.device, options: Any = None) -> tuple[int, str] | None:
         return 1, GIL_LIMIT
 
