@@ -307,8 +307,7 @@ def build_artifact(plan: Plan, model: torch.nn.Module, path: Path, describe: dic
         run = openvino_ir.cpu_run(path)
     elif plan.format == "aoti":
         built = aoti.build_package(model, path, batch=plan.batch, image_size=plan.image_size,
-                                   precision=plan.precision, device=plan.device,
-                                   keep_fp=plan.calibration_flags.keep_fp if plan.precision == "fp16" else ())
+                                   precision=plan.precision, device=plan.device, keep_fp=plan.calibration_flags.keep_fp)
         fields = {"format": "aoti", **describe, **built, "gpu": (built["target"].get("gpu")), "tensorrt": None}
         run = aoti.runner_for_parity(path, plan.device, plan.precision)
     else:

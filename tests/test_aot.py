@@ -46,7 +46,7 @@ def space() -> set[tuple[str, str, str]]:
 def compiled(tmp_path_factory) -> list[dict]:
     """Each config once, on the compile class where the committed full sweep shows it peaking in
     registers, plus every conv class of the five ResNets once: 70 compiles, two processes at a time
-    (47 s on 2 cores of an EPYC, nothing else running)."""
+    (docs/kernels.md says how long it took, where)."""
     out = tmp_path_factory.mktemp("aot") / "peaks.json"
     proc = run_aot("--model", ",".join(MODELS), "--dtype", ",".join(DTYPES), "--peaks-of", str(REPORT),
                    "--jobs", "2", "--json", str(out))
